@@ -1,0 +1,769 @@
+"""Images and paired restoration data.
+
+This module starts with the offline default of DESIGN.md: natural colour images that ship
+inside installed packages (scikit-image and matplotlib), so every chapter runs without a
+download. They are split *by image*: the test images are never cropped for training, neither
+for the tiny diffusion prior nor for the restorers.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+from torchvision.io import ImageReadMode, decode_image
+from torchvision.transforms import v2
+
+#: Images used for training (the tiny prior's crops, the restorers' crops).
+TRAIN_IMAGES: tuple[str, ...] = ("astronaut", "chelsea", "coffee", "grace_hopper")
+#: Whole images held out for testing. ``motorcycle_left`` carries a real disparity map.
+TEST_IMAGES: tuple[str, ...] = ("rocket", "motorcycle_left")
+
+
+@dataclass(frozen=True)
+class SampleImage:
+    """One bundled image: ``image`` is a 3×H×W float tensor in [0, 1]."""
+
+    name: str
+    image: Tensor
+    split: str
+    #: Stereo disparity (H×W, pixels; larger is nearer; NaN where unknown), only for
+    #: ``motorcycle_left``. Depth is proportional to 1/disparity.
+    disparity: Tensor | None = None
+
+
+def _skimage_dir() -> Path:
+    import skimage.data
+
+    return Path(skimage.data.__file__).parent
+
+
+def _image_path(name: str) -> Path:
+    if name == "grace_hopper":
+        import matplotlib
+
+        return Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+    folder = _skimage_dir()
+    for ext in (".png", ".jpg"):
+        path = folder / f"{name}{ext}"
+        if path.exists():
+            return path
+    return folder / f"{name}.png"
+
+
+def _read_rgb(path: Path) -> Tensor:
+    if not path.exists():
+        raise FileNotFoundError(
+            f"Bundled sample image not found: {path}. It ships with scikit-image/matplotlib; "
+            "reinstall them (pip install --force-reinstall scikit-image matplotlib)."
+        )
+    data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
+    return decode_image(data, mode=ImageReadMode.RGB).float().div_(255.0)
+
+
+def _read_disparity() -> Tensor:
+    with np.load(_skimage_dir() / "motorcycle_disp.npz") as npz:
+        disp = np.asarray(npz[npz.files[0]], dtype=np.float32)
+    disp[~np.isfinite(disp)] = np.nan
+    return torch.from_numpy(disp)
+
+
+@functools.cache
+def _load(name: str) -> SampleImage:
+    image = _read_rgb(_image_path(name))
+    disparity = _read_disparity() if name == "motorcycle_left" else None
+    split = "train" if name in TRAIN_IMAGES else "test"
+    return SampleImage(name=name, image=image, split=split, disparity=disparity)
+
+
+def _resize_to(img: SampleImage, max_size: int) -> SampleImage:
+    h, w = img.image.shape[-2:]
+    scale = max_size / max(h, w)
+    if scale >= 1:
+        return img
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    image = F.interpolate(img.image[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+    disparity = None
+    if img.disparity is not None:
+        # Nearest keeps NaN holes as holes; disparity (pixels) scales with the image.
+        disparity = F.interpolate(img.disparity[None, None], size=size, mode="nearest")[0, 0] * scale
+    return SampleImage(img.name, image.clamp_(0, 1), img.split, disparity)
+
+
+def sample_images(split: str = "all", max_size: int | None = None) -> list[SampleImage]:
+    """The bundled natural images as :class:`SampleImage` (3×H×W float tensors in [0, 1]).
+
+    ``split``: ``"train"`` (:data:`TRAIN_IMAGES`), ``"test"`` (:data:`TEST_IMAGES`) or ``"all"``.
+    ``max_size``: if given, images whose longer side exceeds it are downscaled (antialiased).
+    """
+    names = {"train": TRAIN_IMAGES, "test": TEST_IMAGES, "all": TRAIN_IMAGES + TEST_IMAGES}
+    if split not in names:
+        raise ValueError(f"split must be one of {sorted(names)}, got {split!r}")
+    images = [_load(n) for n in names[split]]
+    if max_size is not None:
+        images = [_resize_to(img, max_size) for img in images]
+    return images
+
+
+def sample_image(name: str, max_size: int | None = None) -> Tensor:
+    """One bundled image by name, as a 3×H×W float tensor in [0, 1]."""
+    valid = TRAIN_IMAGES + TEST_IMAGES
+    if name not in valid:
+        raise ValueError(f"Unknown sample image {name!r}; available: {', '.join(valid)}")
+    img = _load(name)
+    return (_resize_to(img, max_size) if max_size else img).image
+
+
+# ---------------------------------------------------------------------------------------------
+# Image files -> float tensors
+# ---------------------------------------------------------------------------------------------
+
+#: File extensions that :func:`load_image` decodes (``torchvision.io.decode_image``).
+IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp")
+#: Image extensions found in the wild that ``torchvision.io`` cannot decode: reported, not skipped.
+_UNSUPPORTED_EXTENSIONS: tuple[str, ...] = (".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".pnm", ".heic")
+_PROBLEM_LINES = 20
+
+
+class ImageFileError(ValueError):
+    """An image file that cannot be used as given (corrupt, unsupported, transparent, ...)."""
+
+
+def _decode_raw(path: Path) -> Tensor:
+    """Decode ``path`` to an integer 3×H×W tensor (uint8, or uint16 for 16-bit PNGs).
+
+    Conversions (documented in :func:`load_image`): grayscale and palette images become RGB,
+    a fully opaque alpha channel is dropped, a transparent one is an error.
+    """
+    try:
+        data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
+        img = decode_image(data, mode=ImageReadMode.UNCHANGED)
+        if img.ndim != 3:
+            raise ImageFileError(f"{path}: animated or multi-frame images are not supported")
+        channels = img.shape[0]
+        if channels in (2, 4):
+            alpha = img[-1]
+            full = 65535 if img.dtype == torch.uint16 else 255
+            if bool((alpha.to(torch.int32) < full).any()):
+                raise ImageFileError(
+                    f"{path}: has an alpha channel with transparent pixels, whose colour is "
+                    "undefined. Flatten it onto a background first (e.g. with Pillow: "
+                    "Image.alpha_composite) and save it as RGB."
+                )
+        if channels in (1, 2):
+            # Grayscale (or a palette PNG, which UNCHANGED returns as indices): let libpng expand.
+            img = decode_image(data, mode=ImageReadMode.RGB)
+        elif channels == 4:
+            img = img[:3]
+        elif channels != 3:
+            raise ImageFileError(f"{path}: unexpected number of channels ({channels})")
+    except ImageFileError:
+        raise
+    except (RuntimeError, ValueError, OSError) as exc:
+        raise ImageFileError(f"{path}: unreadable or corrupt image ({_short(exc)})") from exc
+    return img
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    # torchvision prefixes its C++ source location: keep the message itself.
+    return text.rsplit(".cpp:", 1)[-1].split(", ", 1)[-1] if ".cpp:" in text else text
+
+
+def _to_float(raw: Tensor) -> Tensor:
+    full = 65535.0 if raw.dtype == torch.uint16 else 255.0
+    return raw.to(torch.float32).div_(full)
+
+
+def load_image(path: str | Path) -> Tensor:
+    """Read an image file as a 3×H×W float tensor in [0, 1] (``torchvision.io.decode_image``).
+
+    Formats: PNG, JPEG and WebP. Conversions, so that every image ends up as RGB in [0, 1]:
+
+    - **8-bit** images are divided by 255; **16-bit** PNGs by 65535 (not 255: a 16-bit white
+      is 65535), so both map full scale to 1.0 and keep their precision in float32.
+    - **Grayscale** (and palette) images are expanded to RGB, ``R = G = B = Y``
+      (palette entries are looked up).
+    - An **alpha** channel that is fully opaque is dropped. Transparent pixels have no defined
+      colour, so an image with any alpha below full scale raises :class:`ImageFileError`.
+
+    Raises :class:`ImageFileError` (a ``ValueError``) naming the file when it cannot be decoded.
+    """
+    return _to_float(_decode_raw(Path(path)))
+
+
+def _probe_size(path: Path) -> tuple[int, int]:
+    """(H, W) from the file header only (Pillow reads no pixel data); raises ImageFileError."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            fmt = im.format
+            w, h = im.size
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise ImageFileError(f"{path}: unreadable or corrupt image ({_short(exc)})") from exc
+    if fmt not in ("PNG", "JPEG", "WEBP", "MPO"):
+        raise ImageFileError(
+            f"{path}: the file is {fmt}, which torchvision.io cannot decode; convert it to PNG"
+        )
+    return h, w
+
+
+# ---------------------------------------------------------------------------------------------
+# Paired datasets
+# ---------------------------------------------------------------------------------------------
+
+#: Expected layouts, shown in error messages.
+LAYOUT_HELP: dict[str, str] = {
+    "dense_haze": "root/{train,test}/hazy/NN_hazy.png and root/{train,test}/GT/NN_GT.png "
+    "(data_scripts/download_dense_haze.py writes it)",
+    "lol": "root/our485/{low,high}/*.png (train) and root/eval15/{low,high}/*.png (test) "
+    "(data_scripts/prepare_lol.py writes it)",
+    "rain": "root/train/Rain13K/{input,target}/* (train) and root/test/Rain100H/{input,target}/* "
+    "(test) (data_scripts/prepare_rain.py writes it)",
+    "folders": "root = {'degraded': DIR, 'clean': DIR} or (DEGRADED_DIR, CLEAN_DIR); "
+    "images paired by file name without extension",
+}
+_PAIR_SUFFIX = {"dense_haze": ("_hazy", "_gt")}
+
+
+def _layout_dirs(
+    root: str | Path | dict | tuple | list, layout: str, split: str
+) -> tuple[Path, Path]:
+    if layout not in LAYOUT_HELP:
+        raise ValueError(f"layout must be one of {sorted(LAYOUT_HELP)}, got {layout!r}")
+    if layout == "folders":
+        if isinstance(root, dict):
+            missing = {"degraded", "clean"} - set(root)
+            if missing:
+                raise ValueError(f"layout='folders' needs keys 'degraded' and 'clean'; missing {sorted(missing)}")
+            return Path(root["degraded"]), Path(root["clean"])
+        if isinstance(root, (tuple, list)) and len(root) == 2:
+            return Path(root[0]), Path(root[1])
+        raise ValueError(f"layout='folders' expects {LAYOUT_HELP['folders']}; got {root!r}")
+    if isinstance(root, (dict, tuple, list)):
+        raise ValueError(f"layout={layout!r} expects a single root folder, got {root!r}")
+    root = Path(root)
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if layout == "dense_haze":
+        return root / split / "hazy", root / split / "GT"
+    if layout == "lol":
+        sub = root / ("our485" if split == "train" else "eval15")
+        return sub / "low", sub / "high"
+    sub = root / ("train/Rain13K" if split == "train" else "test/Rain100H")
+    return sub / "input", sub / "target"
+
+
+def _list_images(folder: Path, layout: str) -> list[Path]:
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"Folder not found: {folder}. Expected layout for {layout!r}: {LAYOUT_HELP[layout]}"
+        )
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    unsupported = [p.name for p in files if p.suffix.lower() in _UNSUPPORTED_EXTENSIONS]
+    if unsupported:
+        raise ImageFileError(
+            f"{folder}: {len(unsupported)} image(s) in a format torchvision.io cannot decode "
+            f"(convert them to PNG): {_name_list(unsupported)}"
+        )
+    images = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
+    if not images:
+        raise FileNotFoundError(
+            f"No images ({', '.join(IMAGE_EXTENSIONS)}) in {folder}. "
+            f"Expected layout for {layout!r}: {LAYOUT_HELP[layout]}"
+        )
+    return images
+
+
+def _name_list(names: list[str], limit: int = _PROBLEM_LINES) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _pair_key(path: Path, suffix: str | None) -> str:
+    stem = path.stem
+    if suffix and stem.lower().endswith(suffix):
+        return stem[: -len(suffix)]
+    return stem
+
+
+def _problems(header: str, lines: list[str]) -> str:
+    body = "\n  ".join(lines[:_PROBLEM_LINES])
+    more = f"\n  ... and {len(lines) - _PROBLEM_LINES} more" if len(lines) > _PROBLEM_LINES else ""
+    return f"{header}\n  {body}{more}"
+
+
+def _as_hw(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
+    if size is None:
+        return None
+    h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    if h <= 0 or w <= 0:
+        raise ValueError(f"crop must be positive, got {size!r}")
+    return h, w
+
+
+class RandomRot90(v2.Transform):
+    """Rotate by ``k·90°`` with ``k`` drawn uniformly; a ``torchvision.transforms.v2`` transform.
+
+    On square inputs ``k ∈ {0, 1, 2, 3}``; on non-square inputs only ``k ∈ {0, 2}``, so that
+    every item keeps its H×W and batches still stack. Together with a horizontal flip this
+    draws uniformly from the 8 symmetries of the square (4 of the rectangle).
+    All inputs of one call get the same ``k`` (v2 draws parameters once per call).
+    """
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        h, w = v2.query_size(flat_inputs)
+        if h == w:
+            return {"k": int(torch.randint(4, ()).item())}
+        return {"k": 2 * int(torch.randint(2, ()).item())}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if params["k"] == 0 or not isinstance(inpt, Tensor):
+            return inpt
+        out = torch.rot90(inpt.as_subclass(Tensor), params["k"], dims=(-2, -1))
+        return tv_tensors.wrap(out, like=inpt) if isinstance(inpt, tv_tensors.TVTensor) else out
+
+    # torchvision < 0.21 calls the underscored names.
+    _get_params = make_params
+    _transform = transform
+
+
+def paired_transform(crop: int | tuple[int, int] | None, augment: bool) -> Any | None:
+    """The joint training transform: ``RandomCrop(crop)``, then (``augment``) a random horizontal
+    flip and a random rotation by a multiple of 90° (:class:`RandomRot90`).
+
+    Call it once with both images wrapped as ``tv_tensors.Image``: ``torchvision.transforms.v2``
+    draws the random parameters once per call, so the crop window, flip and rotation are
+    identical for the degraded and the clean image. Returns ``None`` when there is nothing to do.
+    """
+    ops: list[Any] = []
+    hw = _as_hw(crop)
+    if hw is not None:
+        ops.append(v2.RandomCrop(hw))
+    if augment:
+        ops += [v2.RandomHorizontalFlip(p=0.5), RandomRot90()]
+    return v2.Compose(ops) if ops else None
+
+
+class PairedImageDataset(Dataset):
+    """Pairs ``(degraded, clean, name)`` of 3×H×W float tensors in [0, 1] from a folder layout.
+
+    Layouts (``layout``; see :data:`LAYOUT_HELP`):
+
+    - ``"dense_haze"``: ``root/{train,test}/hazy/NN_hazy.png`` ↔ ``root/{train,test}/GT/NN_GT.png``
+      (as written by ``data_scripts/download_dense_haze.py``; ``name`` is ``"NN"``);
+    - ``"lol"``: ``root/our485/{low,high}`` (``split="train"``), ``root/eval15/{low,high}`` (test);
+    - ``"rain"``: ``root/train/Rain13K/{input,target}``, ``root/test/Rain100H/{input,target}``;
+    - ``"folders"``: ``root`` is ``{"degraded": DIR, "clean": DIR}`` or ``(DEGRADED, CLEAN)``;
+      ``split`` is ignored.
+
+    Images are paired by file name without extension. Everything is checked when the dataset
+    is built, and all problems are reported at once, naming the files: unmatched files, two
+    files with one name, unreadable or corrupt images, unsupported formats, size mismatch
+    within a pair, and a crop larger than an image. Pixel conversions (grayscale → RGB,
+    16-bit → float, opaque alpha dropped, transparent alpha an error) are those of
+    :func:`load_image`.
+
+    ``verify``: ``"full"`` decodes every image once at construction (catches truncated files
+    too); ``"header"`` reads only the headers (sizes, formats; fast on 10 000+ pairs), so a
+    truncated file is reported when the item is loaded; ``"auto"`` is ``"full"`` up to 100
+    pairs (Dense-Haze, LOL eval15) and ``"header"`` above.
+
+    Training (``crop`` and/or ``augment``): one random crop, horizontal flip and rotation by a
+    multiple of 90° applied *identically* to both images (:func:`paired_transform`, one
+    ``torchvision.transforms.v2`` call on two ``tv_tensors.Image``). Randomness comes from
+    torch's global generator (seed it, or let ``DataLoader`` seed its workers).
+    Evaluation (``crop=None, augment=False``) returns the full-resolution pair.
+
+    ``cache=True`` keeps the decoded images in memory as integers (1 byte per value for
+    8-bit files: ~5.8 MB per 1600×1200 image).
+    """
+
+    def __init__(
+        self,
+        root: str | Path | dict | tuple | list,
+        layout: str = "dense_haze",
+        split: str = "train",
+        crop: int | tuple[int, int] | None = None,
+        augment: bool = False,
+        *,
+        verify: str = "auto",
+        cache: bool = False,
+    ) -> None:
+        if verify not in ("auto", "full", "header"):
+            raise ValueError(f"verify must be 'auto', 'full' or 'header', got {verify!r}")
+        self.layout, self.split = layout, split
+        self.degraded_dir, self.clean_dir = _layout_dirs(root, layout, split)
+        self.crop = _as_hw(crop)
+        self.augment = augment
+        self.pairs = self._pair(layout)
+        self._cache: dict[int, tuple[Tensor, Tensor]] | None = {} if cache else None
+        full = verify == "full" or (verify == "auto" and len(self.pairs) <= 100)
+        self.sizes = self._check(full)
+        self.transform = paired_transform(self.crop, augment)
+
+    # -- construction checks -----------------------------------------------------------------
+
+    def _pair(self, layout: str) -> list[tuple[str, Path, Path]]:
+        deg_suffix, clean_suffix = _PAIR_SUFFIX.get(layout, (None, None))
+        sides = {}
+        duplicates: list[str] = []
+        for side, folder, suffix in (
+            ("degraded", self.degraded_dir, deg_suffix),
+            ("clean", self.clean_dir, clean_suffix),
+        ):
+            keyed: dict[str, Path] = {}
+            for path in _list_images(folder, layout):
+                key = _pair_key(path, suffix)
+                if key in keyed:
+                    duplicates.append(f"{keyed[key]} and {path} (both pair as {key!r})")
+                keyed[key] = path
+            sides[side] = keyed
+        if duplicates:
+            raise ValueError(_problems("Two files with the same name in one folder:", duplicates))
+        deg, clean = sides["degraded"], sides["clean"]
+        only_deg = sorted(set(deg) - set(clean))
+        only_clean = sorted(set(clean) - set(deg))
+        if only_deg or only_clean:
+            lines = []
+            if only_deg:
+                lines.append(
+                    f"{len(only_deg)} degraded image(s) in {self.degraded_dir} without a clean "
+                    f"partner in {self.clean_dir}: {_name_list([deg[k].name for k in only_deg])}"
+                )
+            if only_clean:
+                lines.append(
+                    f"{len(only_clean)} clean image(s) in {self.clean_dir} without a degraded "
+                    f"partner in {self.degraded_dir}: {_name_list([clean[k].name for k in only_clean])}"
+                )
+            hint = ""
+            if layout == "dense_haze":
+                hint = "\n(Dense-Haze pairs NN_hazy.png with NN_GT.png.)"
+            raise ValueError(_problems("Unmatched files:", lines) + hint)
+        return [(k, deg[k], clean[k]) for k in sorted(deg)]
+
+    def _check(self, full: bool) -> list[tuple[int, int]]:
+        problems: list[str] = []
+        sizes: list[tuple[int, int]] = []
+        for i, (name, dpath, cpath) in enumerate(self.pairs):
+            hw = []
+            raws = []
+            for path in (dpath, cpath):
+                try:
+                    if full:
+                        raw = _decode_raw(path)
+                        raws.append(raw)
+                        hw.append((int(raw.shape[-2]), int(raw.shape[-1])))
+                    else:
+                        hw.append(_probe_size(path))
+                except ImageFileError as exc:
+                    problems.append(str(exc))
+            if len(hw) != 2:
+                sizes.append((0, 0))
+                continue
+            if hw[0] != hw[1]:
+                problems.append(
+                    f"size mismatch in pair {name!r}: {dpath} is {hw[0][0]}×{hw[0][1]} but "
+                    f"{cpath} is {hw[1][0]}×{hw[1][1]} (H×W)"
+                )
+            elif self.crop is not None and (hw[0][0] < self.crop[0] or hw[0][1] < self.crop[1]):
+                problems.append(
+                    f"crop {self.crop[0]}×{self.crop[1]} is larger than pair {name!r} "
+                    f"({hw[0][0]}×{hw[0][1]}, H×W): {dpath}"
+                )
+            if self._cache is not None and len(raws) == 2:
+                self._cache[i] = (raws[0], raws[1])
+            sizes.append(hw[0])
+        if problems:
+            raise ValueError(
+                _problems(
+                    f"{len(problems)} problem(s) in the {self.layout!r} dataset "
+                    f"({self.degraded_dir} ↔ {self.clean_dir}):",
+                    problems,
+                )
+            )
+        return sizes
+
+    # -- access ----------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    @property
+    def names(self) -> list[str]:
+        return [name for name, _, _ in self.pairs]
+
+    def _raw_pair(self, index: int) -> tuple[Tensor, Tensor]:
+        if self._cache is not None and index in self._cache:
+            return self._cache[index]
+        name, dpath, cpath = self.pairs[index]
+        deg, clean = _decode_raw(dpath), _decode_raw(cpath)
+        if deg.shape != clean.shape:
+            raise ImageFileError(
+                f"size mismatch in pair {name!r}: {dpath} is {tuple(deg.shape[1:])} but "
+                f"{cpath} is {tuple(clean.shape[1:])}"
+            )
+        if self._cache is not None:
+            self._cache[index] = (deg, clean)
+        return deg, clean
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor, str]:
+        name = self.pairs[index][0]
+        deg_raw, clean_raw = self._raw_pair(index)
+        deg, clean = _to_float(deg_raw), _to_float(clean_raw)
+        if self.transform is not None:
+            h, w = deg.shape[-2:]
+            if self.crop is not None and (h < self.crop[0] or w < self.crop[1]):
+                raise ValueError(
+                    f"crop {self.crop[0]}×{self.crop[1]} is larger than pair {name!r} ({h}×{w}, H×W)"
+                )
+            deg, clean = self.transform(tv_tensors.Image(deg), tv_tensors.Image(clean))
+            deg, clean = deg.as_subclass(Tensor), clean.as_subclass(Tensor)
+        return deg.contiguous(), clean.contiguous(), name
+
+    def __repr__(self) -> str:
+        return (
+            f"PairedImageDataset(layout={self.layout!r}, split={self.split!r}, pairs={len(self)}, "
+            f"degraded={str(self.degraded_dir)!r}, clean={str(self.clean_dir)!r}, "
+            f"crop={self.crop}, augment={self.augment})"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Synthetic haze on the bundled images
+# ---------------------------------------------------------------------------------------------
+
+
+def transmission(depth: Tensor, beta: float | Tensor) -> Tensor:
+    """Transmission ``t = exp(−β·d)`` of the atmospheric scattering model (Koschmieder's law).
+
+    ``depth``: ``d``, a normalised depth (…×H×W, any shape); ``beta``: the scattering
+    coefficient ``β`` (a number, or a tensor that broadcasts against ``depth``).
+    """
+    beta = torch.as_tensor(beta, dtype=depth.dtype, device=depth.device)
+    return torch.exp(-beta * depth)
+
+
+def add_haze(
+    clean: Tensor,
+    depth: Tensor,
+    beta: float | Tensor,
+    airlight: float | tuple[float, float, float] | Tensor,
+) -> Tensor:
+    """Haze a clean image with the atmospheric scattering model (Koschmieder; McCartney 1976):
+
+    ``I = J·t + A·(1 − t)``,  ``t = exp(−β·d)``
+
+    ``clean`` = ``J``: 3×H×W or B×3×H×W in [0, 1]. ``depth`` = ``d``: H×W, 1×H×W, B×H×W or
+    B×1×H×W, a normalised depth (0 near, 1 far). ``beta`` = ``β`` ≥ 0: a number, or a tensor
+    of shape (B,) for one value per image. ``airlight`` = ``A``, the colour of the haze: a
+    number (grey), 3 numbers (RGB), or a tensor of shape (3,) or (B, 3).
+
+    ``I`` is a convex combination of ``J`` and ``A`` (``0 < t ≤ 1``), so it stays in [0, 1]
+    when both are. Returns ``I`` with the shape of ``clean``.
+    """
+    if clean.dim() not in (3, 4) or clean.shape[-3] != 3:
+        raise ValueError(f"clean must be 3×H×W or B×3×H×W, got {tuple(clean.shape)}")
+    batched = clean.dim() == 4
+    d = depth.to(clean.dtype)
+    if d.dim() == clean.dim() - 1:  # no channel axis: H×W or B×H×W
+        d = d.unsqueeze(-3)
+    if d.shape[-2:] != clean.shape[-2:]:
+        raise ValueError(f"depth {tuple(depth.shape)} does not match image {tuple(clean.shape)}")
+    b = torch.as_tensor(beta, dtype=clean.dtype, device=clean.device)
+    if b.dim() == 1:  # one β per image
+        if not batched:
+            raise ValueError("a per-image beta needs a batched B×3×H×W image")
+        b = b.view(-1, 1, 1, 1)
+    a = torch.as_tensor(airlight, dtype=clean.dtype, device=clean.device)
+    if a.dim() >= 1:  # (3,) or (B, 3)
+        if a.shape[-1] != 3:
+            raise ValueError(f"airlight must be a number, 3 values or B×3, got {tuple(a.shape)}")
+        a = a[..., :, None, None]
+    t = transmission(d, b)
+    return clean * t + a * (1 - t)
+
+
+def _normalise(x: Tensor) -> Tensor:
+    lo, hi = x.min(), x.max()
+    return (x - lo) / (hi - lo) if hi > lo else torch.zeros_like(x)
+
+
+def depth_from_disparity(disparity: Tensor) -> Tensor:
+    """Normalised depth in [0, 1] from a stereo disparity map (H×W, NaN where unknown).
+
+    Depth is inversely proportional to disparity, ``Z = f·B / disparity``, so ``d ∝ 1/disp``.
+    Holes (NaN or ≤ 0) take the value of the nearest valid pixel (Euclidean distance
+    transform), then ``d`` is min-max normalised to [0, 1] (0 nearest, 1 farthest).
+    """
+    disp = disparity.detach().cpu().to(torch.float64).numpy()
+    valid = np.isfinite(disp) & (disp > 0)
+    if not valid.any():
+        raise ValueError("the disparity map has no valid pixel")
+    if not valid.all():
+        from scipy import ndimage
+
+        _, (iy, ix) = ndimage.distance_transform_edt(~valid, return_indices=True)
+        disp = disp[iy, ix]
+    return _normalise(torch.from_numpy(1.0 / disp).float())
+
+
+def depth_proxy(image: Tensor, ramp_weight: float = 0.7) -> Tensor:
+    """A plausible normalised depth (H×W in [0, 1]) for an image without a depth map.
+
+    A proxy, not a measurement: ``d = normalise(w·r + (1 − w)·Ŷ)`` with
+
+    - ``r(y) = 1 − y/(H − 1)``, a vertical ramp: the top of a photo (sky, background) is
+      usually farther than the bottom (the ground at the camera's feet);
+    - ``Ŷ``, the Rec. 601 luminance ``0.299R + 0.587G + 0.114B`` low-passed at about 1/16 of
+      the image size and min-max normalised: large bright regions (sky, walls behind the
+      subject) count as farther, a cue in the spirit of the dark-channel prior;
+    - ``w = ramp_weight`` (0.7), and ``normalise`` the min-max rescale to [0, 1].
+
+    The result is smooth, so the haze varies slowly across objects; edges of the haze do not
+    follow object boundaries as they would with true depth.
+    """
+    h, w = image.shape[-2:]
+    lum = (0.299 * image[0] + 0.587 * image[1] + 0.114 * image[2])[None, None]
+    small = (max(1, round(h * 32 / max(h, w))), max(1, round(w * 32 / max(h, w))))
+    low = F.interpolate(lum, size=small, mode="area")
+    low = F.avg_pool2d(F.pad(low, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    low = F.interpolate(low, size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+    ramp = torch.linspace(1.0, 0.0, h).view(h, 1).expand(h, w)
+    return _normalise(ramp_weight * ramp + (1 - ramp_weight) * _normalise(low))
+
+
+def depth_map(sample: SampleImage) -> Tensor:
+    """Normalised depth (H×W in [0, 1]) of a bundled image: :func:`depth_from_disparity` when it
+    has a disparity map (``motorcycle_left``), else :func:`depth_proxy`."""
+    if sample.disparity is not None:
+        return depth_from_disparity(sample.disparity)
+    return depth_proxy(sample.image)
+
+
+@dataclass(frozen=True)
+class HazeParams:
+    """How item ``index`` of a :class:`SyntheticHaze` was made."""
+
+    index: int
+    image: str
+    beta: float
+    airlight: tuple[float, float, float]
+    #: Crop window in the (possibly downscaled) source image: top, left, height, width.
+    box: tuple[int, int, int, int]
+    flipped: bool
+
+
+class SyntheticHaze(Dataset):
+    """Hazy/clean pairs ``(hazy, clean, name)`` made from the bundled sample images.
+
+    Haze follows the atmospheric scattering model, ``I = J·t + A·(1 − t)``, ``t = exp(−β·d)``
+    (:func:`add_haze`), with ``d`` from :func:`depth_map`: the real disparity of
+    ``motorcycle_left`` (``d ∝ 1/disparity``), the documented :func:`depth_proxy` for the
+    others. Per item, ``β ~ U(beta_range)`` and a grey level ``a ~ U(airlight_range)`` are
+    drawn, and ``A = clip(a·(1 + τ), 0, 1)`` with a per-channel tint ``τ ~ U(−tint, tint)³``.
+    The defaults (``β ∈ [1, 2.5]``, ``a ∈ [0.7, 1]``) give dense haze: ``t`` falls to
+    0.08–0.37 at the farthest point, as in Dense-Haze.
+
+    - ``split="train"``: ``n`` (default 256) random ``crop`` windows (with a random
+      horizontal flip) of the :data:`TRAIN_IMAGES`; ``crop=None`` gives whole images.
+    - ``split="test"``: the whole :data:`TEST_IMAGES` (never cropped for training), one item
+      per image by default (``n`` > 2 cycles through them with new haze draws).
+
+    ``max_size`` downscales the source images first (longer side). Reproducible: item ``i`` is
+    a pure function of ``(seed, split, i)`` (``numpy.random.default_rng((seed, split, i))``),
+    whatever the order of access or the number of workers; see :meth:`params`.
+    """
+
+    def __init__(
+        self,
+        split: str = "train",
+        crop: int | tuple[int, int] | None = 128,
+        n: int | None = None,
+        seed: int = 0,
+        beta_range: tuple[float, float] = (1.0, 2.5),
+        airlight_range: tuple[float, float] = (0.7, 1.0),
+        max_size: int | None = None,
+        *,
+        tint: float = 0.05,
+        flip: bool = True,
+    ) -> None:
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        if not 0 <= beta_range[0] <= beta_range[1]:
+            raise ValueError(f"beta_range must be 0 ≤ low ≤ high, got {beta_range}")
+        if not 0 <= airlight_range[0] <= airlight_range[1] <= 1:
+            raise ValueError(f"airlight_range must lie in [0, 1], got {airlight_range}")
+        self.split, self.seed = split, int(seed)
+        self.beta_range = (float(beta_range[0]), float(beta_range[1]))
+        self.airlight_range = (float(airlight_range[0]), float(airlight_range[1]))
+        self.tint, self.flip = float(tint), bool(flip) and split == "train"
+        self.crop = _as_hw(crop) if split == "train" else None
+        self.samples = sample_images(split, max_size)
+        self.depths = [depth_map(s) for s in self.samples]
+        self.n = int(n) if n is not None else (256 if split == "train" else len(self.samples))
+        if self.crop is not None:
+            for s in self.samples:
+                h, w = s.image.shape[-2:]
+                if h < self.crop[0] or w < self.crop[1]:
+                    raise ValueError(
+                        f"crop {self.crop[0]}×{self.crop[1]} is larger than image {s.name!r} "
+                        f"({h}×{w}, H×W, max_size={max_size})"
+                    )
+
+    @property
+    def image_names(self) -> list[str]:
+        return [s.name for s in self.samples]
+
+    def __len__(self) -> int:
+        return self.n
+
+    def params(self, index: int) -> HazeParams:
+        """The random choices of item ``index`` (a pure function of ``seed``, split, index)."""
+        if not 0 <= index < self.n:
+            raise IndexError(f"index {index} out of range for {self.n} items")
+        rng = np.random.default_rng((self.seed, 0 if self.split == "train" else 1, index))
+        if self.split == "train":
+            k = int(rng.integers(len(self.samples)))
+        else:
+            k = index % len(self.samples)
+        h, w = self.samples[k].image.shape[-2:]
+        ch, cw = self.crop if self.crop is not None else (h, w)
+        top = int(rng.integers(h - ch + 1))
+        left = int(rng.integers(w - cw + 1))
+        flipped = bool(rng.random() < 0.5) and self.flip
+        beta = float(rng.uniform(*self.beta_range))
+        grey = rng.uniform(*self.airlight_range)
+        tint = rng.uniform(-self.tint, self.tint, size=3)
+        airlight = tuple(float(v) for v in np.clip(grey * (1 + tint), 0.0, 1.0))
+        return HazeParams(index, self.samples[k].name, beta, airlight, (top, left, ch, cw), flipped)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor, str]:
+        if index < 0:
+            index += self.n
+        p = self.params(index)
+        k = self.image_names.index(p.image)
+        top, left, ch, cw = p.box
+        clean = self.samples[k].image[:, top : top + ch, left : left + cw]
+        depth = self.depths[k][top : top + ch, left : left + cw]
+        if p.flipped:
+            clean, depth = clean.flip(-1), depth.flip(-1)
+        hazy = add_haze(clean, depth, p.beta, p.airlight).clamp_(0, 1)
+        name = f"{p.image}_{index:05d}" if self.split == "train" or self.n > len(self.samples) else p.image
+        return hazy.contiguous(), clean.contiguous(), name
+
+    def depth(self, index: int) -> Tensor:
+        """The depth map ``d`` (H×W) used for item ``index`` (cropped and flipped like it)."""
+        p = self.params(index)
+        top, left, ch, cw = p.box
+        d = self.depths[self.image_names.index(p.image)][top : top + ch, left : left + cw]
+        return d.flip(-1) if p.flipped else d

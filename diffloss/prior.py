@@ -1,0 +1,477 @@
+"""A frozen, pretrained diffusion U-Net used as a prior: ε_θ(x_t, t) and h-space in one call.
+
+DiffLoss (Tan et al., ACCV 2024) reads two things from an unconditional pixel-space diffusion
+model: the predicted noise ε_θ(x_t, t) (the *naturalness* signal, seed Eq. 6) and the output of
+the U-Net's middle block, the bottleneck "h-space" of Kwon et al. (the *semantic* signal, Eq. 7).
+:class:`DiffusionPrior` wraps a diffusers ``UNet2DModel`` (never hand-written here) and its
+:class:`~diffloss.schedule.NoiseSchedule`, keeps it frozen, and returns both from one U-Net call
+through a forward hook on ``unet.mid_block``.
+
+Run ``python -m diffloss.prior train-tiny --out DIR`` to (re)train the tiny prior shipped in
+``diffloss/assets/tiny_prior``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler, UNet2DModel
+from torch import Tensor, nn
+
+from .schedule import NoiseSchedule
+
+TINY_PRIOR_DIR = Path(__file__).parent / "assets" / "tiny_prior"
+SCHEDULER_CONFIG = "scheduler_config.json"
+PROVENANCE = "provenance.json"
+
+
+@dataclass
+class PriorOutput:
+    """What the prior says about x_t: ε_θ(x_t, t) and the middle-block features h(x_t, t).
+
+    ``variance`` holds the learned-variance channels of models that predict them (ADM's
+    ``learn_sigma``: 6 output channels), else ``None``.
+    """
+
+    eps: Tensor
+    hspace: Tensor
+    variance: Tensor | None = None
+
+
+class _StopAfterMidBlock(Exception):
+    """Raised by the h-space hook to leave the U-Net before its up path runs."""
+
+    def __init__(self, hspace: Tensor) -> None:
+        super().__init__("h-space captured")
+        self.hspace = hspace
+
+
+class DiffusionPrior(nn.Module):
+    """A frozen diffusers ``UNet2DModel`` plus its noise schedule.
+
+    ``prior(xt, t)`` returns :class:`PriorOutput` (ε and h-space from one U-Net call);
+    ``prior.hspace(xt, t)`` stops after the middle block. Inputs live in the diffusion model's
+    space, [-1, 1]. Nothing runs under ``no_grad``: gradients flow back to ``xt`` (that is what
+    DiffLoss needs), while the U-Net's own parameters never require or receive gradients.
+    """
+
+    def __init__(self, unet: UNet2DModel, schedule: NoiseSchedule | None = None) -> None:
+        super().__init__()
+        if not isinstance(unet, UNet2DModel):
+            raise TypeError(f"DiffusionPrior wraps a diffusers UNet2DModel, got {type(unet).__name__}")
+        if unet.mid_block is None:
+            raise ValueError("this UNet2DModel has no middle block (mid_block_type=None): there is no h-space")
+        self.unet = unet
+        self.schedule = schedule if schedule is not None else NoiseSchedule.linear()
+        n_train = unet.config.get("num_train_timesteps")
+        if n_train is not None and int(n_train) != self.schedule.T:
+            raise ValueError(
+                f"the U-Net was trained with {n_train} timesteps but the schedule has T = {self.schedule.T}"
+            )
+        self.unet.requires_grad_(False)
+        self.unet.eval()
+        self._captured: list[Tensor] | None = None
+        self._stop_after_mid = False
+        self.unet.mid_block.register_forward_hook(self._mid_block_hook)
+
+    # ------------------------------------------------------------------ freezing
+    def train(self, mode: bool = True) -> DiffusionPrior:
+        """A frozen prior stays in eval mode, whatever a parent module asks for."""
+        return super().train(False)
+
+    def _mid_block_hook(self, module: nn.Module, args: Any, output: Tensor) -> None:
+        if self._captured is not None:
+            self._captured.append(output)
+        if self._stop_after_mid:
+            raise _StopAfterMidBlock(output)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def downsampling_factor(self) -> int:
+        """Total downsampling of the U-Net: image sides must be multiples of it."""
+        return 2 ** (len(self.unet.config.block_out_channels) - 1)
+
+    @property
+    def sample_size(self) -> int:
+        """The U-Net's native (training) resolution."""
+        size = self.unet.config.sample_size
+        return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+    @property
+    def learned_variance(self) -> bool:
+        return self.unet.config.out_channels == 2 * self.unet.config.in_channels
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.unet.parameters())
+
+    # ------------------------------------------------------------------ checks
+    def check_input(self, xt: Tensor, t: Tensor) -> Tensor:
+        """Validate (x_t, t); clear ``ValueError`` for every wrong shape, size or timestep."""
+        if not isinstance(xt, Tensor) or xt.ndim != 4:
+            shape = tuple(xt.shape) if isinstance(xt, Tensor) else type(xt).__name__
+            raise ValueError(f"x_t must be a 4-D tensor B×C×H×W, got {shape}")
+        c = self.unet.config.in_channels
+        if xt.shape[1] != c:
+            raise ValueError(f"x_t must have {c} channels (RGB in [-1, 1]), got {xt.shape[1]}")
+        f = self.downsampling_factor
+        h, w = xt.shape[-2:]
+        if h % f or w % f:
+            raise ValueError(
+                f"x_t is {h}×{w}, but this U-Net downsamples by {f}: height and width must be multiples "
+                f"of {f} (e.g. {max(f, h // f * f)}×{max(f, w // f * f)}; native size "
+                f"{self.sample_size}×{self.sample_size}). Crop or pad the image."
+            )
+        return self.schedule.check_t(t, xt.shape[0])
+
+    # ------------------------------------------------------------------ calls
+    def _split(self, out: Tensor) -> tuple[Tensor, Tensor | None]:
+        if self.learned_variance:
+            c = self.unet.config.in_channels
+            return out[:, :c], out[:, c:]
+        return out, None
+
+    def forward(self, xt: Tensor, t: Tensor) -> PriorOutput:
+        """ε_θ(x_t, t) and h(x_t, t) from ONE U-Net call (forward hook on ``mid_block``)."""
+        t = self.check_input(xt, t)
+        self._captured = []
+        try:
+            out = self.unet(xt, t.to(xt.device)).sample
+            hspace = self._captured[0]
+        finally:
+            self._captured = None
+        eps, variance = self._split(out)
+        return PriorOutput(eps=eps, hspace=hspace, variance=variance)
+
+    def hspace(self, xt: Tensor, t: Tensor) -> Tensor:
+        """h(x_t, t) only: diffusers' own forward runs up to the middle block and stops there,
+        so the up path (about half the cost) never runs. Same tensor as ``prior(xt, t).hspace``."""
+        t = self.check_input(xt, t)
+        self._stop_after_mid = True
+        try:
+            self.unet(xt, t.to(xt.device))
+        except _StopAfterMidBlock as stop:
+            return stop.hspace
+        finally:
+            self._stop_after_mid = False
+        raise RuntimeError("the U-Net returned without running its middle block")  # pragma: no cover
+
+    def eps(self, xt: Tensor, t: Tensor) -> Tensor:
+        """ε_θ(x_t, t) alone (the ε half for learned-variance models)."""
+        return self(xt, t).eps
+
+    # ------------------------------------------------------------------ persistence
+    def save_pretrained(self, folder: str | os.PathLike) -> None:
+        """Write a diffusers folder: the U-Net (safetensors + config.json) and scheduler_config.json."""
+        folder = Path(folder)
+        self.unet.save_pretrained(folder, safe_serialization=True)
+        _write_json(folder / SCHEDULER_CONFIG, scheduler_config(self.schedule, self.learned_variance))
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs: Any) -> DiffusionPrior:
+        """Load a prior from a local diffusers folder or a Hugging Face hub id.
+
+        The U-Net is read from the folder (or its ``unet/`` subfolder); the schedule from
+        ``scheduler_config.json`` (or ``scheduler/scheduler_config.json``), linear 1e-4..0.02 with
+        T = 1000 when there is none. ``kwargs`` go to ``UNet2DModel.from_pretrained``.
+        """
+        path = Path(name_or_path)
+        if path.exists():
+            if not path.is_dir():
+                raise ValueError(f"{path} is a file; expected a diffusers folder (config.json + weights)")
+            unet_dir = path if (path / "config.json").exists() else path / "unet"
+            if not (unet_dir / "config.json").exists():
+                raise FileNotFoundError(
+                    f"{path} holds no diffusers U-Net (no config.json here or in unet/). "
+                    "Write one with DiffusionPrior.save_pretrained(folder) or "
+                    "`python -m diffloss.adm convert CKPT.pt FOLDER`."
+                )
+            unet = UNet2DModel.from_pretrained(unet_dir, **kwargs)
+            sched_cfg = None
+            for cand in (path / SCHEDULER_CONFIG, path / "scheduler" / SCHEDULER_CONFIG):
+                if cand.exists():
+                    sched_cfg = json.loads(cand.read_text())
+                    break
+        else:
+            unet, sched_cfg = _from_hub(str(name_or_path), **kwargs)
+        schedule = NoiseSchedule.from_diffusers_config(sched_cfg) if sched_cfg else NoiseSchedule.linear()
+        return cls(unet, schedule)
+
+    @classmethod
+    def tiny(cls) -> DiffusionPrior:
+        """The tiny prior that ships in the repository (trained by ``train-tiny``; see provenance.json)."""
+        if not (TINY_PRIOR_DIR / "config.json").exists():
+            raise FileNotFoundError(
+                f"The tiny prior is missing from {TINY_PRIOR_DIR}. Reinstall diffloss, or retrain it with "
+                f"`python -m diffloss.prior train-tiny --out {TINY_PRIOR_DIR}`."
+            )
+        return cls.from_pretrained(TINY_PRIOR_DIR)
+
+    @classmethod
+    def from_adm_checkpoint(cls, path: str | os.PathLike, flags: dict[str, Any] | None = None) -> DiffusionPrior:
+        """The paper's prior: an OpenAI guided-diffusion checkpoint converted exactly to diffusers
+        (see :mod:`diffloss.adm`). ``flags`` default to ``256x256_diffusion_uncond.pt``'s."""
+        from . import adm
+
+        flags = dict(adm.ADM_256_UNCOND if flags is None else flags)
+        unet = adm.load_adm_checkpoint(path, flags)
+        schedule = NoiseSchedule.from_diffusers_config(adm.adm_scheduler_config(flags))
+        return cls(unet, schedule)
+
+
+def scheduler_config(schedule: NoiseSchedule, learned_variance: bool = False) -> dict[str, Any]:
+    """A diffusers ``DDPMScheduler`` config that reproduces ``schedule`` exactly."""
+    kw: dict[str, Any] = {
+        "num_train_timesteps": schedule.T,
+        "variance_type": "learned_range" if learned_variance else "fixed_small",
+        "clip_sample": True,
+        "prediction_type": "epsilon",
+    }
+    linear = NoiseSchedule.linear(schedule.T, float(schedule.betas[0]), float(schedule.betas[-1]))
+    if torch.equal(linear.betas, schedule.betas):
+        kw.update(beta_schedule="linear", beta_start=float(schedule.betas[0]), beta_end=float(schedule.betas[-1]))
+    elif torch.equal(NoiseSchedule.cosine(schedule.T).betas, schedule.betas):
+        kw.update(beta_schedule="squaredcos_cap_v2")
+    else:
+        kw.update(trained_betas=schedule.betas.tolist())
+    return dict(DDPMScheduler(**kw).config)
+
+
+def _from_hub(repo_id: str, **kwargs: Any) -> tuple[UNet2DModel, dict[str, Any] | None]:
+    from huggingface_hub import hf_hub_download
+
+    errors = []
+    for sub in (None, "unet"):
+        try:
+            unet = UNet2DModel.from_pretrained(repo_id, subfolder=sub, **kwargs)
+            break
+        except (OSError, ValueError, EnvironmentError) as err:  # noqa: UP024 (diffusers raises both)
+            errors.append(err)
+    else:
+        raise OSError(
+            f"Could not load the diffusion prior {repo_id!r}: it is not a local folder, and it could not "
+            "be fetched from the Hugging Face hub or found in its cache (offline?). On a machine with "
+            f"internet run `huggingface-cli download {repo_id}` (or DiffusionPrior.from_pretrained once), "
+            "or pass a local folder written by DiffusionPrior.save_pretrained. "
+            f"Last error: {errors[-1]}"
+        ) from errors[-1]
+    sched_cfg = None
+    for name in (SCHEDULER_CONFIG, f"scheduler/{SCHEDULER_CONFIG}"):
+        try:
+            sched_cfg = json.loads(Path(hf_hub_download(repo_id, name)).read_text())
+            break
+        except Exception:  # noqa: BLE001 - absent file: fall back to the default schedule
+            continue
+    return unet, sched_cfg
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+# ====================================================================== the tiny prior
+def tiny_unet_config(sample_size: int = 32, width: int = 32) -> dict[str, Any]:
+    """The tiny prior's architecture: 3 levels (width, 2·width, 4·width), attention at 1/2 and
+    in the middle block; about 2 M parameters at ``width=32``."""
+    return dict(
+        sample_size=sample_size,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(width, 2 * width, 4 * width),
+        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+        layers_per_block=1,
+        attention_head_dim=width,
+        norm_num_groups=min(16, width),
+        num_train_timesteps=1000,
+    )
+
+
+def denoising_loss(unet: UNet2DModel, schedule: NoiseSchedule, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+    """DDPM's simple loss, Ho et al. Eq. 14: ‖ε − ε_θ(√ᾱ_t x_0 + √(1−ᾱ_t) ε, t)‖², per sample."""
+    xt = schedule.q_sample(x0, t, noise)
+    out = unet(xt, t).sample[:, : x0.shape[1]]
+    return F.mse_loss(out, noise, reduction="none").flatten(1).mean(1)
+
+
+def random_crops(images: list[Tensor], n: int, size: int, generator: torch.Generator,
+                 scale_range: tuple[float, float] = (0.25, 0.6)) -> Tensor:
+    """``n`` random ``size``² crops in [-1, 1] of randomly downscaled images, with random flips.
+
+    Downscaling by a factor in ``scale_range`` makes a 32-pixel crop show structure (edges,
+    textures) rather than a nearly flat patch of a 512-pixel photograph.
+    """
+    out = torch.empty(n, 3, size, size)
+    for i in range(n):
+        img = images[int(torch.randint(len(images), (1,), generator=generator))]
+        s = scale_range[0] + (scale_range[1] - scale_range[0]) * float(torch.rand(1, generator=generator))
+        h, w = img.shape[-2:]
+        hh, ww = max(size, round(h * s)), max(size, round(w * s))
+        small = F.interpolate(img[None], size=(hh, ww), mode="bilinear", antialias=True, align_corners=False)[0]
+        y = int(torch.randint(hh - size + 1, (1,), generator=generator))
+        x = int(torch.randint(ww - size + 1, (1,), generator=generator))
+        crop = small[:, y : y + size, x : x + size]
+        if float(torch.rand(1, generator=generator)) < 0.5:
+            crop = crop.flip(-1)
+        out[i] = crop
+    return out.clamp(0, 1) * 2 - 1
+
+
+@torch.no_grad()
+def evaluate_loss(unet: UNet2DModel, schedule: NoiseSchedule, x0: Tensor, n_t: int = 20, seed: int = 0,
+                  batch: int = 64) -> float:
+    """ε-prediction loss averaged over ``n_t`` evenly spaced t and over the crops ``x0`` (seeded)."""
+    g = torch.Generator().manual_seed(seed)
+    ts = torch.linspace(0, schedule.T - 1, n_t).round().long()
+    was_training = unet.training
+    unet.eval()
+    total, count = 0.0, 0
+    for t_val in ts:
+        for i in range(0, x0.shape[0], batch):
+            xb = x0[i : i + batch]
+            noise = torch.randn(xb.shape, generator=g)
+            t = torch.full((xb.shape[0],), int(t_val), dtype=torch.long)
+            total += float(denoising_loss(unet, schedule, xb, t, noise).sum())
+            count += xb.shape[0]
+    unet.train(was_training)
+    return total / count
+
+
+def train_tiny(out: str | os.PathLike, steps: int = 4000, batch_size: int = 32, size: int = 32,
+               width: int = 32, lr: float = 1e-3, seed: int = 0, ema_decay: float = 0.995,
+               n_eval: int = 128, progress: bool = True) -> dict[str, Any]:
+    """Train the tiny prior as a DDPM (ε-prediction, linear schedule, T = 1000) on random crops
+    of the *training* split of the bundled images, and write it (EMA weights) with provenance."""
+    from tqdm.auto import tqdm
+
+    from .data import sample_images
+
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    schedule = NoiseSchedule.linear()
+    unet = UNet2DModel(**tiny_unet_config(size, width))
+    ema = UNet2DModel(**tiny_unet_config(size, width))
+    ema.load_state_dict(unet.state_dict())
+    ema.requires_grad_(False)
+    train_imgs = [s.image for s in sample_images("train")]
+    test_imgs = [s.image for s in sample_images("test")]
+    eval_train = random_crops(train_imgs, n_eval, size, torch.Generator().manual_seed(10_000 + seed))
+    eval_test = random_crops(test_imgs, n_eval, size, torch.Generator().manual_seed(20_000 + seed))
+    init_loss = evaluate_loss(unet, schedule, eval_test)
+
+    opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
+    warmup = max(1, min(200, steps // 10))
+
+    def lr_at(step: int) -> float:  # linear warm-up, then cosine decay to 10 %
+        if step < warmup:
+            return (step + 1) / warmup
+        p = (step - warmup) / max(1, steps - warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    start = time.time()
+    running = None
+    bar = tqdm(range(steps), desc="train-tiny", disable=not progress)
+    unet.train()
+    for _step in bar:
+        x0 = random_crops(train_imgs, batch_size, size, g)
+        t = torch.randint(0, schedule.T, (batch_size,), generator=g)
+        noise = torch.randn(x0.shape, generator=g)
+        loss = denoising_loss(unet, schedule, x0, t, noise).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            for pe, p in zip(ema.parameters(), unet.parameters()):
+                pe.lerp_(p, 1 - ema_decay)
+        lv = loss.item()
+        running = lv if running is None else 0.98 * running + 0.02 * lv
+        bar.set_postfix(loss=f"{running:.4f}")
+    wall = time.time() - start
+
+    train_loss = evaluate_loss(ema, schedule, eval_train)
+    test_loss = evaluate_loss(ema, schedule, eval_test)
+    prior = DiffusionPrior(ema, schedule)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    prior.save_pretrained(out)
+    info = {
+        "command": "python -m diffloss.prior " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["train-tiny"]
+        else f"train_tiny(out={str(out)!r}, steps={steps}, batch_size={batch_size}, size={size}, width={width}, seed={seed})",
+        "steps": steps, "batch_size": batch_size, "size": size, "width": width, "lr": lr, "seed": seed,
+        "ema_decay": ema_decay,
+        "parameters": prior.num_parameters(),
+        "wall_time_s": round(wall, 1),
+        "final_running_train_loss": round(running or float("nan"), 5),
+        "eval_loss_train_crops": round(train_loss, 5),
+        "eval_loss_heldout_crops": round(test_loss, 5),
+        "eval_loss_at_init_heldout": round(init_loss, 5),
+        "eval_protocol": f"{n_eval} crops, 20 evenly spaced t, seeded noise; EMA weights",
+        "train_images": [s.name for s in sample_images("train")],
+        "heldout_images": [s.name for s in sample_images("test")],
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                    "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "python": platform.python_version(), "torch": torch.__version__},
+        "git_commit": _git_commit(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+    _write_json(out / PROVENANCE, info)
+    return info
+
+
+def _git_commit() -> str:
+    try:
+        root = Path(__file__).resolve().parents[1]
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "diffloss"], cwd=root, capture_output=True,
+                               text=True, check=True)
+        return sha.stdout.strip() + ("+uncommitted" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m diffloss.prior", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("train-tiny", help="train the tiny offline prior (CPU is fine)")
+    p.add_argument("--out", required=True, help="output folder (a diffusers folder)")
+    p.add_argument("--steps", type=int, default=4000)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--width", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    info = train_tiny(args.out, steps=args.steps, batch_size=args.batch_size, size=args.size, width=args.width,
+                      lr=args.lr, seed=args.seed, progress=not args.no_progress)
+    print(json.dumps({k: info[k] for k in ("parameters", "wall_time_s", "eval_loss_train_crops",
+                                           "eval_loss_heldout_crops", "eval_loss_at_init_heldout")}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
