@@ -593,9 +593,10 @@ def add_haze(
     return clean * t + a * (1 - t)
 
 
-def _normalise(x: Tensor) -> Tensor:
+def _normalise(x: Tensor, eps: float = 1e-4) -> Tensor:
+    """Min-max rescale to [0, 1]; a (nearly) constant map, range < ``eps``, becomes 0."""
     lo, hi = x.min(), x.max()
-    return (x - lo) / (hi - lo) if hi > lo else torch.zeros_like(x)
+    return (x - lo) / (hi - lo) if hi - lo > eps else torch.zeros_like(x)
 
 
 def depth_from_disparity(disparity: Tensor) -> Tensor:
