@@ -1,0 +1,101 @@
+"""Build the chapter notebooks from their percent-format sources in ``notebooks/src/``.
+
+Each ``notebooks/src/NN_name.py`` holds cells separated by ``# %%`` (code) and
+``# %% [markdown]`` (markdown, every line prefixed by ``# ``). This script writes
+``notebooks/NN_name.ipynb`` (unexecuted) with two cells in front: the title with an
+"Open in Colab" badge, and a cell that installs the package on Colab only. The repository
+URL comes from one place, ``pyproject.toml``'s ``[project.urls] Repository``.
+
+    python tools/build_notebooks.py            # all chapters
+    python tools/build_notebooks.py 01         # chapters whose name starts with 01
+"""
+
+from __future__ import annotations
+
+import sys
+import tomllib
+from pathlib import Path
+
+import nbformat
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "notebooks" / "src"
+
+
+def repository_url() -> str:
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    return data["project"]["urls"]["Repository"].rstrip("/")
+
+
+def colab_url(notebook: str) -> str:
+    """The Colab link of ``notebooks/<notebook>`` on the repository's main branch."""
+    owner_repo = repository_url().removeprefix("https://github.com/")
+    return f"https://colab.research.google.com/github/{owner_repo}/blob/main/notebooks/{notebook}"
+
+
+def colab_badge(notebook: str) -> str:
+    return (f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
+            f"({colab_url(notebook)})")
+
+
+def install_cell() -> str:
+    return (
+        "# On Colab: install this repository's package. Elsewhere this cell does nothing\n"
+        "# (locally, `make demo` / `make lab` have installed it already).\n"
+        "import sys\n\n"
+        "if \"google.colab\" in sys.modules:\n"
+        "    import subprocess\n\n"
+        f"    subprocess.run([sys.executable, \"-m\", \"pip\", \"install\", \"-q\", \"git+{repository_url()}\"], check=True)"
+    )
+
+
+def parse_percent(text: str) -> list[tuple[str, str]]:
+    cells: list[tuple[str, list[str]]] = []
+    for line in text.splitlines():
+        if line.startswith("# %%"):
+            kind = "markdown" if "[markdown]" in line else "code"
+            cells.append((kind, []))
+            continue
+        if not cells:
+            continue
+        kind, lines = cells[-1]
+        if kind == "markdown":
+            lines.append(line[2:] if line.startswith("# ") else line.lstrip("#"))
+        else:
+            lines.append(line)
+    return [(k, "\n".join(lines).strip("\n")) for k, lines in cells if "\n".join(lines).strip()]
+
+
+def build(src: Path) -> Path:
+    name = src.stem + ".ipynb"
+    cells = parse_percent(src.read_text())
+    if not cells or cells[0][0] != "markdown" or not cells[0][1].startswith("# "):
+        raise ValueError(f"{src}: the first cell must be a markdown title '# ...'")
+    title, _, rest = cells[0][1].partition("\n")
+    nb = nbformat.v4.new_notebook()
+    nb.metadata.update({
+        "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+        "language_info": {"name": "python"},
+    })
+    nb.cells.append(nbformat.v4.new_markdown_cell(f"{title}\n\n{colab_badge(name)}\n{rest}".rstrip()))
+    nb.cells.append(nbformat.v4.new_code_cell(install_cell()))
+    for kind, source in cells[1:]:
+        make = nbformat.v4.new_markdown_cell if kind == "markdown" else nbformat.v4.new_code_cell
+        nb.cells.append(make(source))
+    for i, cell in enumerate(nb.cells):
+        cell["id"] = f"c{i:02d}"
+    out = ROOT / "notebooks" / name
+    nbformat.write(nb, out)
+    return out
+
+
+def main(argv: list[str]) -> int:
+    prefixes = argv or [""]
+    for src in sorted(SRC.glob("*.py")):
+        if any(src.stem.startswith(p) for p in prefixes):
+            print("built", build(src).relative_to(ROOT))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
