@@ -179,6 +179,8 @@ def _short(exc: BaseException) -> str:
 
 
 def _to_float(raw: Tensor) -> Tensor:
+    if raw.is_floating_point():
+        return raw
     full = 65535.0 if raw.dtype == torch.uint16 else 255.0
     return raw.to(torch.float32).div_(full)
 
@@ -251,16 +253,24 @@ def _layout_dirs(
         raise ValueError(f"layout='folders' expects {LAYOUT_HELP['folders']}; got {root!r}")
     if isinstance(root, (dict, tuple, list)):
         raise ValueError(f"layout={layout!r} expects a single root folder, got {root!r}")
-    root = Path(root)
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    if layout == "dense_haze":
-        return root / split / "hazy", root / split / "GT"
-    if layout == "lol":
-        sub = root / ("our485" if split == "train" else "eval15")
-        return sub / "low", sub / "high"
-    sub = root / ("train/Rain13K" if split == "train" else "test/Rain100H")
-    return sub / "input", sub / "target"
+
+    def dirs(base: Path) -> tuple[Path, Path]:
+        if layout == "dense_haze":
+            return base / split / "hazy", base / split / "GT"
+        if layout == "lol":
+            sub = base / ("our485" if split == "train" else "eval15")
+            return sub / "low", sub / "high"
+        sub = base / ("train/Rain13K" if split == "train" else "test/Rain100H")
+        return sub / "input", sub / "target"
+
+    root = Path(root)
+    found = dirs(root)
+    # The data scripts write ROOT/<layout>: accept the data folder itself too.
+    if not found[0].is_dir() and dirs(root / layout)[0].is_dir():
+        found = dirs(root / layout)
+    return found
 
 
 def _list_images(folder: Path, layout: str) -> list[Path]:
@@ -365,6 +375,10 @@ class PairedImageDataset(Dataset):
     - ``"rain"``: ``root/train/Rain13K/{input,target}``, ``root/test/Rain100H/{input,target}``;
     - ``"folders"``: ``root`` is ``{"degraded": DIR, "clean": DIR}`` or ``(DEGRADED, CLEAN)``;
       ``split`` is ignored.
+
+    For the first three, ``root`` may also be the data folder that the data scripts fill
+    (``data/`` instead of ``data/dense_haze``): ``root/<layout>`` is used when ``root`` itself
+    does not hold the layout.
 
     Images are paired by file name without extension. Everything is checked when the dataset
     is built, and all problems are reported at once, naming the files: unmatched files, two
@@ -518,17 +532,20 @@ class PairedImageDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor, str]:
         name = self.pairs[index][0]
-        deg_raw, clean_raw = self._raw_pair(index)
-        deg, clean = _to_float(deg_raw), _to_float(clean_raw)
+        deg, clean = self._raw_pair(index)
         if self.transform is not None:
             h, w = deg.shape[-2:]
             if self.crop is not None and (h < self.crop[0] or w < self.crop[1]):
                 raise ValueError(
                     f"crop {self.crop[0]}×{self.crop[1]} is larger than pair {name!r} ({h}×{w}, H×W)"
                 )
+            # Crop/flip/rotate the 8-bit integers (cheaper than full-size floats); torch has
+            # few uint16 kernels, so 16-bit images are converted to float first.
+            if deg.dtype == torch.uint16 or clean.dtype == torch.uint16:
+                deg, clean = _to_float(deg), _to_float(clean)
             deg, clean = self.transform(tv_tensors.Image(deg), tv_tensors.Image(clean))
             deg, clean = deg.as_subclass(Tensor), clean.as_subclass(Tensor)
-        return deg.contiguous(), clean.contiguous(), name
+        return _to_float(deg).contiguous(), _to_float(clean).contiguous(), name
 
     def __repr__(self) -> str:
         return (

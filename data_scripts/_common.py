@@ -1,0 +1,554 @@
+"""Shared helpers of the data scripts: a resumable download, zip/folder sources, atomic publish.
+
+- :func:`download` fetches a URL into ``dest`` through ``dest.part`` with a tqdm progress bar,
+  resumes an interrupted transfer with an HTTP ``Range`` request (in the same run, and in a
+  later run from the ``.part`` left behind), checks the size (and optionally SHA-256), and only
+  then renames ``.part`` to ``dest`` (``os.replace``, atomic on one file system). A file at
+  ``dest`` is therefore always complete.
+- :class:`Source` lists and copies image files from a zip archive or a folder alike.
+- :func:`atomic_dir` builds a folder under a temporary name and renames it into place at the
+  end, so an interrupted preparation never leaves a half-filled dataset folder behind.
+- :func:`prepare_pairs` is the body of ``prepare_lol.py`` and ``prepare_rain.py``.
+
+Standard library + tqdm only, so the scripts run before the package is installed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.client
+import json
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import zipfile
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+USER_AGENT = "diffloss-data-scripts/0.1 (+https://github.com/diffloss-tutorial/diffloss)"
+
+
+class DownloadError(RuntimeError):
+    """A download that cannot complete (dead link, repeated interruptions, wrong size)."""
+
+
+class ArchiveError(RuntimeError):
+    """An archive or folder that is corrupt or lacks expected files."""
+
+
+class _Interrupted(Exception):
+    """A transfer that stopped early; retried with a Range request."""
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def human(n: int | float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def sha256sum(path: Path, chunk_size: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk_size), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# Download
+# ---------------------------------------------------------------------------------------------
+
+
+def download(
+    url: str,
+    dest: str | Path,
+    expected_size: int | None = None,
+    *,
+    sha256: str | None = None,
+    retries: int = 3,
+    retry_wait: float = 2.0,
+    timeout: float = 60.0,
+    chunk_size: int = 1 << 16,
+    progress: bool = True,
+    hint: str | None = None,
+) -> Path:
+    """Download ``url`` to ``dest``, resuming and verifying; returns ``dest``.
+
+    - If ``dest`` exists (and has ``expected_size`` / ``sha256`` when given) nothing is fetched.
+    - Bytes go to ``dest.part``; its URL and the server's ETag / Last-Modified go to
+      ``dest.part.json``. A later call resumes from the ``.part`` with ``Range: bytes=N-``
+      (and ``If-Range``, so a changed remote file restarts from zero). A server that ignores
+      ``Range`` (200 instead of 206) restarts the file from zero.
+    - A transfer cut short (fewer bytes than announced, reset, timeout, HTTP 5xx) is resumed
+      up to ``retries`` times in this call, waiting ``retry_wait·attempt`` seconds.
+    - Only a complete, verified ``.part`` is renamed to ``dest`` (``os.replace``).
+
+    Raises :class:`DownloadError` with ``hint`` appended (e.g. how to download manually)
+    for dead links (HTTP 4xx, unknown host) and when the retries run out; the ``.part`` is
+    kept then, so the next call resumes.
+    """
+    dest = Path(dest)
+    part = dest.with_name(dest.name + ".part")
+    meta_path = dest.with_name(dest.name + ".part.json")
+    suffix = f"\n{hint}" if hint else ""
+    if dest.exists():
+        size = dest.stat().st_size
+        if (expected_size is None or size == expected_size) and (sha256 is None or sha256sum(dest) == sha256):
+            log(f"{dest} is already downloaded ({human(size)}).")
+            return dest
+        warn(f"{dest} exists but does not match the expected size/checksum; downloading again.")
+        dest.unlink()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    meta = _read_meta(meta_path)
+    if part.exists() and meta.get("url") != url:
+        warn(f"discarding {part}: it was not downloaded from {url}.")
+        part.unlink()
+        meta = {}
+    attempt = 0
+    while True:
+        try:
+            total = _fetch(url, part, meta_path, meta, timeout, chunk_size, progress, suffix)
+            break
+        except _Interrupted as exc:
+            meta = _read_meta(meta_path)
+            have = part.stat().st_size if part.exists() else 0
+            if attempt >= retries:
+                raise DownloadError(
+                    f"Download of {url} interrupted ({exc}) and {retries} retries used up. "
+                    f"The partial file {part} ({human(have)}) is kept: run the command again "
+                    f"to resume.{suffix}"
+                ) from None
+            attempt += 1
+            log(f"Transfer interrupted ({exc}); resuming from byte {have} (retry {attempt}/{retries}).")
+            time.sleep(retry_wait * attempt)
+    size = part.stat().st_size
+    if total is not None and size != total:  # pragma: no cover - _fetch guarantees it
+        raise DownloadError(f"{part}: {size} bytes, expected {total}.{suffix}")
+    if expected_size is not None and size != expected_size:
+        part.unlink()
+        meta_path.unlink(missing_ok=True)
+        raise DownloadError(
+            f"Downloaded {size} bytes from {url}, expected {expected_size}; the file was removed. "
+            f"The remote file may have changed.{suffix}"
+        )
+    if sha256 is not None and (digest := sha256sum(part)) != sha256.lower():
+        part.unlink()
+        meta_path.unlink(missing_ok=True)
+        raise DownloadError(
+            f"Checksum mismatch for {url}: SHA-256 {digest}, expected {sha256}; the file was "
+            f"removed.{suffix}"
+        )
+    os.replace(part, dest)
+    meta_path.unlink(missing_ok=True)
+    log(f"Downloaded {dest} ({human(size)}).")
+    return dest
+
+
+def _read_meta(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _total_from_content_range(value: str | None) -> tuple[int | None, int | None]:
+    """``bytes a-b/total`` or ``bytes */total`` -> (a, total); None where absent or ``*``."""
+    if not value or not value.startswith("bytes "):
+        return None, None
+    spec, _, total = value[6:].partition("/")
+    start = spec.split("-")[0]
+    return (int(start) if start.strip().isdigit() else None, int(total) if total.strip().isdigit() else None)
+
+
+def _fetch(
+    url: str,
+    part: Path,
+    meta_path: Path,
+    meta: dict,
+    timeout: float,
+    chunk_size: int,
+    progress: bool,
+    suffix: str,
+) -> int | None:
+    """One HTTP request appending to ``part``; returns the total size (None if unknown)."""
+    offset = part.stat().st_size if part.exists() else 0
+    headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+        validator = meta.get("etag") or meta.get("last_modified")
+        if validator:
+            headers["If-Range"] = validator
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and offset:
+            _, total = _total_from_content_range(exc.headers.get("Content-Range"))
+            if total == offset:  # the .part was complete already
+                return total
+            part.unlink()
+            raise _Interrupted("the server refused to resume; starting over") from None
+        if exc.code >= 500 or exc.code in (408, 429):
+            raise _Interrupted(f"HTTP {exc.code} {exc.reason}") from None
+        raise DownloadError(
+            f"HTTP {exc.code} {exc.reason} for {url}: the link may be dead or moved.{suffix}"
+        ) from None
+    except urllib.error.URLError as exc:
+        if isinstance(exc.reason, (TimeoutError, socket.timeout, ConnectionResetError)):
+            raise _Interrupted(str(exc.reason)) from None
+        raise DownloadError(f"Cannot reach {url}: {exc.reason}.{suffix}") from None
+    except (TimeoutError, ConnectionError, http.client.HTTPException) as exc:
+        raise _Interrupted(f"{type(exc).__name__}: {exc}") from None
+
+    with response:
+        status = getattr(response, "status", 200)
+        length = response.headers.get("Content-Length")
+        length = int(length) if length and length.isdigit() else None
+        if status == 206:
+            start, total = _total_from_content_range(response.headers.get("Content-Range"))
+            if start != offset:
+                part.unlink(missing_ok=True)
+                raise _Interrupted(f"the server resumed at byte {start}, not {offset}; starting over")
+            mode = "ab"
+        else:
+            if offset:
+                log(f"The server does not resume (HTTP {status}); downloading {part.name} from the start.")
+            offset, total, mode = 0, length, "wb"
+        meta = {
+            "url": url,
+            "etag": response.headers.get("ETag"),
+            "last_modified": response.headers.get("Last-Modified"),
+            "total": total,
+        }
+        meta_path.write_text(json.dumps(meta))
+        bar = _progress(total, offset, part.name.removesuffix(".part"), progress)
+        try:
+            with open(part, mode) as f:
+                while True:
+                    try:
+                        chunk = response.read(chunk_size)
+                    except http.client.IncompleteRead as exc:
+                        f.write(exc.partial)
+                        raise _Interrupted("connection closed early") from None
+                    except (TimeoutError, ConnectionError, OSError) as exc:
+                        raise _Interrupted(f"{type(exc).__name__}: {exc}") from None
+                    if not chunk:
+                        break
+                    f.write(chunk)
+                    bar.update(len(chunk))
+        finally:
+            bar.close()
+    size = part.stat().st_size
+    if total is not None and size < total:
+        raise _Interrupted(f"connection closed after {size} of {total} bytes")
+    if total is not None and size > total:
+        part.unlink()
+        raise DownloadError(f"{url}: received {size} bytes, more than the announced {total}.{suffix}")
+    return total
+
+
+def _progress(total: int | None, initial: int, desc: str, enabled: bool):
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm is a dependency of the package
+        enabled = False
+    if not enabled:
+        return _NoBar()
+    return tqdm(total=total, initial=initial, desc=desc, unit="B", unit_scale=True, unit_divisor=1024)
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Sources: a zip archive or a folder
+# ---------------------------------------------------------------------------------------------
+
+
+def _ignored(rel: str) -> bool:
+    parts = PurePosixPath(rel).parts
+    return any(p == "__MACOSX" or p.startswith(".") for p in parts)
+
+
+class Source:
+    """Files of a zip archive or a folder, by POSIX path relative to its top.
+
+    Opening a zip checks that it is one (the central directory is read); the CRC-32 of every
+    member is checked when it is copied out (:meth:`copy`). Hidden files and ``__MACOSX``
+    folders are ignored.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._zip: zipfile.ZipFile | None = None
+        if not self.path.exists():
+            raise ArchiveError(f"{self.path} does not exist.")
+        if self.path.is_dir():
+            self.files = sorted(
+                p.relative_to(self.path).as_posix()
+                for p in self.path.rglob("*")
+                if p.is_file() and not _ignored(p.relative_to(self.path).as_posix())
+            )
+            return
+        try:
+            self._zip = zipfile.ZipFile(self.path)
+        except zipfile.BadZipFile:
+            raise ArchiveError(_not_a_zip(self.path)) from None
+        except OSError as exc:
+            raise ArchiveError(f"{self.path}: cannot read it ({exc}).") from None
+        self.files = sorted(
+            info.filename for info in self._zip.infolist() if not info.is_dir() and not _ignored(info.filename)
+        )
+
+    @property
+    def is_zip(self) -> bool:
+        return self._zip is not None
+
+    def copy(self, rel: str, target: Path, link: bool = False) -> None:
+        """Copy file ``rel`` to ``target`` (zip: extracted with its CRC checked; folder: copied,
+        or hard-linked when ``link`` and possible)."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if self._zip is None:
+            src = self.path / rel
+            if link:
+                with contextlib.suppress(OSError):
+                    os.link(src, target)
+                    return
+            shutil.copyfile(src, target)
+            return
+        try:
+            with self._zip.open(rel) as fin, open(target, "wb") as fout:
+                shutil.copyfileobj(fin, fout, 1 << 20)
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
+            raise ArchiveError(
+                f"{self.path} is corrupt: member {rel!r} cannot be extracted ({exc})."
+            ) from None
+
+    def close(self) -> None:
+        if self._zip is not None:
+            self._zip.close()
+
+    def __enter__(self) -> Source:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _not_a_zip(path: Path) -> str:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512).lstrip().lower()
+    except OSError:
+        head = b""
+    if head.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head")):
+        return (
+            f"{path} is a web page, not a zip archive: the download link probably points to an "
+            "error or login page now."
+        )
+    return f"{path} is not a valid zip archive (it is corrupt or truncated)."
+
+
+# ---------------------------------------------------------------------------------------------
+# Atomic folder publish
+# ---------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def atomic_dir(final: Path) -> Iterator[Path]:
+    """Yield a temporary folder next to ``final``; on success replace ``final`` with it.
+
+    On an exception the temporary folder is deleted and ``final`` is left as it was, so a
+    folder at ``final`` is always a finished one.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Preparing paired datasets from a user's download (LOL, Rain13K/Rain100H)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Subset:
+    """One paired folder to produce: ``dest`` (relative to the dataset root) with the
+    sub-folders ``pair``; found in a source as a folder named one of ``names`` (any case)
+    that holds both sub-folders; ``expected`` pairs."""
+
+    dest: str
+    names: tuple[str, ...]
+    pair: tuple[str, str]
+    expected: int
+
+
+def _is_image(rel: str) -> bool:
+    return PurePosixPath(rel).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def find_subset(source: Source, subset: Subset) -> tuple[str, dict[str, list[str]]] | None:
+    """Find ``subset`` in ``source``: (folder prefix, {sub-folder: [image paths]}) or None.
+
+    When several folders qualify, the one with the most images wins (and a warning names the
+    others)."""
+    names = {n.lower() for n in subset.names}
+    wanted = {p.lower(): p for p in subset.pair}
+    found: dict[str, dict[str, list[str]]] = {}
+    for rel in source.files:
+        if not _is_image(rel):
+            continue
+        parts = PurePosixPath(rel).parts
+        if len(parts) < 3:
+            continue
+        folder, sub = parts[-3], parts[-2]
+        if folder.lower() in names and sub.lower() in wanted:
+            prefix = "/".join(parts[:-2])
+            found.setdefault(prefix, {p: [] for p in subset.pair})[wanted[sub.lower()]].append(rel)
+    complete = {k: v for k, v in found.items() if all(v[p] for p in subset.pair)}
+    if not complete:
+        return None
+    best = max(complete, key=lambda k: sum(len(v) for v in complete[k].values()))
+    others = sorted(set(complete) - {best})
+    if others:
+        warn(f"{subset.dest}: several candidate folders in {source.path}; using {best!r}, ignoring {others}.")
+    return best, complete[best]
+
+
+def _stem(rel: str) -> str:
+    return PurePosixPath(rel).stem
+
+
+def is_prepared(root: Path, subset: Subset) -> int:
+    """Number of images in the first sub-folder if ``root/subset.dest`` is in place, else 0."""
+    folder = root / subset.dest
+    if not all((folder / p).is_dir() for p in subset.pair):
+        return 0
+    counts = [sum(1 for f in (folder / p).iterdir() if _is_image(f.name)) for p in subset.pair]
+    return counts[0] if all(counts) else 0
+
+
+def prepare_pairs(
+    dataset: str,
+    sources: Sequence[str | Path],
+    root: Path,
+    subsets: Sequence[Subset],
+    *,
+    force: bool = False,
+    link: bool = False,
+) -> int:
+    """Normalise a user's download of ``dataset`` into ``root/<subset.dest>/<pair>``.
+
+    Each subset is looked up in every source (zip or folder), its images are paired by file
+    name without extension (unpaired files are listed and skipped), the pair count is compared
+    with ``subset.expected`` (a warning with the found count when they differ), and the pairs
+    are copied into a temporary folder renamed into place at the end (:func:`atomic_dir`).
+    A subset already in place is left alone unless ``force``. Returns an exit status:
+    0 when every subset is in place, 1 otherwise (with a message that says what is missing).
+    """
+    todo = []
+    for subset in subsets:
+        have = is_prepared(root, subset)
+        if have and not force:
+            log(f"{dataset} {subset.dest}: already prepared in {root / subset.dest} ({have} pairs); nothing to do.")
+        else:
+            todo.append(subset)
+    if not todo:
+        return 0
+    if not sources:
+        print(
+            f"error: {dataset}: {', '.join(s.dest for s in todo)} not prepared yet in {root}; "
+            "pass --source with the archive(s) or folder(s) you downloaded.",
+            file=sys.stderr,
+        )
+        return 1
+    opened: list[Source] = []
+    missing: list[Subset] = []
+    try:
+        for path in sources:
+            try:
+                opened.append(Source(path))
+            except ArchiveError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 1
+        for subset in todo:
+            hit = next(((s, f) for s in opened if (f := find_subset(s, subset)) is not None), None)
+            if hit is None:
+                missing.append(subset)
+                continue
+            source, (prefix, files) = hit
+            a, b = subset.pair
+            by_stem = {side: {_stem(r): r for r in files[side]} for side in subset.pair}
+            common = sorted(set(by_stem[a]) & set(by_stem[b]))
+            for side, other in ((a, b), (b, a)):
+                lonely = sorted(set(by_stem[side]) - set(by_stem[other]))
+                if lonely:
+                    names = [PurePosixPath(by_stem[side][s]).name for s in lonely]
+                    shown = ", ".join(names[:10]) + (f", ... and {len(names) - 10} more" if len(names) > 10 else "")
+                    warn(f"{subset.dest}: {len(lonely)} file(s) in {prefix}/{side} have no partner in {prefix}/{other}; skipped: {shown}")
+            if not common:
+                missing.append(subset)
+                continue
+            if len(common) != subset.expected:
+                warn(f"{dataset} {subset.dest}: found {len(common):,} pairs, expected {subset.expected:,}.")
+            log(f"{dataset} {subset.dest}: {len(common):,} pairs from {source.path}:{prefix}")
+            try:
+                with atomic_dir(root / subset.dest) as tmp:
+                    for stem in common:
+                        for side in subset.pair:
+                            rel = by_stem[side][stem]
+                            source.copy(rel, tmp / side / PurePosixPath(rel).name, link=link)
+            except ArchiveError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 1
+            log(f"  -> {root / subset.dest}")
+    finally:
+        for s in opened:
+            s.close()
+    if missing:
+        lines = "\n".join(
+            f"  {s.dest}: a folder named {' or '.join(s.names)} with sub-folders {s.pair[0]}/ and {s.pair[1]}/"
+            for s in missing
+        )
+        print(
+            f"error: {dataset}: not found in {', '.join(str(p) for p in sources)}:\n{lines}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0

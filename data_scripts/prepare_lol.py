@@ -1,0 +1,57 @@
+#!/usr/bin/env python
+"""Put a LOL (LOw-Light) download into ``ROOT/lol/{our485,eval15}/{low,high}``.
+
+    python data_scripts/prepare_lol.py --root data/ --source ~/Downloads/LOLdataset.zip
+
+LOL (Wei et al., BMVC 2018, "Deep Retinex Decomposition for Low-Light Enhancement") has no
+stable direct link, so this script starts from the archive (zip) or folder you downloaded.
+It finds the folders named ``our485`` and ``eval15`` that hold ``low/`` and ``high/`` wherever
+they sit, pairs images by file name, checks the counts (485 train pairs, 15 test pairs; a
+warning with the found count when they differ), and copies them into a temporary folder that
+is renamed into place at the end. Already prepared subsets are left alone (``--force`` redoes
+them). ``diffloss.PairedImageDataset("data/lol", "lol", "train" | "test")`` reads the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import Subset, prepare_pairs  # noqa: E402
+
+SUBSETS = (
+    Subset(dest="our485", names=("our485",), pair=("low", "high"), expected=485),
+    Subset(dest="eval15", names=("eval15",), pair=("low", "high"), expected=15),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Normalise a LOL download into ROOT/lol.")
+    parser.add_argument("--root", type=Path, default=Path("data"), help="data folder (default: data)")
+    parser.add_argument(
+        "--source",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a LOL zip or folder you downloaded (repeat for several)",
+    )
+    parser.add_argument("--force", action="store_true", help="prepare again even if present")
+    parser.add_argument(
+        "--link", action="store_true", help="hard-link instead of copying (folder sources only)"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status (0 ok, 1 error)."""
+    args = build_parser().parse_args(argv)
+    return prepare_pairs(
+        "LOL", args.source, args.root / "lol", SUBSETS, force=args.force, link=args.link
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

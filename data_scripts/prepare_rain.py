@@ -1,0 +1,59 @@
+#!/usr/bin/env python
+"""Put a Rain13K / Rain100H download into ``ROOT/rain/{train/Rain13K,test/Rain100H}/{input,target}``.
+
+    python data_scripts/prepare_rain.py --root data/ --source ~/Downloads/train.zip --source ~/Downloads/test.zip
+
+The deraining sets are distributed by the MPRNet / Restormer authors as ``train.zip`` (Rain13K,
+13,712 pairs) and ``test.zip`` (Rain100H among others, 100 pairs) on shared drives, so this
+script starts from the archives (zip) or folders you downloaded. It accepts both layouts in
+circulation: ``train/Rain13K/{input,target}`` (Restormer) or ``train/{input,target}`` (MPRNet)
+for the training set, and a ``Rain100H/{input,target}`` folder for the test set. Images are
+paired by file name, counts are checked (a warning with the found count when they differ),
+and each subset is copied into a temporary folder renamed into place at the end. Already
+prepared subsets are left alone (``--force`` redoes them).
+``diffloss.PairedImageDataset("data/rain", "rain", "train" | "test")`` reads the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import Subset, prepare_pairs  # noqa: E402
+
+SUBSETS = (
+    Subset(dest="train/Rain13K", names=("Rain13K", "train"), pair=("input", "target"), expected=13_712),
+    Subset(dest="test/Rain100H", names=("Rain100H",), pair=("input", "target"), expected=100),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Normalise a Rain13K/Rain100H download into ROOT/rain.")
+    parser.add_argument("--root", type=Path, default=Path("data"), help="data folder (default: data)")
+    parser.add_argument(
+        "--source",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a zip or folder you downloaded (repeat: e.g. train.zip and test.zip)",
+    )
+    parser.add_argument("--force", action="store_true", help="prepare again even if present")
+    parser.add_argument(
+        "--link", action="store_true", help="hard-link instead of copying (folder sources only)"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status (0 ok, 1 error)."""
+    args = build_parser().parse_args(argv)
+    return prepare_pairs(
+        "Rain", args.source, args.root / "rain", SUBSETS, force=args.force, link=args.link
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
