@@ -1,0 +1,5 @@
+"""Restoration networks."""
+
+from diffloss.models.msbdn import MSBDN
+
+__all__ = ["MSBDN"]
