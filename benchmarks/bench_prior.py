@@ -6,6 +6,7 @@ Usage::
     python benchmarks/bench_prior.py                 # the shipped tiny prior, B=8, 32x32
     python benchmarks/bench_prior.py --random        # same architecture, random weights (no asset needed)
     python benchmarks/bench_prior.py --batch 16 --size 64 --repeats 30 --no-append
+    python benchmarks/bench_prior.py --threads 1     # on a CPU shared with other jobs
 
 Two modes, each timed for both calls:
 
@@ -148,8 +149,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
     ap.add_argument("--no-append", action="store_true", help="print only; leave RESULTS.md alone")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     device = torch.device(args.device)
     prior, name = load_prior(args.random, device)

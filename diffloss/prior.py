@@ -18,6 +18,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -81,7 +82,7 @@ class DiffusionPrior(nn.Module):
                 f"the U-Net was trained with {n_train} timesteps but the schedule has T = {self.schedule.T}"
             )
         self.unet.requires_grad_(False)
-        self.unet.eval()
+        self.eval()  # the wrapper too, not only the U-Net: prior.training is False
         self._captured: list[Tensor] | None = None
         self._stop_after_mid = False
         self.unet.mid_block.register_forward_hook(self._mid_block_hook)
@@ -266,6 +267,10 @@ def _from_hub(repo_id: str, **kwargs: Any) -> tuple[UNet2DModel, dict[str, Any] 
             break
         except (OSError, ValueError, EnvironmentError) as err:  # noqa: UP024 (diffusers raises both)
             errors.append(err)
+            if _hub_unreachable(err):
+                # Offline or no network: look for the unet/ subfolder in the local cache only, rather
+                # than waiting out huggingface_hub's network retries (about 25 s) a second time.
+                kwargs = {**kwargs, "local_files_only": True}
     else:
         raise OSError(
             f"Could not load the diffusion prior {repo_id!r}: it is not a local folder, and it could not "
@@ -282,6 +287,21 @@ def _from_hub(repo_id: str, **kwargs: Any) -> tuple[UNet2DModel, dict[str, Any] 
         except Exception:  # noqa: BLE001 - absent file: fall back to the default schedule
             continue
     return unet, sched_cfg
+
+
+def _hub_unreachable(err: BaseException) -> bool:
+    """Whether ``err`` (or an exception it wraps) says the hub could not be reached and the file is not
+    cached (``LocalEntryNotFoundError``; raised offline and after failed network retries)."""
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    seen: set[int] = set()
+    e: BaseException | None = err
+    while e is not None and id(e) not in seen:
+        if isinstance(e, (LocalEntryNotFoundError, OfflineModeIsEnabled)):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -360,9 +380,12 @@ def evaluate_loss(unet: UNet2DModel, schedule: NoiseSchedule, x0: Tensor, n_t: i
 
 def train_tiny(out: str | os.PathLike, steps: int = 2500, batch_size: int = 16, size: int = 32,
                width: int = 24, lr: float = 2e-3, seed: int = 0, ema_decay: float = 0.995,
-               n_eval: int = 96, progress: bool = True) -> dict[str, Any]:
+               n_eval: int = 96, progress: bool = True, command: str | None = None) -> dict[str, Any]:
     """Train the tiny prior as a DDPM (ε-prediction, linear schedule, T = 1000) on random crops
-    of the *training* split of the bundled images, and write it (EMA weights) with provenance."""
+    of the *training* split of the bundled images, and write it (EMA weights) with provenance.
+
+    ``command`` is recorded in provenance.json (the CLI passes its command line); by default the
+    equivalent ``train_tiny(...)`` call is recorded."""
     from tqdm.auto import tqdm
 
     from .data import sample_images
@@ -419,8 +442,9 @@ def train_tiny(out: str | os.PathLike, steps: int = 2500, batch_size: int = 16, 
     out.mkdir(parents=True, exist_ok=True)
     prior.save_pretrained(out)
     info = {
-        "command": "python -m diffloss.prior " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["train-tiny"]
-        else f"train_tiny(out={str(out)!r}, steps={steps}, batch_size={batch_size}, size={size}, width={width}, seed={seed})",
+        "command": command if command is not None else (
+            f"train_tiny(out={str(out)!r}, steps={steps}, batch_size={batch_size}, size={size}, width={width}, "
+            f"lr={lr}, seed={seed}, ema_decay={ema_decay}, n_eval={n_eval})"),
         "steps": steps, "batch_size": batch_size, "size": size, "width": width, "lr": lr, "seed": seed,
         "ema_decay": ema_decay,
         "parameters": prior.num_parameters(),
@@ -464,10 +488,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--width", type=int, default=24)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-eval", type=int, default=96, help="crops per split for the held-out/training loss")
     p.add_argument("--no-progress", action="store_true")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     info = train_tiny(args.out, steps=args.steps, batch_size=args.batch_size, size=args.size, width=args.width,
-                      lr=args.lr, seed=args.seed, progress=not args.no_progress)
+                      lr=args.lr, seed=args.seed, n_eval=args.n_eval, progress=not args.no_progress,
+                      command="python -m diffloss.prior " + shlex.join(argv))
     print(json.dumps({k: info[k] for k in ("parameters", "wall_time_s", "eval_loss_train_crops",
                                            "eval_loss_heldout_crops", "eval_loss_at_init_heldout")}, indent=2))
     return 0

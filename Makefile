@@ -1,0 +1,54 @@
+# DiffLoss tutorial: every target sets itself up (idempotent) and runs from a fresh clone.
+#   make demo   execute every chapter in notebooks/ in order (default profile), writing figures/
+#   make test   ruff + pytest (unit tests and nbval over the notebooks, DIFFLOSS_PROFILE=ci)
+#   make lab    JupyterLab on the chapters
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.diffloss-installed
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
+export HF_HUB_OFFLINE ?= 1
+export MPLBACKEND ?= Agg
+
+.PHONY: setup demo test lint unit nbval lab notebooks bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+demo: setup
+	@for nb in $(NOTEBOOKS); do \
+		echo "== executing $$nb (profile: $${DIFFLOSS_PROFILE:-default})"; \
+		$(BIN)/jupyter nbconvert --to notebook --execute --inplace \
+			--ExecutePreprocessor.timeout=3600 --ExecutePreprocessor.kernel_name=python3 "$$nb" || exit 1; \
+	done
+
+lint: setup
+	$(BIN)/ruff check .
+
+unit: setup
+	$(BIN)/python -m pytest tests
+
+nbval: setup
+	DIFFLOSS_PROFILE=ci $(BIN)/python -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider notebooks
+
+test: lint setup
+	DIFFLOSS_PROFILE=ci $(BIN)/python -m pytest tests --nbval-lax --nbval-current-env notebooks
+
+lab: setup
+	$(BIN)/jupyter lab notebooks/
+
+# Rebuild notebooks/NN_*.ipynb (unexecuted) from notebooks/src/NN_*.py; run `make demo` after.
+notebooks: setup
+	$(BIN)/python tools/build_notebooks.py
+
+bench: setup
+	$(BIN)/python benchmarks/bench_diffloss.py --append
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache figures/ci
