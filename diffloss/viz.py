@@ -38,7 +38,7 @@ def figures_dir(profile: profiles.Profile | None = None) -> Path:
     return folder
 
 
-def save_figure(fig: plt.Figure, name: str, profile: profiles.Profile | None = None, dpi: int = 110) -> Path:
+def save_figure(fig: plt.Figure, name: str, profile: profiles.Profile | None = None, dpi: int = 90) -> Path:
     """Save ``fig`` as ``figures/<name>.png`` with a footer naming the profile that made it."""
     profile = profile or profiles.current()
     fig.text(0.995, 0.005, f"diffloss · profile: {profile.name}", ha="right", va="bottom",

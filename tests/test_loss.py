@@ -51,14 +51,15 @@ def test_gradcheck_float64():
     prior = make_tiny_prior()
     prior.unet.double()
     loss = DiffLoss(prior, lambda_sem=0.5)
-    _, x = images(b=1, size=8)
+    _, x = images(b=1, size=4)
     x = x.double()
     z = (x + 0.1).clamp(0, 1).requires_grad_(True)
 
     def f(z):
         return loss(z, x, generator=torch.Generator().manual_seed(3)).loss
 
-    assert torch.autograd.gradcheck(f, (z,), eps=1e-6, atol=1e-6, rtol=1e-4)
+    # fast_mode checks random directional derivatives against finite differences (cheap on a CPU)
+    assert torch.autograd.gradcheck(f, (z,), eps=1e-6, atol=1e-6, rtol=1e-4, fast_mode=True)
 
 
 def test_identical_images_give_zero_and_different_positive(tiny_prior):

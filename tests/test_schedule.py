@@ -92,9 +92,11 @@ def test_iterating_q_step_matches_q_sample_monte_carlo(t):
     g = torch.Generator().manual_seed(1000 + t)
     n = 20_000
     x0 = torch.tensor([-0.8, 0.0, 0.5, 1.0], dtype=torch.float64)
-    x = x0.expand(n, 4).clone()
+    # one "image" of n×4 pixels (independent chains): one t for the batch of 1 per step
+    x = x0.expand(1, n, 4).clone()
     for step in range(t + 1):
-        x = s.q_step(x, torch.full((n,), step), torch.randn(x.shape, generator=g, dtype=torch.float64))
+        x = s.q_step(x, torch.tensor([step]), torch.randn(x.shape, generator=g, dtype=torch.float64))
+    x = x[0]
     abar = s.alphas_cumprod[t]
     mean, var = abar.sqrt() * x0, 1 - abar
     se_mean = (var / n).sqrt()

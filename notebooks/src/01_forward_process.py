@@ -207,18 +207,27 @@ print(f"half the signal variance is gone at t = {half(lin)} (linear) and t = {ha
 
 # %%
 import ipywidgets as widgets
+from IPython.display import display
+from torchvision.io import encode_png
+
+from diffloss.viz import make_grid
 
 eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(3))
 
 
-def show_xt(t: int = 250) -> None:
+def xt_png(t: int) -> bytes:
+    """x_t under both schedules (same ε), side by side, as PNG bytes for an image widget."""
     tt = torch.tensor([t])
-    imgs = [lin.q_sample(x0, tt, eps)[0], cos.q_sample(x0, tt, eps)[0]]
-    image_grid(imgs, [f"linear, t = {t}", f"cosine, t = {t}"], value_range=(-1, 1), size=2.6)
-    plt.show()
+    pair = torch.cat([lin.q_sample(x0, tt, eps), cos.q_sample(x0, tt, eps)])
+    grid = make_grid(pair, nrow=2)  # [0, 1]
+    grid = torch.nn.functional.interpolate(grid[None], scale_factor=2, mode="nearest")[0]
+    return encode_png((grid * 255).round().to(torch.uint8)).numpy().tobytes()
 
 
-_ = widgets.interact(show_xt, t=widgets.IntSlider(value=250, min=0, max=999, step=1, continuous_update=False))
+slider = widgets.IntSlider(value=250, min=0, max=999, step=1, description="t", continuous_update=False)
+picture = widgets.Image(value=xt_png(slider.value), format="png")
+slider.observe(lambda change: setattr(picture, "value", xt_png(change["new"])), names="value")
+display(widgets.VBox([widgets.Label("x_t: linear (left), cosine (right)"), slider, picture]))
 
 # %%
 grid_t = [0, 100, 250, 500, 750, 999]

@@ -1,0 +1,93 @@
+"""The project's own promises: set-up files in step, README commands, notebooks built from sources."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+def pyproject() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def test_environment_yml_in_step_with_pyproject():
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    deps = env["dependencies"]
+    python = [d for d in deps if isinstance(d, str) and d.startswith("python")]
+    assert python == ["python=3.11"]
+    assert "pip" in deps
+    pip = next(d["pip"] for d in deps if isinstance(d, dict))
+    # One source of truth: the package (with its extras) is installed from the repo, nothing pinned here.
+    assert len(pip) == 1 and pip[0].startswith("-e .[")
+    extras = set(pip[0][len("-e .["):-1].split(","))
+    assert extras <= set(pyproject()["project"]["optional-dependencies"]), extras
+    req = pyproject()["project"]["requires-python"]
+    major, minor = map(int, re.search(r">=\s*(\d+)\.(\d+)", req).groups())
+    assert (3, 11) >= (major, minor)
+
+
+def test_dependencies_are_ranges_not_pins():
+    data = pyproject()["project"]
+    deps = data["dependencies"] + [d for ds in data["optional-dependencies"].values() for d in ds]
+    assert not [d for d in deps if "==" in d]
+    names = {re.split(r"[<>=!\[ ]", d)[0].lower() for d in data["dependencies"]}
+    for needed in ("torch", "torchvision", "diffusers", "accelerate", "numpy", "matplotlib", "ipywidgets",
+                   "tqdm", "scikit-image", "safetensors", "pillow"):
+        assert needed in names, needed
+    dev = " ".join(data["optional-dependencies"]["dev"])
+    for needed in ("pytest", "nbval", "ruff", "jupyterlab", "ipykernel"):
+        assert needed in dev
+
+
+def test_readme_starts_with_the_two_commands():
+    text = (ROOT / "README.md").read_text()
+    first_block = re.search(r"```(?:bash|sh)?\n(.*?)```", text, re.S).group(1)
+    commands = [line.split("#")[0].strip() for line in first_block.splitlines() if line.strip()]
+    assert commands == ["make demo", "make test"]
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def _builder():
+    spec = importlib.util.spec_from_file_location("build_notebooks", ROOT / "tools" / "build_notebooks.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_notebooks_match_their_sources_and_carry_the_colab_cells():
+    builder = _builder()
+    url = pyproject()["project"]["urls"]["Repository"]
+    sources = sorted((ROOT / "notebooks" / "src").glob("*.py"))
+    assert sources, "no chapter sources"
+    for src in sources:
+        nb_path = ROOT / "notebooks" / f"{src.stem}.ipynb"
+        assert nb_path.exists(), f"{nb_path.name} not built: run `make notebooks` then `make demo`"
+        nb = json.loads(nb_path.read_text())
+        cells = nb["cells"]
+        assert builder.colab_url(nb_path.name) in "".join(cells[0]["source"])
+        install = "".join(cells[1]["source"])
+        assert "google.colab" in install and url.rstrip("/") in install
+        expected = [s for kind, s in builder.parse_percent(src.read_text()) if kind == "code"]
+        actual = ["".join(c["source"]) for c in cells[2:] if c["cell_type"] == "code"]
+        assert actual == expected, f"{nb_path.name} differs from {src.name}: rebuild it (`make notebooks`)"
+
+
+def test_committed_notebooks_are_executed_in_order_without_errors():
+    for nb_path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        nb = json.loads(nb_path.read_text())
+        code = [c for c in nb["cells"] if c["cell_type"] == "code" and "".join(c["source"]).strip()]
+        counts = [c.get("execution_count") for c in code]
+        assert counts == list(range(1, len(code) + 1)), f"{nb_path.name}: not executed top to bottom"
+        errors = [o for c in code for o in c.get("outputs", []) if o.get("output_type") == "error"]
+        assert not errors, f"{nb_path.name}: error outputs"
