@@ -23,6 +23,7 @@ from diffloss import NoiseSchedule, current_profile
 from diffloss.data import sample_image
 from diffloss.viz import image_grid, save_figure
 
+plt.rcParams["figure.dpi"] = 72  # keeps the notebook small; figures/ are saved at 90 dpi
 profile = current_profile()
 print(f"profile: {profile.name} ({profile.description})")
 torch.manual_seed(0)
@@ -49,7 +50,7 @@ for t in range(schedule.T):
     if t in show_at:
         frames[t] = x[0]
 fig = image_grid([x0[0]] + [frames[t] for t in show_at], ["x0"] + [f"t = {t}" for t in show_at],
-                 value_range=(-1, 1))
+                 value_range=(-1, 1), size=1.6)
 save_figure(fig, "01_forward_steps")
 plt.show()
 
@@ -220,7 +221,6 @@ def xt_png(t: int) -> bytes:
     tt = torch.tensor([t])
     pair = torch.cat([lin.q_sample(x0, tt, eps), cos.q_sample(x0, tt, eps)])
     grid = make_grid(pair, nrow=2)  # [0, 1]
-    grid = torch.nn.functional.interpolate(grid[None], scale_factor=2, mode="nearest")[0]
     return encode_png((grid * 255).round().to(torch.uint8)).numpy().tobytes()
 
 
@@ -234,7 +234,7 @@ grid_t = [0, 100, 250, 500, 750, 999]
 imgs = [lin.q_sample(x0, torch.tensor([t]), eps)[0] for t in grid_t] + \
        [cos.q_sample(x0, torch.tensor([t]), eps)[0] for t in grid_t]
 fig = image_grid(imgs, [f"t = {t}" for t in grid_t] * 2, ncols=len(grid_t), value_range=(-1, 1),
-                 row_labels=["linear", "cosine"])
+                 row_labels=["linear", "cosine"], size=1.6)
 save_figure(fig, "01_xt_grid")
 plt.show()
 
