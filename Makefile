@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 demo: setup
 	@for nb in $(NOTEBOOKS); do \
 		echo "== executing $$nb (profile: $${DIFFLOSS_PROFILE:-default})"; \
-		$(BIN)/jupyter nbconvert --to notebook --execute --inplace \
+		$(BIN)/python -m nbconvert --to notebook --execute --inplace \
 			--ExecutePreprocessor.timeout=3600 --ExecutePreprocessor.kernel_name=python3 "$$nb" || exit 1; \
 	done
 

@@ -1,0 +1,55 @@
+"""The README's "use DiffLoss in your own training loop" snippet runs verbatim.
+
+The snippet is the first ```python block under the heading below; it must run as it stands
+(tiny prior, toy restorer, random data), so a README edit that breaks it fails this test.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+HEADING = "## Use DiffLoss in your own training loop"
+
+
+def extract_snippet(text: str, heading: str = HEADING) -> str | None:
+    """The first ```python block between ``heading`` and the next heading of the same or a
+    higher level; ``None`` when the heading or the block is absent."""
+    level = len(heading) - len(heading.lstrip("#"))
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines)
+                  if line.strip().lower() == heading.strip().lower()), None)
+    if start is None:
+        return None
+    section = []
+    for line in lines[start + 1:]:
+        m = re.match(r"^(#+)\s", line)
+        if m and len(m.group(1)) <= level:
+            break
+        section.append(line)
+    block = re.search(r"^```python[ \t]*\n(.*?)^```[ \t]*$", "\n".join(section), re.S | re.M)
+    return block.group(1) if block else None
+
+
+def test_extract_snippet() -> None:
+    text = (
+        "# Title\n\n## Other\n\n```python\nwrong = 1\n```\n\n"
+        f"{HEADING}\n\nSome prose.\n\n```bash\nnot python\n```\n\n"
+        "```python\nx = 1\ny = x + 1\n```\n\n```python\nsecond = 1\n```\n\n## Next\n"
+    )
+    assert extract_snippet(text) == "x = 1\ny = x + 1\n"
+    assert extract_snippet("# Title\n\n## Something else\n") is None
+    # A python block after the next section does not count.
+    assert extract_snippet(f"{HEADING}\n\nprose\n\n## Next\n\n```python\nz = 1\n```\n") is None
+
+
+def test_readme_training_loop_snippet_runs() -> None:
+    snippet = extract_snippet(README.read_text(encoding="utf-8")) if README.exists() else None
+    if snippet is None:
+        pytest.skip(f"README.md has no '{HEADING}' section with a ```python block yet")
+    torch.manual_seed(0)
+    exec(compile(snippet, f"{README.name}: {HEADING[3:]}", "exec"), {"__name__": "__readme_snippet__"})
