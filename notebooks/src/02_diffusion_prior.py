@@ -1,0 +1,425 @@
+# %% [markdown]
+# # Chapter 02 — The diffusion prior: a frozen judge of natural images
+#
+# DiffLoss needs an opinion about images that no pixel loss has: *does this look like a natural
+# image?* It borrows that opinion from a diffusion model trained on natural images and then
+# **frozen**. This chapter loads such a prior, samples from it to see what it has learned, and
+# measures the two signals DiffLoss reads from it: the noise prediction $\epsilon_\theta$
+# (naturalness) and the bottleneck features $h$ (semantics).
+#
+# **What the prior is.** A DDPM (Ho et al. 2020) is a U-Net $\epsilon_\theta(x_t, t)$ trained to
+# find the noise in a noised image $x_t=\sqrt{\bar\alpha_t}\,x_0+\sqrt{1-\bar\alpha_t}\,\epsilon$
+# (chapter 01), with Ho et al.'s Eq. (14):
+#
+# $$L_\text{simple}(\theta)=\mathbb E_{t,\,x_0,\,\epsilon}\Big[\big\|\epsilon-\epsilon_\theta\big(\sqrt{\bar\alpha_t}\,x_0+\sqrt{1-\bar\alpha_t}\,\epsilon,\;t\big)\big\|^2\Big].$$
+#
+# **Why a frozen one can judge images.** The minimiser of Eq. (14) is
+# $\epsilon_\theta(x_t,t)=-\sqrt{1-\bar\alpha_t}\,\nabla_{x_t}\log p_t(x_t)$: the prediction is a
+# scaled *score*, the direction in which $x_t$ becomes more probable under the training images.
+# Equivalently it names the clean image it believes in, $\hat x_0=(x_t-\sqrt{1-\bar\alpha_t}\,\epsilon_\theta)/\sqrt{\bar\alpha_t}$.
+# For a natural image the prior only has to explain the noise we added. For a hazy or blurred
+# one it also "explains away" the part it finds implausible, so its prediction moves. DiffLoss
+# noises the restored image $z$ and the ground truth $x$ with the **same** $\epsilon$ and $t$ and
+# compares the two predictions:
+#
+# $$L_\text{nat}=\big\|\epsilon_\theta(z_t,t)-\epsilon_\theta(x_t,t)\big\|^2,\qquad
+#   L_\text{sem}=\big\|h(z_t,t)-h(x_t,t)\big\|^2,$$
+#
+# with $h$ the output of the U-Net's middle block ("h-space"). Both come from **one** U-Net call
+# of `diffloss.DiffusionPrior`.
+
+# %%
+import json
+
+import matplotlib.pyplot as plt
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, DDPMScheduler
+from torchvision.transforms.functional import gaussian_blur
+
+from diffloss import DiffusionPrior, current_profile, psnr
+from diffloss.data import add_haze, depth_map, sample_images
+from diffloss.prior import PROVENANCE, TINY_PRIOR_DIR, load_profile_prior, random_crops, scheduler_config
+from diffloss.viz import image_grid, make_grid, save_figure
+
+profile = current_profile()
+device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+torch.manual_seed(0)
+print(f"profile: {profile.name} ({profile.description}); device: {device}")
+
+# %% [markdown]
+# ## 1. Load the prior of this run profile
+#
+# `ci` and `small` use the tiny prior that ships in the repository (a 32×32 diffusers
+# `UNet2DModel` trained on CPU on random crops of the four *training* images, see its
+# `provenance.json`). `paper` uses the authors' prior, OpenAI's ADM 256×256 unconditional ImageNet
+# model, converted to diffusers by `python data_scripts/download_adm_prior.py`; without it this
+# cell falls back to a diffusers hub DDPM of outdoor scenes. `load_profile_prior` makes the choice.
+
+# %%
+try:
+    prior = load_profile_prior(profile)
+except FileNotFoundError as err:  # paper profile, ADM prior not downloaded yet
+    print(err, "\n-> falling back to the hub model google/ddpm-ema-church-256")
+    prior = DiffusionPrior.from_pretrained("google/ddpm-ema-church-256")
+prior = prior.to(device)
+f = prior.downsampling_factor
+print(f"U-Net: {prior.num_parameters():,} parameters, native size {prior.sample_size}×{prior.sample_size}, "
+      f"downsamples ×{f} (any side that is a multiple of {f} works: it is convolutional)")
+print(prior.schedule)
+if profile.prior == "tiny":
+    prov = json.loads((TINY_PRIOR_DIR / PROVENANCE).read_text())
+    print(f"trained by `{prov['command']}`: {prov['steps']} steps of batch {prov['batch_size']}, "
+          f"{prov['wall_time_s'] / 60:.1f} min on {prov['machine']['cpu_count']} CPU cores")
+    print("eps-prediction loss (Eq. 14, mean over t): "
+          f"held-out crops {prov['eval_loss_heldout_crops']:.4f} | training crops {prov['eval_loss_train_crops']:.4f}"
+          f" | same network at initialisation {prov['eval_loss_at_init_heldout']:.4f}")
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print("frozen: no parameter requires grad:", not any(p.requires_grad for p in prior.parameters()))
+prior.train()  # what a parent module's .train() does: the prior stays in eval mode
+print("stays in eval mode after .train():", not prior.training)
+
+# %% [markdown]
+# ## 2. It predicts noise on images it has never seen
+#
+# Eq. (14) per timestep, on random crops of the two **held-out** images (`rocket`,
+# `motorcycle_left`), next to the same crops with their pixels shuffled (same colours, no
+# structure). Both get exactly the same noise. Where the prior knows what natural images look
+# like, it finds the noise in the natural crops more easily than in the shuffled ones.
+
+# %%
+size = prior.sample_size
+test_images = sample_images("test")
+g = torch.Generator().manual_seed(0)
+natural = random_crops([s.image for s in test_images], 16, size, g)
+perm = torch.randperm(size * size, generator=g)
+shuffled = natural.flatten(2)[:, :, perm].view_as(natural)
+pair = torch.cat([natural, shuffled]).to(device)
+loss_ts = [10, 50, 100, 200, 400, 700, 999]
+denoise = []
+with torch.no_grad():
+    for t in loss_ts:
+        eps = torch.randn(natural.shape, generator=g).repeat(2, 1, 1, 1).to(device)
+        tt = torch.full((len(pair),), t, device=device)
+        err = (prior(prior.schedule.q_sample(pair, tt, eps), tt).eps - eps).pow(2).flatten(1).mean(1).cpu()
+        denoise.append((t, err[:16].mean().item(), err[16:].mean().item()))
+print(f"{'t':>4} | {'natural crops':>13} | {'pixel-shuffled':>14}")
+for t, a, b in denoise:
+    print(f"{t:>4} | {a:13.4f} | {b:14.4f}")
+
+# %% [markdown]
+# Up to $t\approx200$ the error on natural crops is several times lower than on shuffled ones:
+# the prior has learned what natural patches look like, on images it never saw. From
+# $t\approx700$ on the two are equal — with that much noise there is nothing left to judge, a
+# first sight of a pattern that returns in section 4.
+#
+# ## 3. Samples: what the prior has learned
+#
+# Sampling runs the process backwards from pure noise with a diffusers scheduler, feeding it our
+# prior's $\epsilon_\theta$. DDPM's ancestral sampler (Ho et al., Alg. 2) adds fresh noise at every
+# step; DDIM with $\eta=0$ (Song et al. 2021) is deterministic. Both start from the same noise here
+# and use `profile.sampling_steps` steps. Real training crops of the same size are shown for
+# comparison.
+
+# %%
+config = scheduler_config(prior.schedule, prior.learned_variance)
+
+
+@torch.no_grad()
+def sample(schedulers: list, n: int, steps: int, seed: int = 0) -> list[torch.Tensor]:
+    """Draw ``n`` images (in [-1, 1]) with each diffusers scheduler, all from the same start noise.
+    The schedulers share their timesteps, so one U-Net call per step serves all of them."""
+    g = torch.Generator(device).manual_seed(seed)
+    start = torch.randn(n, 3, size, size, generator=g, device=device)
+    xs = [start.clone() for _ in schedulers]
+    for sch in schedulers:
+        sch.set_timesteps(steps)
+    assert all(torch.equal(sch.timesteps, schedulers[0].timesteps) for sch in schedulers)
+    for t in schedulers[0].timesteps:
+        out = prior(torch.cat(xs), t.expand(n * len(xs)).to(device))
+        for i, sch in enumerate(schedulers):
+            model_output = out.eps[i * n:(i + 1) * n]
+            if isinstance(sch, DDPMScheduler) and out.variance is not None:  # learned variance (ADM)
+                model_output = torch.cat([model_output, out.variance[i * n:(i + 1) * n]], 1)
+            xs[i] = sch.step(model_output, t, xs[i], generator=g).prev_sample
+    return xs
+
+
+n, steps = profile.prior_samples, profile.sampling_steps
+ddpm, ddim = sample([DDPMScheduler.from_config(config), DDIMScheduler.from_config(config)], n, steps)
+real = random_crops([s.image for s in sample_images("train")], n, size, torch.Generator().manual_seed(1))
+nrow = max(1, round(n ** 0.5))
+fig = image_grid([make_grid(x, nrow=nrow) for x in (ddpm, ddim, real)],
+                 [f"DDPM ancestral, {steps} steps", f"DDIM (eta = 0), {steps} steps", "real training crops"],
+                 size=2.8)
+save_figure(fig, "02_samples")
+plt.show()
+for name, x in [("DDPM", ddpm), ("DDIM", ddim), ("real", real)]:
+    print(f"{name:>5}: mean pixel {x.mean():+.2f}, std over pixels {x.std():.2f}, "
+          f"std of the image means {x.mean((1, 2, 3)).std():.2f}")
+
+# %% [markdown]
+# **What the samples show.** With the tiny prior (about a million parameters, minutes of CPU
+# training on four photographs) DDPM's samples are patches of plausible colour and texture:
+# smooth gradients, soft edges, sky-blue, skin, fur and coffee tones — but no objects, where the
+# real crops show parts of objects with sharp edges (an eye, a rim, a face). DDIM with $\eta=0$ turns out
+# worse for this prior: its deterministic path leads to washed-out, low-contrast, greyish
+# patches that look alike (compare the spread of the image means printed above), the
+# typical "average image" of an under-trained model, while DDPM's fresh noise at every step keeps
+# the samples as varied in colour as the real crops. Under `paper` the ADM prior's samples are
+# ImageNet-like scenes (churches with the hub fallback). A prior this small is a weak judge; the next sections measure how weak.
+#
+# ## 4. The naturalness signal: $\epsilon_\theta$ of a degraded image under the same noise
+#
+# A clean held-out image $x$ and three degraded versions $z$: haze (the atmospheric scattering
+# model of `diffloss.data.add_haze` with the image's depth), a Gaussian blur, and additive
+# Gaussian noise. All are noised with the same $\epsilon$ and $t$, and we measure
+# $L_\text{nat}(t)=\text{MSE}\big(\epsilon_\theta(z_t,t),\epsilon_\theta(x_t,t)\big)$, averaged over
+# several noise draws, for $t$ from 0 to 999. As a yardstick, the same quantity between the two
+# *different* clean test images (also under the same noise).
+
+# %%
+max_size, crop = (128, 64) if prior.sample_size <= 64 else (384, 256)
+
+
+def in_chunks(fn, xt: torch.Tensor, t: torch.Tensor, chunk: int = 32) -> torch.Tensor:
+    """``fn(xt, t)`` over chunks of the batch (a 256² prior would not fit a large batch at once)."""
+    return torch.cat([fn(xt[i:i + chunk], t[i:i + chunk]).float().cpu() for i in range(0, len(xt), chunk)])
+
+
+def center_crop(x: torch.Tensor, s: int) -> torch.Tensor:
+    h, w = x.shape[-2:]
+    return x[..., (h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
+
+
+def degrade(clean: torch.Tensor, depth: torch.Tensor, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Hazy, blurred and noisy versions of clean images in [0, 1] (B×3×H×W)."""
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "hazy": add_haze(clean, depth, beta=0.6, airlight=0.8),
+        "blurred": gaussian_blur(clean, kernel_size=9, sigma=2.0),
+        "noisy": (clean + 0.1 * torch.randn(clean.shape, generator=g)).clamp(0, 1),
+    }
+
+
+tests = sample_images("test", max_size=max_size)
+clean = torch.stack([center_crop(s.image, crop) for s in tests])
+depth = torch.stack([center_crop(depth_map(s), crop) for s in tests])
+degraded = degrade(clean, depth)
+for name, z in degraded.items():
+    print(f"{name:>8}: PSNR to the clean image {psnr(z, clean):5.1f} dB")
+fig = image_grid([z[i] for i in range(len(tests)) for z in (clean, *degraded.values())],
+                 ["clean", *degraded] * len(tests), ncols=4, size=1.7, row_labels=[s.name for s in tests])
+save_figure(fig, "02_degradations")
+plt.show()
+
+# %%
+nat_ts = [0, 10, 25, 50, 100, 200, 300, 500, 700, 999]
+n_draws = max(2, profile.prior_samples // 4)
+kinds = list(degraded)
+batch = (torch.cat([clean, *degraded.values()]) * 2 - 1).to(device)  # [-1, 1], clean first
+B = len(tests)
+nat = {k: torch.zeros(len(nat_ts)) for k in [*kinds, "other image"]}
+pixel_mse = {k: F.mse_loss(z, clean).item() * 4 for k, z in degraded.items()}  # MSE(z, x) in [-1, 1] units
+pixel_mse["other image"] = F.mse_loss(clean[0], clean[1]).item() * 4
+g = torch.Generator().manual_seed(2)
+draws = batch.repeat(n_draws, 1, 1, 1)  # all noise draws in one batch: draw-major
+with torch.no_grad():
+    for i, t in enumerate(nat_ts):
+        tt = torch.full((len(draws),), t, device=device)
+        # the SAME noise for every image within a draw (clean, degraded, other image), fresh per draw
+        eps = torch.randn(n_draws, 1, *clean.shape[1:], generator=g).expand(-1, len(batch), -1, -1, -1)
+        xt = prior.schedule.q_sample(draws, tt, eps.reshape(draws.shape).to(device))
+        pred = in_chunks(prior.eps, xt, tt).reshape(n_draws, len(kinds) + 1, B, -1)  # draw, version, image
+        for j, k in enumerate(kinds):
+            nat[k][i] = F.mse_loss(pred[:, j + 1], pred[:, 0]).item()
+        nat["other image"][i] = F.mse_loss(pred[:, 0, 0], pred[:, 0, 1]).item()
+snr = prior.schedule.snr(torch.tensor(nat_ts)).float()
+
+# %%
+fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+x_axis = torch.tensor(nat_ts) + 1
+for k, v in nat.items():
+    style = dict(ls="--", color="0.4") if k == "other image" else {}
+    axes[0].plot(x_axis, v, marker="o", ms=3, label=k, **style)
+    axes[1].plot(x_axis, v / (snr * pixel_mse[k]), marker="o", ms=3, label=k, **style)  # "share", below
+axes[0].set(xscale="log", yscale="log", xlabel="t + 1", ylabel="MSE(eps(z_t), eps(x_t))",
+            title="L_nat: same noise, same t")
+axes[1].set(xscale="log", yscale="log", xlabel="t + 1", ylabel="L_nat / (SNR_t * MSE(z, x))",
+            title="share of the difference the prior rejects")
+axes[1].axhline(1, color="0.6", lw=0.8)
+for ax in axes:
+    ax.legend(fontsize=8)
+fig.tight_layout()
+save_figure(fig, "02_naturalness_vs_t")
+plt.show()
+share = {k: v / (snr * pixel_mse[k]) for k, v in nat.items()}
+print(f"{'':>4} | {'L_nat = MSE(eps(z_t), eps(x_t))':^47} | {'share rejected':^31} |")
+print(f"{'t':>4} | " + " ".join(f"{k:>11}" for k in nat) + " | " + " ".join(f"{k.split()[0]:>7}" for k in nat)
+      + " | SNR_t")
+for i, t in enumerate(nat_ts):
+    print(f"{t:>4} | " + " ".join(f"{nat[k][i]:11.2e}" for k in nat) + " | "
+          + " ".join(f"{share[k][i]:7.4f}" for k in nat) + f" | {snr[i]:.1e}")
+
+# %% [markdown]
+# **How to read it.** Write $\hat x_0(\cdot)$ for the clean image the prior believes in. Since
+# $z_t-x_t=\sqrt{\bar\alpha_t}(z-x)$, a line of algebra gives
+#
+# $$\epsilon_\theta(z_t,t)-\epsilon_\theta(x_t,t)=\sqrt{\text{SNR}_t}\,\Big[(z-x)-\big(\hat x_0(z_t)-\hat x_0(x_t)\big)\Big],\qquad \text{SNR}_t=\frac{\bar\alpha_t}{1-\bar\alpha_t}.$$
+#
+# The bracket is the part of the difference $z-x$ that the prior does **not** carry into its
+# clean estimate. So the right panel, $L_\text{nat}/(\text{SNR}_t\cdot\text{MSE}(z,x))$, is roughly
+# the *share* of the difference it rejects — near 0: "this is plausible image content, I keep
+# it"; near 1: "this is noise, I remove it" — and the left panel is that share times
+# $\text{SNR}_t$ times the size of the difference. The dashed line, two *different* clean images,
+# is the reference for a difference that is real image content.
+#
+# What it shows:
+#
+# - **The prior does judge.** At every $t$ up to about 500 the order is the same: it rejects
+#   added noise most, then blur, then a genuine change of content (the other image), and haze
+#   least. Relative to real content, noise is rejected about 20× more at small $t$, blur about
+#   5× more.
+# - **Small $t$** (SNR up to $10^4$): the shares are tiny — with so little noise the prior keeps
+#   almost everything, degradations included — yet $L_\text{nat}$ is at its largest, because of
+#   the $\text{SNR}_t$ factor. Its size there says little about the prior's opinion.
+# - **Medium $t$** (about 25–300): the shares rise towards 1 for noise and blur, and
+#   $L_\text{nat}$ is still large: the useful range.
+# - **Large $t$** (beyond about 500, $\text{SNR}_t<0.1$): both inputs are mostly the *same*
+#   noise; the prior's clean estimate hardly depends on the input, every share tends to 1 and
+#   $L_\text{nat}\approx\text{SNR}_t\cdot\text{MSE}(z,x)$, a pixel MSE scaled towards 0. No prior
+#   knowledge is left, and the paper's $t\sim\mathcal U\{0,\dots,999\}$ lands here half the time.
+# - **Where it is weak:** haze. It is a smooth, low-frequency change of contrast and colour,
+#   and low frequencies survive the noise, so the prior keeps it as content at every $t$ —
+#   its share stays below that of a *different natural image*. In absolute terms, too,
+#   $L_\text{nat}$ is larger between two natural images than between an image and its hazy,
+#   blurred (and, from $t\approx200$ on, noisy) version: $L_\text{nat}$ alone cannot tell
+#   "degraded" from "different". It is a regulariser next to a pixel loss, not a replacement.
+#   The tiny prior sees 32×32 patches of four photographs; a faded, hazy-looking patch is
+#   natural to it.
+#
+# ## 5. The semantic signal: h-space
+#
+# The middle block's output is a low-resolution, many-channel feature map:
+
+# %%
+x32 = torch.zeros(1, 3, size, size, device=device)
+t0 = torch.tensor([0], device=device)
+with torch.no_grad():
+    h_native = prior.hspace(x32, t0)
+    h_crop = prior.hspace(torch.zeros(1, 3, crop, crop, device=device), t0)
+print(f"input 3×{size}×{size} -> h {tuple(h_native.shape[1:])} = {h_native[0].numel():,} numbers")
+print(f"input 3×{crop}×{crop} -> h {tuple(h_crop.shape[1:])} = {h_crop[0].numel():,} numbers")
+
+# %% [markdown]
+# We compute $h$ for all six bundled images (4 training, 2 held-out; centre crops of the same
+# size) in four versions each — clean, hazy, blurred, noisy — all with the same noise, and
+# compare $\text{MSE}(h_i,h_j)$ between every pair, averaged over noise draws. If h-space is
+# *semantic*, an image should stay close to its own degraded versions and far from other images.
+# The same ratio in pixel space is the baseline.
+
+# %%
+all_imgs = sample_images("all", max_size=max_size)
+clean_all = torch.stack([center_crop(s.image, crop) for s in all_imgs])
+depth_all = torch.stack([center_crop(depth_map(s), crop) for s in all_imgs])
+versions = {"clean": clean_all, **degrade(clean_all, depth_all)}
+names = [s.name for s in all_imgs]
+V, N = len(versions), len(all_imgs)
+stack = (torch.cat(list(versions.values())) * 2 - 1).to(device)  # version-major: index v * N + i
+sem_ts = [50, 200, 500, 900]
+h_mean, dist = {}, {}
+draws = stack.repeat(n_draws, 1, 1, 1)
+g = torch.Generator().manual_seed(3)
+with torch.no_grad():
+    for t in sem_ts:
+        tt = torch.full((len(draws),), t, device=device)
+        eps = torch.randn(n_draws, 1, *clean_all.shape[1:], generator=g).expand(-1, len(stack), -1, -1, -1)
+        xt = prior.schedule.q_sample(draws, tt, eps.reshape(draws.shape).to(device))  # SAME noise in a draw
+        hs = in_chunks(prior.hspace, xt, tt).reshape(n_draws, len(stack), -1)
+        dist[t] = (torch.cdist(hs, hs).pow(2) / hs.shape[-1]).mean(0)  # pairwise MSE, mean over draws
+        h_mean[t] = hs.mean(0)
+pix = stack.flatten(1).cpu()
+dist["pixels"] = torch.cdist(pix, pix).pow(2) / pix.shape[1]
+
+idx = lambda v, i: v * N + i  # noqa: E731
+print(f"{'':>8} | " + " | ".join(f"{k:>8}" for k in list(versions)[1:]) + " | other images | ratio degraded/other")
+for key, d in dist.items():
+    own = [torch.stack([d[idx(0, i), idx(v, i)] for i in range(N)]).mean().item() for v in range(1, V)]
+    other = torch.stack([d[idx(0, i), idx(0, j)] for i in range(N) for j in range(N) if i != j]).mean().item()
+    label = f"t = {key}" if key != "pixels" else "pixels"
+    print(f"{label:>8} | " + " | ".join(f"{o:8.2e}" for o in own) + f" | {other:12.2e} | "
+          + " ".join(f"{o / other:.2f}" for o in own))
+
+# %%
+t_show = 200
+order = [idx(v, i) for i in range(N) for v in range(V)]  # image-major: each image's versions together
+labels = [f"{names[i]} · {v}" for i in range(N) for v in versions]
+fig, axes = plt.subplots(1, 2, figsize=(13, 5.6))
+for ax, key, title in [(axes[0], "pixels", "pixel space: MSE(x_i, x_j)"),
+                       (axes[1], t_show, f"h-space at t = {t_show}: MSE(h_i, h_j)")]:
+    im = ax.imshow(dist[key][order][:, order], cmap="viridis")
+    ax.set_xticks(range(V * N), labels, rotation=90, fontsize=6)
+    ax.set_yticks(range(V * N), labels, fontsize=6)
+    for b in range(1, N):
+        ax.axhline(b * V - 0.5, color="w", lw=0.6)
+        ax.axvline(b * V - 0.5, color="w", lw=0.6)
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+fig.tight_layout()
+save_figure(fig, "02_hspace_distances")
+plt.show()
+
+# %% [markdown]
+# A 2-D picture of the same h-vectors at $t=200$: principal component analysis by an SVD of the
+# centred matrix of flattened $h$ (one row per image version). Colour is the image, the marker
+# the degradation.
+
+# %%
+H = h_mean[t_show]
+Hc = H - H.mean(0)
+U, S, _ = torch.linalg.svd(Hc, full_matrices=False)
+xy = U[:, :2] * S[:2]
+explained = (S[:2] ** 2 / (S ** 2).sum()).tolist()
+fig, ax = plt.subplots(figsize=(6.5, 5))
+markers = dict(zip(versions, "o^sX"))
+for v, vname in enumerate(versions):
+    for i, name in enumerate(names):
+        ax.scatter(*xy[idx(v, i)], color=f"C{i}", marker=markers[vname], s=60, edgecolor="k", lw=0.4,
+                   label=name if v == 0 else None)
+for vname, m in markers.items():
+    ax.scatter([], [], marker=m, color="0.5", label=vname)
+ax.set(xlabel=f"PC 1 ({explained[0]:.0%} of variance)", ylabel=f"PC 2 ({explained[1]:.0%})",
+       title=f"h-space at t = {t_show}, 2-D PCA")
+ax.legend(fontsize=7, ncol=2)
+fig.tight_layout()
+save_figure(fig, "02_hspace_pca")
+plt.show()
+
+# %% [markdown]
+# **What h-space shows.** In the PCA plot each image's four versions sit together and the six
+# images sit apart: $h$ keeps *which image this is* through haze, blur and noise, and in the
+# heat map every image is a dark block. The table says how much better than pixels that is:
+# h-space is several times more tolerant of additive noise than pixel space (the U-Net's job is
+# to see through noise), about as tolerant of haze, and, at medium $t$, somewhat more tolerant
+# of blur. Haze moves an image furthest in h-space too — the semantic term, like the naturalness
+# term, says "similar" to a hazy version. As for $\epsilon_\theta$, the signal fades with $t$:
+# all distances shrink by an order of magnitude between $t=200$ and $t=500$ and vanish by
+# $t=900$, where every input is mostly the same noise.
+#
+# ## What we have
+#
+# - `DiffusionPrior` returns $\epsilon_\theta$ and $h$ from one call of a frozen diffusers U-Net;
+#   `load_profile_prior` picks the tiny prior (`ci`, `small`) or the paper's ADM prior (`paper`).
+# - The tiny prior has learned something real about natural images: it finds the noise in
+#   held-out crops far more easily than in structure-free ones, and its DDPM samples have natural
+#   colours and textures. But it is small: no objects.
+# - $L_\text{nat}$ ranks differences the way a judge of naturalness should (noise > blur > real
+#   content > haze), most clearly at small and medium $t$; its size is dominated by
+#   $\text{SNR}_t$ at small $t$, and at large $t$ it degenerates to a vanishing pixel MSE.
+# - $h$ keeps image identity through degradations; its distances also vanish at large $t$.
+# - Both signals are weakest exactly for haze, the degradation of the paper's main experiment —
+#   with this prior. Chapters 04–05 measure whether it still helps a dehazing network.
+#
+# Next, chapter 03: DiffLoss itself, and gradients through the frozen prior.
