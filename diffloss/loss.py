@@ -18,7 +18,10 @@ terms constants: there only the pixel loss trains (see :class:`NoGradDiffLoss` a
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -236,3 +239,244 @@ def restoration_loss(restored: Tensor, target: Tensor, fidelity: str = "l1", gam
         return RestorationLossOutput(total=fid, fidelity=fid, diffloss=None)
     out = diffloss(restored, target, generator=generator)
     return RestorationLossOutput(total=fid + gamma * out.loss, fidelity=fid, diffloss=out)
+
+
+# =============================================================================================
+# The comparison losses of the seed's supplement, Section 3: perceptual (VGG16) and adversarial.
+# =============================================================================================
+
+#: Layers of torchvision's ``vgg16().features`` (indices of the ReLU outputs) used by
+#: :class:`PerceptualLoss`, as in Johnson et al. 2016 and the seed's supplement (Eq. 5).
+VGG16_LAYERS: dict[str, int] = {
+    "relu1_1": 1, "relu1_2": 3, "relu2_1": 6, "relu2_2": 8,
+    "relu3_1": 11, "relu3_2": 13, "relu3_3": 15,
+    "relu4_1": 18, "relu4_2": 20, "relu4_3": 22,
+}
+#: VGG16's convolution widths ("configuration D"), "M" = 2×2 max-pooling (torchvision order).
+_VGG16_CFG: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512)
+#: ImageNet statistics the torchvision VGG16 weights expect (inputs in [0, 1]).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+VGG16_WEIGHTS_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
+VGG16_HOW_TO_GET = (
+    "On a machine with internet access run\n"
+    "    python -c \"import torchvision; torchvision.models.vgg16(weights='IMAGENET1K_V1')\"\n"
+    "which caches them in ~/.cache/torch/hub/checkpoints/ (the folder of torch.hub.get_dir(); "
+    "TORCH_HOME moves it), or copy vgg16-397923af.pth from such a machine into that folder. "
+    "Pass weights=None to use random weights on purpose (tests; that is NOT the perceptual loss)."
+)
+
+
+def vgg16_features(last: int) -> nn.Sequential:
+    """The first ``last + 1`` modules of torchvision's ``vgg16().features`` (same indices, so the
+    same ``features.<i>.weight`` keys), randomly initialised; without the 120 M-parameter
+    classifier that ``torchvision.models.vgg16()`` would allocate."""
+    layers: list[nn.Module] = []
+    c_in = 3
+    for v in _VGG16_CFG:
+        if v == "M":
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+        else:
+            layers += [nn.Conv2d(c_in, int(v), kernel_size=3, padding=1), nn.ReLU(inplace=False)]
+            c_in = int(v)
+        if len(layers) > last:
+            break
+    return nn.Sequential(*layers[:last + 1])
+
+
+def vgg16_weights_path() -> Path:
+    """Where torchvision caches ``VGG16_Weights.IMAGENET1K_V1`` (it may not exist)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / VGG16_WEIGHTS_URL.rsplit("/", 1)[-1]
+
+
+def vgg16_weights_available() -> bool:
+    """True when the ImageNet VGG16 weights are in the local torch hub cache (no download)."""
+    return vgg16_weights_path().is_file()
+
+
+class PerceptualLoss(nn.Module):
+    """Perceptual (feature reconstruction) loss with a frozen VGG16 (supplement Eq. 5):
+
+        L_per(z, x) = Σ_j 1/(C_j·H_j·W_j) · ‖φ_j(z) − φ_j(x)‖²₂
+
+    φ_j = VGG16 activations at ``layers`` (default relu1_2, relu2_2, relu3_3), computed on
+    ImageNet-normalised inputs ``(img − mean)/std`` from images in [0, 1]. Each term is the
+    squared L2 distance divided by the feature map's size C_j·H_j·W_j, averaged over the batch
+    (= ``F.mse_loss`` of the feature maps). The network is frozen (``requires_grad=False``, eval).
+
+    Args:
+        weights: ``"IMAGENET1K_V1"`` (default; torchvision's ImageNet weights, read from the local
+            torch hub cache only, never downloaded here: a clear ``FileNotFoundError`` says how to
+            get them) or ``None``: random weights, on purpose (tests; a random-feature *control*,
+            not the perceptual loss).
+        layers: names from :data:`VGG16_LAYERS`.
+    """
+
+    def __init__(self, weights: str | None = "IMAGENET1K_V1",
+                 layers: tuple[str, ...] = ("relu1_2", "relu2_2", "relu3_3")) -> None:
+        super().__init__()
+        unknown = [name for name in layers if name not in VGG16_LAYERS]
+        if unknown or not layers:
+            raise ValueError(f"unknown VGG16 layer(s) {unknown}; valid: {', '.join(VGG16_LAYERS)}")
+        if weights not in (None, "IMAGENET1K_V1", "DEFAULT"):
+            raise ValueError(f"weights must be 'IMAGENET1K_V1' or None, got {weights!r}")
+        self.layers = tuple(layers)
+        self.indices = tuple(VGG16_LAYERS[name] for name in layers)
+        self.features = vgg16_features(max(self.indices))
+        self.pretrained = weights is not None
+        if self.pretrained:
+            path = vgg16_weights_path()
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"The ImageNet VGG16 weights for PerceptualLoss are not available locally "
+                    f"(looked for {path}); this package never downloads them by itself. "
+                    + VGG16_HOW_TO_GET)
+            # torchvision's file is in the legacy (non-zip) format: no mmap; weights only.
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            mine = self.features.state_dict()
+            self.features.load_state_dict({k: state[f"features.{k}"] for k in mine})
+        self.features.eval().requires_grad_(False)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def extra_repr(self) -> str:
+        return f"layers={self.layers}, pretrained={self.pretrained}"
+
+    def train(self, mode: bool = True) -> PerceptualLoss:
+        """The VGG stays in eval mode whatever the caller asks (it is frozen)."""
+        super().train(mode)
+        self.features.eval()
+        return self
+
+    def feature_maps(self, img: Tensor) -> list[Tensor]:
+        """φ_j(img) for each chosen layer; ``img`` is B×3×H×W in [0, 1]."""
+        h = (img - self.mean) / self.std
+        out: list[Tensor] = []
+        wanted = set(self.indices)
+        for i, module in enumerate(self.features):
+            h = module(h)
+            if i in wanted:
+                out.append(h)
+        return [out[sorted(self.indices).index(i)] for i in self.indices]
+
+    def forward(self, restored: Tensor, target: Tensor) -> Tensor:
+        """L_per(restored, target) (supplement Eq. 5); gradients flow to ``restored`` only."""
+        with torch.no_grad():
+            target_feats = self.feature_maps(target)
+        feats = self.feature_maps(restored)
+        return sum((F.mse_loss(f, t) for f, t in zip(feats, target_feats)), restored.new_zeros(()))
+
+
+class PatchDiscriminator(nn.Module):
+    """A PatchGAN discriminator (pix2pix, Isola et al. 2017): strided 4×4 convolutions with
+    LeakyReLU(0.2), ending in one logit per overlapping patch (a 70×70 receptive field with the
+    default 3 strided layers). Normalisation is instance norm (no running statistics, so the
+    same inputs give the same outputs in train and eval mode).
+
+    Args:
+        channels: width of the first layer (64 in pix2pix); doubled per layer up to 8×.
+        n_layers: strided layers after the first one.
+    """
+
+    def __init__(self, channels: int = 64, n_layers: int = 3, in_channels: int = 3) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, channels, 4, stride=2, padding=1),
+                                   nn.LeakyReLU(0.2)]
+        c = channels
+        for i in range(1, n_layers + 1):
+            c_out = channels * min(2 ** i, 8)
+            stride = 2 if i < n_layers else 1
+            layers += [nn.Conv2d(c, c_out, 4, stride=stride, padding=1, bias=False),
+                       nn.InstanceNorm2d(c_out), nn.LeakyReLU(0.2)]
+            c = c_out
+        layers.append(nn.Conv2d(c, 1, 4, stride=1, padding=1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, img: Tensor) -> Tensor:
+        """Patch logits B×1×h×w for images in [0, 1] (mapped to [-1, 1] inside)."""
+        return self.net(img * 2 - 1)
+
+
+class AdversarialLoss(nn.Module):
+    """Adversarial loss with a PatchGAN discriminator D and its own Adam optimizer.
+
+    Generator term (supplement Eq. 7, the non-saturating form): ``L_adv = −log D(z)``, averaged
+    over patches and images, computed as ``BCEWithLogits(D(z), 1)``; D's parameters receive no
+    gradient from it. Discriminator loss (standard GAN): ``½·[−log D(x) − log(1 − D(z))]`` =
+    ``½·[BCE(D(x), 1) + BCE(D(z), 0)]`` with ``z`` detached, minimised by :meth:`discriminator_step`
+    (the trainer calls it after each generator step: alternating updates).
+
+    ``state_dict`` holds D's weights *and* its optimizer state (module extra state), so a
+    checkpoint of this module resumes both.
+
+    Args:
+        discriminator: default :class:`PatchDiscriminator` ``(channels)``.
+        lr, betas: D's Adam (2e-4, (0.5, 0.999) in pix2pix; the trainer passes its ``lr``).
+    """
+
+    def __init__(self, discriminator: nn.Module | None = None, channels: int = 64, lr: float = 2e-4,
+                 betas: tuple[float, float] = (0.5, 0.999)) -> None:
+        super().__init__()
+        self.discriminator = discriminator if discriminator is not None else PatchDiscriminator(channels)
+        self.optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=lr, betas=betas)
+
+    def generator_loss(self, restored: Tensor) -> Tensor:
+        """−log D(z) (supplement Eq. 7); gradients reach ``restored`` but not D's parameters."""
+        params = list(self.discriminator.parameters())
+        flags = [p.requires_grad for p in params]
+        for p in params:
+            p.requires_grad_(False)
+        try:
+            logits = self.discriminator(restored)
+        finally:
+            for p, f in zip(params, flags):
+                p.requires_grad_(f)
+        return F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+
+    def discriminator_loss(self, restored: Tensor, target: Tensor) -> dict[str, Tensor]:
+        """``{"d_loss", "d_real", "d_fake"}``: D's loss and its mean probabilities D(x), D(z)."""
+        real = self.discriminator(target)
+        fake = self.discriminator(restored.detach())
+        loss = 0.5 * (F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
+                      + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake)))
+        return {"d_loss": loss, "d_real": torch.sigmoid(real).mean().detach(),
+                "d_fake": torch.sigmoid(fake).mean().detach()}
+
+    def discriminator_step(self, restored: Tensor, target: Tensor,
+                           check: Callable[[dict[str, float]], None] | None = None) -> dict[str, Tensor]:
+        """One Adam step of D on ``(target: real, restored: fake)``; returns the detached parts.
+
+        ``check(values)`` (optional) runs before the update and may raise (e.g. a non-finite loss):
+        then D is left untouched. Under ``torch.distributed`` with several processes, D's
+        gradients are averaged over the processes so every copy of D stays identical.
+        """
+        self.optimizer.zero_grad(set_to_none=True)
+        parts = self.discriminator_loss(restored, target)
+        if check is not None:
+            check({k: float(v.detach()) for k, v in parts.items()})
+        parts["d_loss"].backward()
+        if torch.distributed.is_available() and torch.distributed.is_initialized() \
+                and torch.distributed.get_world_size() > 1:
+            world = torch.distributed.get_world_size()
+            for p in self.discriminator.parameters():
+                if p.grad is not None:
+                    torch.distributed.all_reduce(p.grad)
+                    p.grad /= world
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return {k: v.detach() for k, v in parts.items()}
+
+    def forward(self, restored: Tensor, target: Tensor | None = None) -> Tensor:
+        """The generator term −log D(z) (``target`` is unused; accepted for a common signature)."""
+        return self.generator_loss(restored)
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict()}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of parameters of ``module`` (trainable or frozen)."""
+    return sum(p.numel() for p in module.parameters())

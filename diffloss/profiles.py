@@ -73,10 +73,10 @@ PROFILES: dict[str, Profile] = {
         prior_samples=16,
         sampling_steps=50,
         pixel_steps=60,
-        train_iters=300,
+        train_iters=150,
         batch_size=4,
         crop=64,
-        eval_every=25,
+        eval_every=15,
         seeds=(0, 1, 2),
     ),
     "paper": Profile(

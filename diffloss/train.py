@@ -9,8 +9,10 @@ The pieces, in the order :func:`train` uses them:
   ``rain``). The batches are a pure function of ``(seed, step)`` (:class:`StepBatchSampler`), so a
   resumed run sees exactly the batches the uninterrupted run would have seen.
 - The loss ``L_total = fidelity(z, x) + γ·Σ terms`` (seed Eq. 8), with ``loss`` written as
-  ``"l1"``, ``"mse"``, ``"l1+diffloss"``, ... (:data:`FIDELITIES` + :data:`LOSS_TERMS`; other
-  terms are added with :func:`register_loss_term`).
+  ``"l1"``, ``"mse"``, ``"l1+diffloss"``, ``"l1+perceptual"`` (VGG16, supplement Eq. 5),
+  ``"l1+adversarial"`` (PatchGAN, supplement Eq. 7), ... (:data:`FIDELITIES` +
+  :data:`LOSS_TERMS`; other terms are added with :func:`register_loss_term`). The adversarial
+  term's discriminator is updated by its own Adam after every generator step (alternation).
 - Hugging Face ``accelerate`` for the device, mixed precision (bf16 on CUDA), gradient
   accumulation and multi-GPU / multi-process runs (``accelerate launch`` or ``torchrun``). Only
   the restoration network is wrapped by ``accelerator.prepare``; the frozen prior is just moved
@@ -20,7 +22,8 @@ The pieces, in the order :func:`train` uses them:
   :mod:`diffloss.metrics` (RGB, mean of per-image values).
 - :class:`History`: one row per step (loss parts) with test/validation PSNR/SSIM at the
   evaluation steps, written to ``history.csv`` and ``history.json`` as training goes.
-- Checkpoints ``last.pt`` (everything needed to resume bit-identically on CPU) and ``best.pt``
+- Checkpoints ``last.pt`` (everything needed to resume bit-identically on CPU, a
+  discriminator and its optimizer included) and ``best.pt``
   (the best *validation* PSNR: never selected on the test set, DESIGN.md), written atomically:
   temporary file in the same folder, read back and verified, then ``os.replace``.
 
@@ -134,6 +137,14 @@ class LossTerm:
     ``build(config, prior)`` returns a module whose call ``term(restored, target, generator)``
     returns a dict of scalar tensors: ``name`` (the value that is weighted by γ) and the other
     ``parts`` (logged only). ``needs_prior``: the term uses the diffusion prior.
+    ``default_gamma``: γ when ``TrainConfig.gamma`` is ``None``.
+
+    ``stateful``: the term has trainable state of its own (the adversarial term's
+    discriminator). Its module then has ``step(restored, target, check)``, which the trainer
+    calls after every generator update with the detached restored image (alternating updates)
+    and which returns scalar tensors named in ``parts``; ``check(values)`` raises on a
+    non-finite value before anything is updated. The module's ``state_dict`` (weights and
+    optimizer state) is saved in ``last.pt`` and restored on resume.
     """
 
     name: str
@@ -141,6 +152,8 @@ class LossTerm:
     build: Callable[[TrainConfig, Any], nn.Module]
     needs_prior: bool = False
     description: str = ""
+    default_gamma: float = 1e-3
+    stateful: bool = False
 
 
 #: How the restored image is handed to the prior (``TrainConfig.prior_input``).
@@ -190,10 +203,58 @@ def _build_diffloss(config: TrainConfig, prior: Any) -> nn.Module:
                                   size_policy=config.size_policy), config.prior_input)
 
 
+class _PerceptualTerm(nn.Module):
+    """Adapter: :class:`~diffloss.loss.PerceptualLoss` → ``{"perceptual"}`` (supplement Eq. 5)."""
+
+    def __init__(self, loss: nn.Module) -> None:
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, restored: Tensor, target: Tensor,
+                generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        return {"perceptual": self.loss(restored, target)}
+
+
+def _build_perceptual(config: TrainConfig, prior: Any) -> nn.Module:
+    from .loss import PerceptualLoss
+
+    return _PerceptualTerm(PerceptualLoss(weights=config.vgg_weights))
+
+
+class _AdversarialTerm(nn.Module):
+    """Adapter: :class:`~diffloss.loss.AdversarialLoss` → ``{"adversarial"}`` (−log D(z),
+    supplement Eq. 7) for the generator, and :meth:`step` (one discriminator update) after it."""
+
+    def __init__(self, loss: nn.Module) -> None:
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, restored: Tensor, target: Tensor,
+                generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        return {"adversarial": self.loss.generator_loss(restored)}
+
+    def step(self, restored: Tensor, target: Tensor,
+             check: Callable[[dict[str, float]], None] | None = None) -> dict[str, Tensor]:
+        return self.loss.discriminator_step(restored, target, check=check)
+
+
+def _build_adversarial(config: TrainConfig, prior: Any) -> nn.Module:
+    from .loss import AdversarialLoss
+
+    return _AdversarialTerm(AdversarialLoss(channels=config.disc_channels, lr=config.lr,
+                                            betas=(0.5, 0.999)))
+
+
 #: Registered extra terms, by the name used in ``loss`` (``"l1+<name>"``).
 LOSS_TERMS: dict[str, LossTerm] = {
     "diffloss": LossTerm("diffloss", ("nat", "sem"), _build_diffloss, needs_prior=True,
                          description="DiffLoss: nat_weight·L_nat + lambda_sem·L_sem (seed Eq. 8)"),
+    "perceptual": LossTerm("perceptual", (), _build_perceptual,
+                           description="VGG16 relu1_2/relu2_2/relu3_3 feature loss (supplement Eq. 5)"),
+    "adversarial": LossTerm("adversarial", ("d_loss", "d_real", "d_fake"), _build_adversarial,
+                            default_gamma=5e-3, stateful=True,
+                            description="−log D(z) with a PatchGAN discriminator trained in "
+                                        "alternation (supplement Eq. 7)"),
 }
 
 
@@ -256,8 +317,16 @@ class TrainConfig:
             no validation, ``best.pt`` is not written; report the last checkpoint).
 
     Loss:
-        loss: ``"l1"``, ``"mse"``, ``"l1+diffloss"``, ``"mse+diffloss"`` (see :func:`valid_losses`).
-        gamma: γ, weight of the extra term (1e-3, the authors' value).
+        loss: ``"l1"``, ``"mse"``, ``"l1+diffloss"``, ``"l1+perceptual"``, ``"l1+adversarial"``,
+            ``"mse+diffloss"``, ... (see :func:`valid_losses`).
+        gamma: γ, weight of the extra term(s); ``None`` (default) takes each term's own default
+            (:attr:`LossTerm.default_gamma`): 1e-3 for DiffLoss (the authors' value) and the
+            perceptual loss, 5e-3 for the adversarial loss (the supplement's values).
+        vgg_weights: the perceptual loss's VGG16 weights, ``"IMAGENET1K_V1"`` (from the local
+            torch hub cache; never downloaded) or ``None``: random weights, a random-feature
+            control that is *not* the perceptual loss (:class:`~diffloss.loss.PerceptualLoss`).
+        disc_channels: width of the adversarial loss's PatchGAN discriminator (64 in pix2pix);
+            it is trained with Adam(``lr``, betas (0.5, 0.999)) after every generator step.
         prior: ``"tiny"`` (shipped), a diffusers folder or hub id, or ``"adm:PATH"`` (an OpenAI
             guided-diffusion checkpoint such as ``256x256_diffusion_uncond.pt``).
         lambda_sem, nat_weight, t_range, prior_size, size_policy: see :class:`~diffloss.loss.DiffLoss`.
@@ -298,7 +367,9 @@ class TrainConfig:
     val: int | None = None
 
     loss: str = "l1"
-    gamma: float = 1e-3
+    gamma: float | None = None
+    vgg_weights: str | None = "IMAGENET1K_V1"
+    disc_channels: int = 64
     prior: str = "tiny"
     lambda_sem: float = 1e-3
     nat_weight: float = 1.0
@@ -356,7 +427,11 @@ class TrainConfig:
         for name in ("eval_every", "warmup", "workers", "eval_overlap"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.lr <= 0 or self.gamma < 0:
+        if self.vgg_weights is not None and self.vgg_weights.strip().lower() in ("none", "null", ""):
+            self.vgg_weights = None
+        if self.disc_channels < 1:
+            raise ValueError(f"disc_channels must be >= 1, got {self.disc_channels}")
+        if self.lr <= 0 or (self.gamma is not None and self.gamma < 0):
             raise ValueError(f"need lr > 0 and gamma >= 0, got lr={self.lr}, gamma={self.gamma}")
         if self.ema is not None and not 0.0 < self.ema < 1.0:
             raise ValueError(f"ema must be a decay in (0, 1) or None, got {self.ema}")
@@ -377,6 +452,10 @@ class TrainConfig:
     def terms(self) -> tuple[str, ...]:
         """The extra loss terms, the rest of ``loss`` (e.g. ``("diffloss",)``)."""
         return parse_loss(self.loss)[1]
+
+    def gamma_for(self, term: str) -> float:
+        """γ of the extra term ``term``: ``gamma`` when set, else the term's default."""
+        return float(self.gamma) if self.gamma is not None else LOSS_TERMS[term].default_gamma
 
     def resolved_mixed_precision(self) -> str:
         """``"auto"`` → ``"bf16"`` on CUDA (unless ``cpu``), else ``"no"``."""
@@ -1180,6 +1259,14 @@ def train(config: TrainConfig | dict[str, Any] | str | os.PathLike, progress: bo
     raw = accelerator.unwrap_model(model)
     # The EMA copy is made on the device, from the (possibly loaded) weights.
     ema = EMA(raw, config.ema) if config.ema is not None else None
+    # Terms with trainable state of their own (the discriminator) resume with the generator.
+    stateful = [name for name in terms if LOSS_TERMS[name].stateful]
+    if state is not None:
+        for name in stateful:
+            saved_terms = state.get("terms") or {}
+            if name not in saved_terms:
+                raise CheckpointError(f"{last_path} has no state for the {name!r} loss term")
+            terms[name].load_state_dict(saved_terms[name])
     if ema is not None and state is not None:
         if state.get("ema") is None:
             raise CheckpointError(f"{last_path} has no EMA state but the config asks for ema={config.ema}")
@@ -1233,6 +1320,7 @@ def train(config: TrainConfig | dict[str, Any] | str | os.PathLike, progress: bo
                 "kind": "last", "step": step, "model": raw.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "ema": ema.state_dict() if ema is not None else None, "rng": _rng_state(),
+                "terms": {name: terms[name].state_dict() for name in stateful},
                 "data": {"seed": config.seed, "micro_step": step * config.grad_accum,
                          "world_size": world, "batch": config.batch},
                 "config": config.to_dict(), "elapsed": elapsed(), "history": history.rows,
@@ -1288,6 +1376,17 @@ def train(config: TrainConfig | dict[str, Any] | str | os.PathLike, progress: bo
                         accelerator.clip_grad_norm_(model.parameters(), config.grad_clip)
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
+                for name in stateful:  # alternating updates: the discriminator after the generator
+
+                    def check(values: dict[str, float], _vals: dict[str, float] = vals,
+                              _step: int = step) -> None:
+                        merged = {**_vals, **values}
+                        if not all(math.isfinite(v) for v in values.values()):
+                            raise NonFiniteLossError(_finite_message(_step, merged, last_good, 0),
+                                                     _step, merged, last_good)
+
+                    aux = terms[name].step(restored.detach().float(), clean, check=check)
+                    vals.update({k: float(v) for k, v in aux.items()})
                 for k, v in vals.items():
                     sums[k] = sums.get(k, 0.0) + v / config.grad_accum
             lr = scheduler.get_last_lr()[0]
@@ -1361,7 +1460,7 @@ def _loss_parts(restored: Tensor, target: Tensor, config: TrainConfig, terms: di
             continue
         values = term(restored, target, generator=generator)
         parts.update(values)
-        total = total + config.gamma * values[name]
+        total = total + config.gamma_for(name) * values[name]
     if bad:
         total = fid.new_full((), float("nan"))
     return {"total": total, **parts}, bad
@@ -1403,7 +1502,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``python -m diffloss.train`` argument parser (one flag per config field)."""
     p = argparse.ArgumentParser(
         prog="python -m diffloss.train",
-        description="Train a restoration network (MSBDN) with L1/MSE and optionally DiffLoss. "
+        description="Train a restoration network (MSBDN) with L1/MSE and optionally DiffLoss "
+                    "(or a perceptual / adversarial term, for comparison). "
                     "Flags override the values of --config (JSON or YAML).",
     )
     p.add_argument("--config", type=Path, help="JSON/YAML file with TrainConfig fields")

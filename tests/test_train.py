@@ -90,8 +90,8 @@ def test_config_round_trips_through_json_and_yaml(tmp_path):
 
 
 def test_config_errors_name_the_valid_options(tmp_path):
-    with pytest.raises(ValueError, match=r"unknown loss 'l1\+perceptual'.*l1, mse, l1\+diffloss"):
-        TrainConfig(loss="l1+perceptual")
+    with pytest.raises(ValueError, match=r"unknown loss 'l1\+lpips'.*l1, mse, l1\+diffloss"):
+        TrainConfig(loss="l1+lpips")
     with pytest.raises(ValueError, match="unknown model 'unet'.*msbdn, msbdn-small"):
         TrainConfig(model="unet")
     with pytest.raises(ValueError, match="unknown schedule"):
