@@ -36,6 +36,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _machine import cpu_name as _cpu_name  # noqa: E402
 
 from diffloss.loss import DiffLoss  # noqa: E402
 from diffloss.models.msbdn import MSBDN  # noqa: E402
@@ -212,16 +215,6 @@ def main(argv: list[str] | None = None) -> int:
         with RESULTS.open("a") as fh:
             fh.write("\n" + text + "\n")
     return 0
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

@@ -34,20 +34,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _machine import cpu_name as cpu_name  # noqa: E402
 
 from diffloss.prior import DiffusionPrior, tiny_unet_config  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def load_prior(random: bool, device: torch.device) -> tuple[DiffusionPrior, str]:
