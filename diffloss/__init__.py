@@ -21,6 +21,8 @@ _LAZY = {
     "DiffLoss": "loss",
     "DiffLossOutput": "loss",
     "restoration_loss": "loss",
+    "PerceptualLoss": "loss",
+    "AdversarialLoss": "loss",
     "MSBDN": "models.msbdn",
     "PairedImageDataset": "data",
     "SyntheticHaze": "data",
@@ -28,6 +30,8 @@ _LAZY = {
     "psnr": "metrics",
     "ssim": "metrics",
     "train": "train",
+    "TrainConfig": "train",
+    "evaluate": "train",
 }
 
 __all__ = ["NoiseSchedule", "Profile", "current_profile", *_LAZY]
