@@ -552,3 +552,18 @@ def prepare_pairs(
         )
         return 1
     return 0
+
+
+def prepare_cli(argv: Sequence[str] | None, *, name: str, folder: str, subsets: Sequence[Subset],
+                description: str, source_help: str) -> int:
+    """The command line shared by the prepare_* scripts: parse ``argv`` and run :func:`prepare_pairs`
+    into ``ROOT/<folder>``. Returns the exit status (0 ok, 1 error)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--root", type=Path, default=Path("data"), help="data folder (default: data)")
+    parser.add_argument("--source", type=Path, action="append", default=[], metavar="PATH", help=source_help)
+    parser.add_argument("--force", action="store_true", help="prepare again even if present")
+    parser.add_argument("--link", action="store_true", help="hard-link instead of copying (folder sources only)")
+    args = parser.parse_args(argv)
+    return prepare_pairs(name, args.source, args.root / folder, subsets, force=args.force, link=args.link)

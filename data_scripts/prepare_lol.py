@@ -14,12 +14,11 @@ them). ``diffloss.PairedImageDataset("data/lol", "lol", "train" | "test")`` read
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Subset, prepare_pairs  # noqa: E402
+from _common import Subset, prepare_cli  # noqa: E402
 
 SUBSETS = (
     Subset(dest="our485", names=("our485",), pair=("low", "high"), expected=485),
@@ -27,30 +26,11 @@ SUBSETS = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Normalise a LOL download into ROOT/lol.")
-    parser.add_argument("--root", type=Path, default=Path("data"), help="data folder (default: data)")
-    parser.add_argument(
-        "--source",
-        type=Path,
-        action="append",
-        default=[],
-        metavar="PATH",
-        help="a LOL zip or folder you downloaded (repeat for several)",
-    )
-    parser.add_argument("--force", action="store_true", help="prepare again even if present")
-    parser.add_argument(
-        "--link", action="store_true", help="hard-link instead of copying (folder sources only)"
-    )
-    return parser
-
-
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status (0 ok, 1 error)."""
-    args = build_parser().parse_args(argv)
-    return prepare_pairs(
-        "LOL", args.source, args.root / "lol", SUBSETS, force=args.force, link=args.link
-    )
+    return prepare_cli(argv, name="LOL", folder="lol", subsets=SUBSETS,
+                       description="Normalise a LOL download into ROOT/lol.",
+                       source_help="a LOL zip or folder you downloaded (repeat for several)")
 
 
 if __name__ == "__main__":

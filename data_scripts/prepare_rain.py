@@ -16,12 +16,11 @@ prepared subsets are left alone (``--force`` redoes them).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Subset, prepare_pairs  # noqa: E402
+from _common import Subset, prepare_cli  # noqa: E402
 
 SUBSETS = (
     Subset(dest="train/Rain13K", names=("Rain13K", "train"), pair=("input", "target"), expected=13_712),
@@ -29,30 +28,11 @@ SUBSETS = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Normalise a Rain13K/Rain100H download into ROOT/rain.")
-    parser.add_argument("--root", type=Path, default=Path("data"), help="data folder (default: data)")
-    parser.add_argument(
-        "--source",
-        type=Path,
-        action="append",
-        default=[],
-        metavar="PATH",
-        help="a zip or folder you downloaded (repeat: e.g. train.zip and test.zip)",
-    )
-    parser.add_argument("--force", action="store_true", help="prepare again even if present")
-    parser.add_argument(
-        "--link", action="store_true", help="hard-link instead of copying (folder sources only)"
-    )
-    return parser
-
-
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status (0 ok, 1 error)."""
-    args = build_parser().parse_args(argv)
-    return prepare_pairs(
-        "Rain", args.source, args.root / "rain", SUBSETS, force=args.force, link=args.link
-    )
+    return prepare_cli(argv, name="Rain", folder="rain", subsets=SUBSETS,
+                       description="Normalise a Rain13K/Rain100H download into ROOT/rain.",
+                       source_help="a zip or folder you downloaded (repeat: e.g. train.zip and test.zip)")
 
 
 if __name__ == "__main__":
