@@ -32,3 +32,14 @@ def make_tiny_prior(**kw) -> DiffusionPrior:
 @pytest.fixture
 def tiny_prior() -> DiffusionPrior:
     return make_tiny_prior()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for modules of tiny networks: as fast on an idle machine, and on a busy
+    2-core one two competing threads ran them up to 20x slower. Opt in with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

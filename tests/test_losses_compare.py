@@ -25,13 +25,7 @@ from diffloss.loss import (
 from diffloss.maps import chroma, color_map, color_map_rgb, luma, map_errors, structure_map
 from diffloss.train import TrainConfig, load_checkpoint, train
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def state_hash(sd: dict) -> str:

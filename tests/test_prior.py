@@ -29,15 +29,7 @@ from diffloss.prior import (
 )
 from diffloss.schedule import NoiseSchedule
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These networks are tiny: one intra-op thread is as fast, and on a busy 2-core machine
-    two threads competing with other processes ran train_tiny 20x slower (35 s instead of 1.5 s)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_unet(out_channels: int = 3, sample_size: int = 16, seed: int = 0, **kw) -> UNet2DModel:
