@@ -29,9 +29,9 @@ _LAZY = {
     "sample_images": "data",
     "psnr": "metrics",
     "ssim": "metrics",
-    "train": "train",
-    "TrainConfig": "train",
-    "evaluate": "train",
+    "train": "training",
+    "TrainConfig": "training",
+    "evaluate": "training",
 }
 
 __all__ = ["NoiseSchedule", "Profile", "current_profile", *_LAZY]

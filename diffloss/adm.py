@@ -39,16 +39,13 @@ output, 5.3e-7 on the h-space, float32):
 Weights are converted to float32 unless another ``dtype`` is asked for; ``use_fp16`` (a runtime
 flag of guided-diffusion, the released files hold float32) is ignored.
 
-CLI: ``python -m diffloss.adm convert IN.pt OUT_DIR [--flags FLAGS.json]`` writes a diffusers
+CLI: ``diffloss convert-adm IN.pt OUT_DIR [--flags FLAGS.json]`` writes a diffusers
 folder (``UNet2DModel`` safetensors + ``config.json`` + ``scheduler_config.json``).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import math
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -757,38 +754,6 @@ def read_adm_flags(path: str | Path) -> dict[str, Any]:
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m diffloss.adm convert IN.pt OUT_DIR [--flags FLAGS.json] [--dtype float32]``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m diffloss.adm", description=__doc__.splitlines()[0]
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    conv = sub.add_parser("convert", help="convert a guided-diffusion .pt into a diffusers folder")
-    conv.add_argument("checkpoint", type=Path, help="guided-diffusion state dict (.pt)")
-    conv.add_argument("out_dir", type=Path, help="diffusers folder to write")
-    conv.add_argument(
-        "--flags",
-        type=Path,
-        default=None,
-        help="JSON file of guided-diffusion flags (default: the 256x256_diffusion_uncond.pt flags)",
-    )
-    conv.add_argument(
-        "--dtype", choices=sorted(_DTYPES), default="float32", help="dtype of the saved weights"
-    )
-    args = parser.parse_args(argv)
-    flags = ADM_256_UNCOND if args.flags is None else read_adm_flags(args.flags)
-    try:
-        out = convert_adm_checkpoint(
-            args.checkpoint, args.out_dir, flags, dtype=_DTYPES[args.dtype]
-        )
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    n = sum(math.prod(s) for s in _safetensors_shapes(out))
-    print(f"wrote {out} ({n:,} parameters)")
-    return 0
-
-
 def _safetensors_shapes(folder: Path) -> list[tuple[int, ...]]:
     from safetensors import safe_open
 
@@ -797,7 +762,3 @@ def _safetensors_shapes(folder: Path) -> list[tuple[int, ...]]:
         with safe_open(str(file), framework="pt") as fh:
             shapes += [tuple(fh.get_slice(k).get_shape()) for k in fh.keys()]
     return shapes
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -7,20 +7,17 @@ the U-Net's middle block, the bottleneck "h-space" of Kwon et al. (the *semantic
 :class:`~diffloss.schedule.NoiseSchedule`, keeps it frozen, and returns both from one U-Net call
 through a forward hook on ``unet.mid_block``.
 
-Run ``python -m diffloss.prior train-tiny --out DIR`` to (re)train the tiny prior shipped in
+Run ``diffloss train-tiny-prior --out DIR`` to (re)train the tiny prior shipped in
 ``diffloss/assets/tiny_prior``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import platform
-import shlex
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,7 +201,7 @@ class DiffusionPrior(nn.Module):
                 raise FileNotFoundError(
                     f"{path} holds no diffusers U-Net (no config.json here or in unet/). "
                     "Write one with DiffusionPrior.save_pretrained(folder) or "
-                    "`python -m diffloss.adm convert CKPT.pt FOLDER`."
+                    "`diffloss convert-adm CKPT.pt FOLDER`."
                 )
             unet = UNet2DModel.from_pretrained(unet_dir, **kwargs)
             sched_cfg = None
@@ -223,7 +220,7 @@ class DiffusionPrior(nn.Module):
         if not (TINY_PRIOR_DIR / "config.json").exists():
             raise FileNotFoundError(
                 f"The tiny prior is missing from {TINY_PRIOR_DIR}. Reinstall diffloss, or retrain it with "
-                f"`python -m diffloss.prior train-tiny --out {TINY_PRIOR_DIR}`."
+                f"`diffloss train-tiny-prior --out {TINY_PRIOR_DIR}`."
             )
         return cls.from_pretrained(TINY_PRIOR_DIR)
 
@@ -521,30 +518,3 @@ def load_profile_prior(profile: Any = None, root: str | os.PathLike | None = Non
         "have), or use another prior: DiffusionPrior.from_pretrained('google/ddpm-ema-church-256') or "
         "DIFFLOSS_PROFILE=small for the tiny prior."
     )
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m diffloss.prior", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("train-tiny", help="train the tiny offline prior (CPU is fine)")
-    p.add_argument("--out", required=True, help="output folder (a diffusers folder)")
-    p.add_argument("--steps", type=int, default=2500)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--size", type=int, default=32)
-    p.add_argument("--width", type=int, default=24)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-eval", type=int, default=96, help="crops per split for the held-out/training loss")
-    p.add_argument("--no-progress", action="store_true")
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = parser.parse_args(argv)
-    info = train_tiny(args.out, steps=args.steps, batch_size=args.batch_size, size=args.size, width=args.width,
-                      lr=args.lr, seed=args.seed, n_eval=args.n_eval, progress=not args.no_progress,
-                      command="python -m diffloss.prior " + shlex.join(argv))
-    print(json.dumps({k: info[k] for k in ("parameters", "wall_time_s", "eval_loss_train_crops",
-                                           "eval_loss_heldout_crops", "eval_loss_at_init_heldout")}, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -19,13 +19,13 @@ import numpy as np
 import pytest
 import torch
 
+from diffloss import cli
 from diffloss.adm import (
     ADM_256_UNCOND,
     adm_scheduler_config,
     adm_unet_config,
     convert_adm_state_dict,
     load_adm_checkpoint,
-    main,
     normalize_adm_flags,
 )
 
@@ -254,7 +254,7 @@ def test_cli_round_trip(ref, converted, tmp_path):
     flags = tmp_path / "flags.json"
     flags.write_text(json.dumps({"config": ref["config"]}))
     out_dir = tmp_path / "diffusers"
-    assert main(["convert", str(ckpt), str(out_dir), "--flags", str(flags)]) == 0
+    assert cli.main(["convert-adm", str(ckpt), str(out_dir), "--flags", str(flags)]) == 0
     assert (out_dir / "config.json").is_file()
     assert (out_dir / "diffusion_pytorch_model.safetensors").is_file()
     assert (out_dir / "scheduler_config.json").is_file()
@@ -272,7 +272,7 @@ def test_cli_round_trip(ref, converted, tmp_path):
 
 
 def test_cli_reports_errors(tmp_path, capsys):
-    assert main(["convert", str(tmp_path / "missing.pt"), str(tmp_path / "out")]) == 1
+    assert cli.main(["convert-adm", str(tmp_path / "missing.pt"), str(tmp_path / "out")]) == 1
     assert "not found" in capsys.readouterr().err
 
 

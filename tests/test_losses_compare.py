@@ -23,7 +23,7 @@ from diffloss.loss import (
     vgg16_features,
 )
 from diffloss.maps import chroma, color_map, color_map_rgb, luma, map_errors, structure_map
-from diffloss.train import TrainConfig, load_checkpoint, train
+from diffloss.training import TrainConfig, load_checkpoint, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

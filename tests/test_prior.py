@@ -16,13 +16,13 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DModel
 from torch import nn
 
+from diffloss import cli
 from diffloss.prior import (
     PROVENANCE,
     TINY_PRIOR_DIR,
     DiffusionPrior,
     PriorOutput,
     evaluate_loss,
-    main,
     random_crops,
     tiny_unet_config,
     train_tiny,
@@ -525,12 +525,12 @@ def test_train_tiny_end_to_end(api_run) -> None:
 
 
 def test_train_tiny_cli_is_seeded_and_records_its_command(api_run, tmp_path, capsys) -> None:
-    argv = ["train-tiny", "--out", str(tmp_path / "cli"), *TRAIN_ARGV, "--no-progress"]
-    assert main(argv) == 0
+    argv = ["train-tiny-prior", "--out", str(tmp_path / "cli"), *TRAIN_ARGV, "--no-progress"]
+    assert cli.main(argv) == 0
     printed = json.loads(capsys.readouterr().out)
     provenance = json.loads((tmp_path / "cli" / PROVENANCE).read_text())
     assert printed["parameters"] == provenance["parameters"]
-    assert provenance["command"] == "python -m diffloss.prior " + " ".join(argv)
+    assert provenance["command"] == "diffloss " + " ".join(argv)
     assert provenance["steps"] == 3 and provenance["width"] == 8 and provenance["size"] == 16
     assert provenance["eval_protocol"].startswith("4 crops")  # --n-eval reached train_tiny
 

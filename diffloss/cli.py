@@ -1,0 +1,303 @@
+"""The ``diffloss`` command line (also ``python -m diffloss``).
+
+    diffloss train --config run.yaml --loss l1+diffloss --iters 500   train a restorer
+    diffloss evaluate runs/x --data dense_haze --root data             score a checkpoint
+    diffloss convert-adm 256x256_diffusion_uncond.pt checkpoints/adm    ADM → diffusers
+    diffloss train-tiny-prior --out my_prior                            the tiny CPU prior
+
+``diffloss <command> --help`` lists each command's options. Every error a user can cause (a
+bad value, a missing or corrupt file, an interrupted run) ends in one line ``error: ...`` on
+stderr and a non-zero exit status, never a traceback: 1 for errors, 2 for usage errors,
+130/143 for Ctrl-C/SIGTERM (after ``last.pt`` was saved).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import shlex
+import sys
+import typing
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["build_parser", "main"]
+
+#: Short flags besides the ``--field-name`` ones of ``diffloss train``.
+ALIASES: dict[str, str] = {"iters": "iterations", "accum": "grad_accum"}
+
+
+class CommandError(Exception):
+    """An error to print as one line (exit status 1)."""
+
+
+# ------------------------------------------------------------------------------------ train
+
+
+def _field_parser(hint: Any) -> tuple[Callable[[str], Any], int | None]:
+    """A string → value converter for a config field's type hint, and its ``nargs``."""
+    if typing.get_origin(hint) is tuple:
+        return typing.get_args(hint)[0], len(typing.get_args(hint))
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    base = next((a for a in args if a is not type(None)), hint) if args else hint
+    if typing.get_origin(base) is tuple:
+        return typing.get_args(base)[0], len(typing.get_args(base))
+
+    def convert(text: str) -> Any:
+        if optional and text.strip().lower() in ("none", "null", ""):
+            return None
+        if base is bool:
+            if text.lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.lower() in ("0", "false", "no", "off"):
+                return False
+            raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+        return base(text)
+
+    convert.__name__ = getattr(base, "__name__", "value")  # argparse names it in errors
+    return convert, None
+
+
+def _add_train(sub: Any) -> None:
+    from .training import TrainConfig
+
+    p = sub.add_parser(
+        "train", help="train a restoration network (MSBDN) with L1/MSE and optionally DiffLoss",
+        description="Train a restoration network (MSBDN) with L1/MSE and optionally DiffLoss "
+                    "(or a perceptual / adversarial term, for comparison). Flags override the "
+                    "values of --config (JSON or YAML). Ctrl-C saves last.pt before stopping.")
+    p.add_argument("--config", type=Path, help="JSON/YAML file with TrainConfig fields")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--overwrite", action="store_true", help="start over even if OUT holds a run")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    hints = typing.get_type_hints(TrainConfig)
+    aliases = {v: k for k, v in ALIASES.items()}
+    for f in dataclasses.fields(TrainConfig):
+        convert, nargs = _field_parser(hints[f.name])
+        flags = [f"--{f.name.replace('_', '-')}"]
+        if f.name in aliases:
+            flags.append(f"--{aliases[f.name]}")
+        if hints[f.name] is bool:  # --cpu / --no-cpu
+            p.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                           help=f"(default {f.default!r})")
+            continue
+        metavar = f.name.upper() if nargs is None else ("A", "B")
+        p.add_argument(*flags, dest=f.name, type=convert, nargs=nargs, default=None, metavar=metavar,
+                       help=f"(default {f.default!r})")
+    p.set_defaults(run=_run_train)
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    """``--config`` values, overridden by every flag given."""
+    from .training import TrainConfig
+
+    base = TrainConfig.load(args.config).to_dict() if args.config else {}
+    for f in dataclasses.fields(TrainConfig):
+        value = getattr(args, f.name)
+        if value is not None:
+            base[f.name] = value
+    return TrainConfig.from_dict(base)
+
+
+def _run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .training import train
+
+    try:
+        config = config_from_args(args)
+    except FileNotFoundError as exc:
+        raise CommandError(str(exc)) from exc
+    except (ValueError, TypeError) as exc:
+        parser.error(str(exc))
+    if args.print_config:
+        print(json.dumps(config.to_dict(), indent=2))
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    history = train(config, progress=not args.no_progress, resume=args.resume,
+                    overwrite=args.overwrite)
+    final = history.final
+    if final is not None and history.folder is not None and int(os.environ.get("RANK", "0")) == 0:
+        print(f"done: step {final['step']}, test PSNR {final['test_psnr']:.2f} dB, "
+              f"SSIM {final['test_ssim']:.4f}; files in {history.folder}")
+    return 0
+
+
+# --------------------------------------------------------------------------------- evaluate
+
+
+def _add_evaluate(sub: Any) -> None:
+    p = sub.add_parser(
+        "evaluate", help="score a trained checkpoint (PSNR/SSIM) on a dataset's test split(s)",
+        description="Score a run folder's best.pt (or last.pt, or a .pt file) on the test "
+                    "split(s) of the run's own data, or of --data/--root. PSNR/SSIM on RGB in "
+                    "[0, 1], mean of per-image values; the hazy input is scored as the baseline.")
+    p.add_argument("checkpoint", type=Path, help="a run folder or a .pt checkpoint")
+    p.add_argument("--which", choices=("best", "last"), default="best",
+                   help="checkpoint of a run folder (best falls back to last without best.pt)")
+    p.add_argument("--data", help="dataset layout (default: the run's own), e.g. dense_haze")
+    p.add_argument("--root", help="data folder for --data (e.g. data)")
+    p.add_argument("--eval-max-size", type=int, help="downscale images to this longer side")
+    p.add_argument("--tile", type=int, help="tiled evaluation with this tile size")
+    p.add_argument("--overlap", type=int, default=32, help="tile overlap (pixels)")
+    p.add_argument("--cpu", action="store_true", help="run on the CPU even when CUDA is there")
+    p.add_argument("--json", type=Path, help="also write the per-image results to this file")
+    p.set_defaults(run=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import torch
+    from torch import nn
+
+    from .training import TrainConfig, build_datasets, evaluate, load_checkpoint, load_model
+
+    path = args.checkpoint
+    if not path.exists():
+        raise CommandError(f"no such run folder or checkpoint: {path}")
+    device = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
+    model = load_model(path, args.which, device=device)
+    ckpt = path / ("best.pt" if args.which == "best" else "last.pt") if path.is_dir() else path
+    if path.is_dir() and not ckpt.exists():
+        ckpt = path / "last.pt"
+    config = TrainConfig.from_dict(load_checkpoint(ckpt)["config"])
+    changes: dict[str, Any] = {}
+    if args.data:
+        changes.update(data=args.data, root=args.root)
+    if args.eval_max_size:
+        changes["eval_max_size"] = args.eval_max_size
+    try:
+        config = config.replace(**changes, val=0 if args.data else config.val)
+    except ValueError as exc:
+        parser.error(str(exc))
+    report: dict[str, Any] = {"checkpoint": str(ckpt), "data": config.data, "splits": {}}
+    for split, ds in build_datasets(config).tests.items():
+        res = evaluate(model, ds, tile=args.tile, overlap=args.overlap, device=device)
+        hazy = evaluate(nn.Identity(), ds, device="cpu")
+        report["splits"][split] = {"restored": res.to_dict(), "input": hazy.to_dict()}
+        print(f"{split}: {len(res.per_image)} images | restored PSNR {res.psnr:.2f} dB, SSIM "
+              f"{res.ssim:.4f} | input PSNR {hazy.psnr:.2f} dB, SSIM {hazy.ssim:.4f}")
+    if args.json:
+        from .training.atomic import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(report, indent=1) + "\n")
+    return 0
+
+
+# ------------------------------------------------------------------------------ convert-adm
+
+
+def _add_convert_adm(sub: Any) -> None:
+    from .adm import _DTYPES
+
+    p = sub.add_parser(
+        "convert-adm", help="convert a guided-diffusion (ADM) .pt into a diffusers folder",
+        description="Convert an OpenAI guided-diffusion checkpoint (e.g. "
+                    "256x256_diffusion_uncond.pt) into a diffusers UNet2DModel folder that "
+                    "DiffusionPrior.from_pretrained loads. The conversion is exact.")
+    p.add_argument("checkpoint", type=Path, help="guided-diffusion state dict (.pt)")
+    p.add_argument("out_dir", type=Path, help="diffusers folder to write")
+    p.add_argument("--flags", type=Path, default=None,
+                   help="JSON file of guided-diffusion flags (default: the "
+                        "256x256_diffusion_uncond.pt flags)")
+    p.add_argument("--dtype", choices=sorted(_DTYPES), default="float32",
+                   help="dtype of the saved weights")
+    p.set_defaults(run=_run_convert_adm)
+
+
+def _run_convert_adm(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import math
+
+    from .adm import (
+        _DTYPES,
+        ADM_256_UNCOND,
+        _safetensors_shapes,
+        convert_adm_checkpoint,
+        read_adm_flags,
+    )
+
+    flags = ADM_256_UNCOND if args.flags is None else read_adm_flags(args.flags)
+    out = convert_adm_checkpoint(args.checkpoint, args.out_dir, flags, dtype=_DTYPES[args.dtype])
+    n = sum(math.prod(s) for s in _safetensors_shapes(out))
+    print(f"wrote {out} ({n:,} parameters)")
+    return 0
+
+
+# ------------------------------------------------------------------------- train-tiny-prior
+
+
+def _add_train_tiny_prior(sub: Any) -> None:
+    p = sub.add_parser(
+        "train-tiny-prior", help="train the tiny offline diffusion prior (CPU is fine)",
+        description="Train the tiny unconditional diffusion prior that ships with the package "
+                    "on crops of the bundled training images; writes a diffusers folder.")
+    p.add_argument("--out", required=True, help="output folder (a diffusers folder)")
+    p.add_argument("--steps", type=int, default=2500)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--width", type=int, default=24)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-eval", type=int, default=96,
+                   help="crops per split for the held-out/training loss")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(run=_run_train_tiny_prior)
+
+
+def _run_train_tiny_prior(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .prior import train_tiny
+
+    for name in ("steps", "batch_size", "size", "width", "n_eval"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    info = train_tiny(args.out, steps=args.steps, batch_size=args.batch_size, size=args.size,
+                      width=args.width, lr=args.lr, seed=args.seed, n_eval=args.n_eval,
+                      progress=not args.no_progress,
+                      command="diffloss " + shlex.join(args.argv))
+    print(json.dumps({k: info[k] for k in ("parameters", "wall_time_s", "eval_loss_train_crops",
+                                           "eval_loss_heldout_crops", "eval_loss_at_init_heldout")},
+                     indent=2))
+    return 0
+
+
+# ------------------------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``diffloss`` parser with its subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="diffloss", description="DiffLoss: a frozen diffusion model as a training loss for "
+                                     "image restoration. Commands:")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_train, _add_evaluate, _add_convert_adm, _add_train_tiny_prior):
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry; returns the exit status (0 ok, 1 error, 2 usage, 130/143 signal)."""
+    from .training import CheckpointError, NonFiniteLossError, TrainingInterrupted
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.argv = argv
+    try:
+        return args.run(args, parser)
+    except TrainingInterrupted as exc:
+        print(f"interrupted: {exc}", file=sys.stderr)
+        return 128 + exc.signum
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (CommandError, NonFiniteLossError, CheckpointError, FileExistsError, FileNotFoundError,
+            NotADirectoryError, IsADirectoryError, PermissionError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

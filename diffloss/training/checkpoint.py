@@ -1,0 +1,203 @@
+"""Checkpoints: atomic, verified, checksummed; RNG state; loading a trained network back.
+
+A checkpoint is a ``torch.save``'d dict with ``format``/``version`` markers, the ``step``, the
+``model`` weights and the ``config``; ``last.pt`` adds everything a bit-identical resume needs
+(optimizer, scheduler, EMA, loss-term state, RNG states, history). Every checkpoint carries
+``sha256``, a digest of all its tensors and values (:func:`state_digest`): a flipped byte inside
+a weight, which ``torch.load`` reads without complaint, is caught on load. Writes go through
+:func:`~diffloss.training.atomic.atomic_write`, and the temporary file is read back and its
+digest compared before it replaces the previous checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .atomic import atomic_write
+
+__all__ = ["CheckpointError", "LAST", "BEST", "load_checkpoint", "save_checkpoint",
+           "state_digest", "nonfinite_count", "rng_state", "set_rng_state", "seed_all",
+           "load_model"]
+
+LAST = "last.pt"
+BEST = "best.pt"
+CHECKPOINT_FORMAT = "diffloss-train-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that cannot be read, or a write that failed its verification."""
+
+
+def state_digest(state: Any) -> str:
+    """SHA-256 of a checkpoint's content: every tensor's dtype, shape and bytes and every other
+    value's ``repr``, walked in a fixed order (dict keys sorted; the ``sha256`` entry skipped)."""
+    h = hashlib.sha256()
+
+    def walk(obj: Any, key: str) -> None:
+        h.update(key.encode())
+        if isinstance(obj, Tensor):
+            t = obj.detach().cpu().contiguous()
+            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(obj, dict):
+            for k in sorted(obj, key=repr):
+                if k != "sha256":
+                    walk(obj[k], f"{key}/{k!r}")
+        elif isinstance(obj, (list, tuple)):
+            h.update(f"[{len(obj)}]".encode())
+            for i, v in enumerate(obj):
+                walk(v, f"{key}/{i}")
+        else:
+            h.update(repr(obj).encode())
+
+    walk(state, "")
+    return h.hexdigest()
+
+
+def nonfinite_count(weights: dict[str, Tensor]) -> int:
+    """Number of NaN/inf values in the floating-point tensors of a state dict."""
+    return sum(int((~torch.isfinite(v)).sum()) for v in weights.values()
+               if isinstance(v, Tensor) and v.is_floating_point())
+
+
+def _serialize(state: dict[str, Any], f: io.BufferedWriter) -> None:
+    """How a checkpoint is encoded (``torch.save``); one function so tests can inject faults."""
+    torch.save(state, f)
+
+
+def load_checkpoint(path: str | os.PathLike, verify: bool = True) -> dict[str, Any]:
+    """Read a trainer checkpoint (``weights_only`` unpickling, on the CPU).
+
+    Raises :class:`CheckpointError` naming the file when it is truncated, corrupt (its content
+    does not match its ``sha256``) or not a checkpoint of this trainer, and
+    ``FileNotFoundError`` when it does not exist.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    advice = (f"Delete it to start over, or restore a copy; {BEST} in the same folder (if any) "
+              "holds weights only.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any unpickling failure means a bad file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise CheckpointError(f"checkpoint {path} is corrupt or unreadable "
+                              f"({type(exc).__name__}: {first}). {advice}") from exc
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a diffloss training checkpoint "
+                              f"(no format={CHECKPOINT_FORMAT!r} entry)")
+    missing = [k for k in ("step", "model", "config") if k not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} is incomplete: missing {', '.join(missing)}")
+    if verify and "sha256" in state and state_digest(state) != state["sha256"]:
+        raise CheckpointError(f"checkpoint {path} is corrupt: its content does not match the "
+                              f"SHA-256 stored in it (bytes changed on disk). {advice}")
+    return state
+
+
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike, verify: bool = True) -> None:
+    """Write ``state`` atomically with its ``sha256``: temp file in the same folder, read back
+    and its digest compared, then ``os.replace``. If anything fails, the previous file at
+    ``path`` is untouched and the temporary file is removed; a failed verification raises
+    :class:`CheckpointError`. Weights with NaN/inf values are refused: a checkpoint is only
+    ever written for a good state."""
+    path = Path(path)
+    bad = nonfinite_count(state["model"])
+    if bad:
+        raise CheckpointError(f"refusing to write {path}: the model has {bad} non-finite "
+                              f"weight(s); the previous {path.name} is kept")
+    state = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}
+    state["sha256"] = state_digest(state)
+
+    def check(tmp: Path) -> None:
+        if not verify:
+            return
+        try:
+            back = load_checkpoint(tmp)
+        except (CheckpointError, FileNotFoundError) as exc:
+            raise CheckpointError(f"writing {path} failed: the new file did not read back "
+                                  f"({exc}); the previous {path.name} is kept") from exc
+        if back.get("sha256") != state["sha256"]:
+            raise CheckpointError(f"writing {path} failed: the new file does not match what was "
+                                  f"saved; the previous {path.name} is kept")
+
+    try:
+        atomic_write(path, lambda f: _serialize(state, f), check)
+    except OSError as exc:  # disk full, permission denied, ...
+        raise CheckpointError(f"writing {path} failed ({exc.strerror or exc}); the previous "
+                              f"{path.name} is kept. Free disk space or choose another out "
+                              "folder, then resume.") from exc
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG a run draws from (torch CPU/CUDA, numpy, Python), as checkpointable values."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"name": str(name), "keys": torch.from_numpy(keys.astype(np.int64)),
+                  "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` saved."""
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        with contextlib.suppress(RuntimeError):
+            torch.cuda.set_rng_state_all(state["cuda"])
+    npst = state["numpy"]
+    np.random.set_state((npst["name"], npst["keys"].numpy().astype(np.uint32), npst["pos"],
+                         npst["has_gauss"], npst["cached"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def seed_all(seed: int) -> None:
+    """Seed Python's, numpy's and torch's global RNGs."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def load_model(path: str | os.PathLike, which: str = "best", ema: bool | None = None,
+               device: torch.device | str = "cpu") -> nn.Module:
+    """The trained network from a run folder (``which``: ``"best"`` or ``"last"``) or a ``.pt``.
+
+    ``ema``: use the EMA weights (default: when the run has them). ``"best"`` falls back to
+    ``"last"`` when the run wrote no ``best.pt`` (no validation split). Returns it in eval mode.
+    """
+    from .build import build_model
+    from .config import TrainConfig
+
+    if which not in ("best", "last"):
+        raise ValueError(f"which must be 'best' or 'last', got {which!r}")
+    path = Path(path)
+    if path.is_dir():
+        ckpt = path / (BEST if which == "best" else LAST)
+        if which == "best" and not ckpt.exists():
+            ckpt = path / LAST
+        path = ckpt
+    state = load_checkpoint(path)
+    config = TrainConfig.from_dict(state["config"])
+    model = build_model(config.model)
+    use_ema = state.get("ema") is not None if ema is None else ema
+    if use_ema:
+        if state.get("ema") is None:
+            raise ValueError(f"{path} has no EMA weights (the run had ema=None)")
+        model.load_state_dict(state["ema"]["shadow"])
+    else:
+        model.load_state_dict(state["model"])
+    return model.to(device).eval()

@@ -1,0 +1,292 @@
+"""The configuration of a training run: every knob, validated, saved next to the checkpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .atomic import atomic_write_text
+from .build import MODELS
+from .terms import LOSS_TERMS, PRIOR_INPUTS, parse_loss
+
+__all__ = ["TrainConfig", "CONFIG_FILE", "DATA", "SCHEDULES", "MIXED_PRECISION",
+           "RESUMABLE_CHANGES"]
+
+#: ``data`` values: the offline default and the folder layouts of :class:`PairedImageDataset`.
+DATA: tuple[str, ...] = ("synthetic", "dense_haze", "lol", "rain")
+SCHEDULES: tuple[str, ...] = ("constant", "cosine")
+MIXED_PRECISION: tuple[str, ...] = ("auto", "no", "bf16", "fp16")
+CONFIG_FILE = "config.json"
+
+#: Config fields that may change when a run is resumed; any other difference is an error.
+RESUMABLE_CHANGES: frozenset[str] = frozenset(
+    {"iterations", "epochs", "eval_every", "save_every", "out", "workers", "eval_tile",
+     "eval_overlap", "root"}
+)
+
+
+def _choice(name: str, value: Any, valid: Sequence[str]) -> str:
+    v = str(value).strip().lower()
+    if v not in valid:
+        raise ValueError(f"unknown {name} {value!r}. Valid values: {', '.join(valid)}")
+    return v
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run. Saved as ``config.json`` next to the checkpoints.
+
+    Model and data:
+        model: ``"msbdn"`` (the paper's network, 31.35 M parameters) or ``"msbdn-small"``.
+        data: ``"synthetic"`` (haze on the bundled images; offline) or a folder layout,
+            ``"dense_haze"``, ``"lol"`` or ``"rain"``, read from ``root``.
+        root: the data folder for a layout (``data_scripts/`` write ``data/<layout>``).
+        crop: side of the square training crops.
+        augment: random flips / 90° rotations of the training crops (layouts only; the
+            synthetic data flips its crops itself).
+        max_size: synthetic data only: downscale the source images (longer side) first.
+        train_items: synthetic data only: number of distinct training crops (default 256).
+        data_seed: seed of the synthetic haze draws and of the validation hold-out; fixed by
+            default so that runs with different ``seed`` see the same data.
+        val: validation split, used to select ``best.pt`` (never the test set). Synthetic data:
+            this many crops of the *training* images with their own haze draws (default 8).
+            Layouts: this many training pairs held out of training, evaluated whole (default 0:
+            no validation, ``best.pt`` is not written; report the last checkpoint).
+
+    Loss:
+        loss: ``"l1"``, ``"mse"``, ``"l1+diffloss"``, ``"l1+perceptual"``, ``"l1+adversarial"``,
+            ``"mse+diffloss"``, ... (see :func:`valid_losses`).
+        gamma: γ, weight of the extra term(s); ``None`` (default) takes each term's own default
+            (:attr:`LossTerm.default_gamma`): 1e-3 for DiffLoss (the authors' value) and the
+            perceptual loss, 5e-3 for the adversarial loss (the supplement's values).
+        vgg_weights: the perceptual loss's VGG16 weights, ``"IMAGENET1K_V1"`` (from the local
+            torch hub cache; never downloaded) or ``None``: random weights, a random-feature
+            control that is *not* the perceptual loss (:class:`~diffloss.loss.PerceptualLoss`).
+        disc_channels: width of the adversarial loss's PatchGAN discriminator (64 in pix2pix);
+            it is trained with Adam(``lr``, betas (0.5, 0.999)) after every generator step.
+        prior: ``"tiny"`` (shipped), a diffusers folder or hub id, or ``"adm:PATH"`` (an OpenAI
+            guided-diffusion checkpoint such as ``256x256_diffusion_uncond.pt``).
+        lambda_sem, nat_weight, t_range, prior_size, size_policy: see :class:`~diffloss.loss.DiffLoss`.
+        prior_input: how the restored image is brought to [0, 1] for the prior: ``"st-clamp"``
+            (clamp, straight-through gradient; default), ``"clamp"`` or ``"raw"`` (:func:`prior_input`).
+
+    Optimisation:
+        iterations: optimiser steps (``epochs``, if set, overrides it: ``ceil(epochs·N / B_global)``).
+        lr, betas, weight_decay: Adam (1e-4, the MSBDN/DiffLoss setting).
+        schedule: ``"constant"`` or ``"cosine"`` (to ``min_lr``), after ``warmup`` linear steps.
+        batch: images per process and micro-step; ``grad_accum`` micro-steps per optimiser step.
+        grad_clip: clip the global gradient norm (``None``: no clipping).
+        ema: decay of an exponential moving average of the weights (``None``: off); evaluation
+            and ``best.pt`` then use the EMA weights.
+        mixed_precision: ``"auto"`` (bf16 on CUDA, none on CPU), ``"no"``, ``"bf16"``, ``"fp16"``.
+        cpu: force the CPU even when CUDA is available.
+        seed: initialisation, batch order and DiffLoss's (t, ε) draws.
+
+    Evaluation and output:
+        eval_every: evaluate at step 0, every ``eval_every`` steps and at the end (0: never).
+        eval_max_size: downscale test (and whole-image validation) images to this longer side
+            (CPU profiles); ``None``: full resolution.
+        eval_tile, eval_overlap: tiled evaluation (:func:`restore`); ``None``: whole images.
+        save_every: write ``last.pt`` every so many steps (default: ``eval_every``, or only at
+            the end); ``last.pt`` is also written when training stops.
+        out: output folder (config.json, history.csv/json, last.pt, best.pt).
+        workers: DataLoader worker processes.
+    """
+
+    model: str = "msbdn-small"
+    data: str = "synthetic"
+    root: str | None = None
+    crop: int = 64
+    augment: bool = True
+    max_size: int | None = None
+    train_items: int | None = None
+    data_seed: int = 0
+    val: int | None = None
+
+    loss: str = "l1"
+    gamma: float | None = None
+    vgg_weights: str | None = "IMAGENET1K_V1"
+    disc_channels: int = 64
+    prior: str = "tiny"
+    lambda_sem: float = 1e-3
+    nat_weight: float = 1.0
+    t_range: tuple[int, int] | None = None
+    prior_size: int | None = None
+    size_policy: str = "crop"
+    prior_input: str = "st-clamp"
+
+    iterations: int = 1000
+    epochs: float | None = None
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    warmup: int = 0
+    min_lr: float = 0.0
+    batch: int = 4
+    grad_accum: int = 1
+    grad_clip: float | None = None
+    ema: float | None = None
+    mixed_precision: str = "auto"
+    cpu: bool = False
+    seed: int = 0
+
+    eval_every: int = 100
+    eval_max_size: int | None = None
+    eval_tile: int | None = None
+    eval_overlap: int = 32
+    save_every: int | None = None
+    out: str = "runs/train"
+    workers: int = 0
+
+    def __post_init__(self) -> None:
+        self.model = _choice("model", self.model, MODELS)
+        self.data = _choice("data", self.data, DATA)
+        fidelity, extra = parse_loss(self.loss)
+        self.loss = "+".join((fidelity, *extra))
+        self.schedule = _choice("schedule", self.schedule, SCHEDULES)
+        self.mixed_precision = _choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
+        self.size_policy = _choice("size_policy", self.size_policy, ("crop", "resize"))
+        self.prior_input = _choice("prior_input", self.prior_input, PRIOR_INPUTS)
+        if self.t_range is not None:
+            if len(self.t_range) != 2:
+                raise ValueError(f"t_range must be two integers (t_min, t_max), got {self.t_range!r}")
+            self.t_range = (int(self.t_range[0]), int(self.t_range[1]))
+            if not 0 <= self.t_range[0] <= self.t_range[1]:
+                raise ValueError(f"t_range must satisfy 0 <= t_min <= t_max, got {self.t_range}")
+        if len(self.betas) != 2:
+            raise ValueError(f"betas must be two numbers (beta1, beta2), got {self.betas!r}")
+        self.betas = (float(self.betas[0]), float(self.betas[1]))
+        if self.data != "synthetic" and not self.root:
+            raise ValueError(f"data={self.data!r} needs root, the folder that holds the layout "
+                             "(e.g. data/ after running data_scripts/)")
+        if self.vgg_weights is not None and self.vgg_weights.strip().lower() in ("none", "null", ""):
+            self.vgg_weights = None
+        self._check_numbers()
+
+    def _check_numbers(self) -> None:
+        """Every number in its valid range: a bad value is one clear ``ValueError`` naming the
+        field, never a run that trains backwards (``grad_clip < 0``), stands still
+        (``grad_clip = 0``) or turns into NaN (``lr = inf``)."""
+        def need(ok: bool, name: str, rule: str) -> None:
+            if not ok:
+                raise ValueError(f"{name} must be {rule}, got {getattr(self, name)!r}")
+
+        def finite(name: str) -> bool:
+            value = getattr(self, name)
+            return isinstance(value, (int, float)) and not isinstance(value, bool) and \
+                math.isfinite(value)
+
+        for name in ("crop", "iterations", "batch", "grad_accum", "disc_channels"):
+            need(int(getattr(self, name)) >= 1, name, ">= 1")
+        for name in ("eval_every", "warmup", "workers", "eval_overlap", "data_seed", "seed"):
+            need(int(getattr(self, name)) >= 0, name, ">= 0")
+        for name in ("max_size", "train_items", "eval_max_size", "save_every", "prior_size",
+                     "eval_tile"):
+            need(getattr(self, name) is None or int(getattr(self, name)) >= 1, name,
+                 "None or an integer >= 1")
+        need(finite("lr") and self.lr > 0, "lr", "a finite number > 0")
+        need(finite("min_lr") and 0 <= self.min_lr <= self.lr, "min_lr", "finite, in [0, lr]")
+        need(finite("weight_decay") and self.weight_decay >= 0, "weight_decay", "finite and >= 0")
+        need(finite("lambda_sem") and self.lambda_sem >= 0, "lambda_sem", "finite and >= 0")
+        need(finite("nat_weight") and self.nat_weight >= 0, "nat_weight", "finite and >= 0")
+        need(self.gamma is None or (finite("gamma") and self.gamma >= 0), "gamma",
+             "None or a finite number >= 0")
+        need(self.grad_clip is None or (finite("grad_clip") and self.grad_clip > 0), "grad_clip",
+             "None (no clipping) or a finite max-norm > 0")
+        need(all(math.isfinite(b) and 0 <= b < 1 for b in self.betas), "betas",
+             "two numbers in [0, 1)")
+        need(self.ema is None or (finite("ema") and 0.0 < self.ema < 1.0), "ema",
+             "None or a decay in (0, 1)")
+        need(self.val is None or int(self.val) >= 0, "val", "None or >= 0")
+        need(self.epochs is None or (finite("epochs") and self.epochs > 0), "epochs",
+             "None or a finite number > 0")
+        if self.eval_tile is not None and self.eval_tile <= 2 * self.eval_overlap:
+            raise ValueError(f"eval_tile ({self.eval_tile}) must exceed 2·eval_overlap ({self.eval_overlap})")
+
+    # -- derived -------------------------------------------------------------------------------
+    @property
+    def fidelity(self) -> str:
+        """The fidelity term, the first part of ``loss`` (``"l1"`` or ``"mse"``)."""
+        return parse_loss(self.loss)[0]
+
+    @property
+    def terms(self) -> tuple[str, ...]:
+        """The extra loss terms, the rest of ``loss`` (e.g. ``("diffloss",)``)."""
+        return parse_loss(self.loss)[1]
+
+    def gamma_for(self, term: str) -> float:
+        """γ of the extra term ``term``: ``gamma`` when set, else the term's default."""
+        return float(self.gamma) if self.gamma is not None else LOSS_TERMS[term].default_gamma
+
+    def resolved_mixed_precision(self) -> str:
+        """``"auto"`` → ``"bf16"`` on CUDA (unless ``cpu``), else ``"no"``."""
+        if self.mixed_precision != "auto":
+            return self.mixed_precision
+        return "bf16" if torch.cuda.is_available() and not self.cpu else "no"
+
+    # -- (de)serialisation ---------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON/YAML-able values (tuples become lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Build from a dict; unknown keys are an error that lists the valid ones."""
+        if not isinstance(values, dict):
+            raise TypeError(f"a config must be a mapping, got {type(values).__name__}")
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(values) - set(names))
+        if unknown:
+            raise ValueError(f"unknown config key(s) {', '.join(map(repr, unknown))}. "
+                             f"Valid keys: {', '.join(names)}")
+        return cls(**values)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write JSON (or YAML for ``.yaml``/``.yml``), atomically."""
+        path = Path(path)
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        else:
+            text = json.dumps(self.to_dict(), indent=2) + "\n"
+        atomic_write_text(path, text)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> TrainConfig:
+        """Read a JSON or YAML config file (YAML for ``.yaml``/``.yml``; JSON otherwise)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        text = path.read_text()
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            try:
+                values = yaml.safe_load(text) or {}
+            except yaml.YAMLError as exc:
+                raise ValueError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from exc
+        else:
+            try:
+                values = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+        try:
+            return cls.from_dict(values)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{path}: {exc}") from exc
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with ``changes`` applied (validated like a new config)."""
+        return self.from_dict({**dataclasses.asdict(self), **changes})
+
+

@@ -1,0 +1,131 @@
+"""The history of a run: one row per step, evaluations, written as training goes."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from .atomic import atomic_write_text
+from .checkpoint import BEST, LAST
+from .config import CONFIG_FILE, TrainConfig
+
+__all__ = ["History", "HISTORY_CSV", "HISTORY_JSON"]
+
+HISTORY_CSV = "history.csv"
+HISTORY_JSON = "history.json"
+
+
+@dataclass
+class History:
+    """What a run did: one row per step, written to ``history.csv``/``history.json``.
+
+    Row keys (``columns``): ``step``, ``seconds`` (wall time since the start of the run, across
+    resumes), ``lr``, ``total``, ``fidelity`` and each extra term's parts (``diffloss``, ``nat``,
+    ``sem``; DiffLoss values are unweighted, ``total = fidelity + γ·diffloss``), then at
+    evaluation steps ``test_psnr``, ``test_ssim`` (the main test split), ``<split>_psnr``,
+    ``<split>_ssim`` for each further test split (``ood`` for synthetic haze) and, with a
+    validation split, ``val_psnr``, ``val_ssim``. Step 0 holds the evaluation of the untrained network. Missing values are
+    ``None`` (empty in the CSV). ``evals`` keeps the per-image values of every evaluation.
+
+    After :func:`train`, ``model`` is the trained network (eval mode; EMA weights when the
+    run used EMA; ``raw_model`` holds the plain weights then). Neither is saved.
+    """
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    columns: list[str] = field(default_factory=list)
+    config: TrainConfig | None = None
+    folder: Path | None = None
+    best: dict[str, Any] | None = None
+    evals: list[dict[str, Any]] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+    model: nn.Module | None = field(default=None, repr=False)
+    raw_model: nn.Module | None = field(default=None, repr=False)
+
+    # -- access -----------------------------------------------------------------------------
+    @property
+    def paths(self) -> dict[str, Path | None]:
+        """Files of the run: ``config``, ``csv``, ``json``, ``last``, ``best`` (``None`` if absent)."""
+        if self.folder is None:
+            return {k: None for k in ("config", "csv", "json", "last", "best")}
+        f = self.folder
+        return {"config": f / CONFIG_FILE, "csv": f / HISTORY_CSV, "json": f / HISTORY_JSON,
+                "last": f / LAST, "best": (f / BEST) if (f / BEST).exists() else None}
+
+    def column(self, name: str) -> tuple[list[int], list[float]]:
+        """``(steps, values)`` of the rows where ``name`` has a value (e.g. ``"test_psnr"``)."""
+        pairs = [(r["step"], r[name]) for r in self.rows if r.get(name) is not None]
+        return [p[0] for p in pairs], [float(p[1]) for p in pairs]
+
+    @property
+    def eval_rows(self) -> list[dict[str, Any]]:
+        """The rows with a test evaluation."""
+        return [r for r in self.rows if r.get("test_psnr") is not None]
+
+    @property
+    def final(self) -> dict[str, Any] | None:
+        """The last evaluated row (final test PSNR/SSIM)."""
+        rows = self.eval_rows
+        return rows[-1] if rows else None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    # -- persistence --------------------------------------------------------------------------
+    def to_json(self) -> dict[str, Any]:
+        return {"columns": self.columns, "rows": self.rows, "best": self.best,
+                "config": self.config.to_dict() if self.config else None,
+                "evals": self.evals, "meta": self.meta}
+
+    def write_json(self, folder: Path | None = None) -> None:
+        folder = Path(folder or self.folder or ".")
+        atomic_write_text(folder / HISTORY_JSON, json.dumps(_json_safe(self.to_json()), indent=1) + "\n")
+
+    def write_csv(self, folder: Path | None = None) -> None:
+        folder = Path(folder or self.folder or ".")
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=self.columns, extrasaction="ignore")
+        writer.writeheader()
+        for row in self.rows:
+            writer.writerow(_csv_row(row, self.columns))
+        atomic_write_text(folder / HISTORY_CSV, buf.getvalue())
+
+    def append_csv(self, row: dict[str, Any], folder: Path | None = None) -> None:
+        folder = Path(folder or self.folder or ".")
+        with open(folder / HISTORY_CSV, "a", newline="") as f:
+            csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore").writerow(
+                _csv_row(row, self.columns))
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> History:
+        """Read ``history.json`` of a run folder (the CSV holds the same rows)."""
+        folder = Path(folder)
+        path = folder / HISTORY_JSON if folder.is_dir() else folder
+        if not path.exists():
+            raise FileNotFoundError(f"no {HISTORY_JSON} in {folder}")
+        data = json.loads(path.read_text())
+        config = TrainConfig.from_dict(data["config"]) if data.get("config") else None
+        return cls(rows=data["rows"], columns=data["columns"], config=config, folder=path.parent,
+                   best=data.get("best"), evals=data.get("evals", []), meta=data.get("meta", {}))
+
+
+def _csv_row(row: dict[str, Any], columns: list[str]) -> dict[str, Any]:
+    return {c: ("" if row.get(c) is None else row[c]) for c in columns}
+
+
+def _json_safe(obj: Any) -> Any:
+    """NaN/inf → strings JSON can hold (``"nan"``, ``"inf"``), recursively."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj

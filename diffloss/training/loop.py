@@ -1,0 +1,374 @@
+"""The training loop: :func:`train` builds a run, then repeats :func:`train_step`.
+
+One step, as :func:`train_step` writes it (seed Eq. 8 for the DiffLoss term)::
+
+    z = g(y)                                   restored = model(degraded)
+    L = fidelity(z, x) + Σ_k γ_k·term_k(z, x)  loss_parts(restored, clean, config, terms)
+    ∇_θ L  (through the frozen prior into g)   backward(L)
+    ‖∇_θ L‖, clipped to grad_clip              clip_grad_norm_(θ, grad_clip)
+    every value finite, or stop                one host sync per step
+    θ ← Adam(θ, ∇_θ L)                         optimizer.step()
+
+Around it :func:`train` does what a run needs: ``accelerate`` for devices, mixed precision,
+gradient accumulation and several processes; batches that are a pure function of the step
+(:mod:`.data`); evaluations of validation (which alone selects ``best.pt``) and test splits
+(:mod:`.evaluation`); atomic, checksummed checkpoints and a bit-identical resume
+(:mod:`.checkpoint`); the history (:mod:`.history`); Ctrl-C / SIGTERM save ``last.pt`` first.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from .build import build_model
+from .checkpoint import (
+    BEST,
+    LAST,
+    nonfinite_count,
+    rng_state,
+    save_checkpoint,
+    seed_all,
+    set_rng_state,
+)
+from .config import CONFIG_FILE, RESUMABLE_CHANGES, TrainConfig
+from .data import KeyedPairs, StepBatchSampler, build_datasets, mix_seed
+from .distributed import barrier, make_accelerator
+from .ema import EMA
+from .evaluation import evaluate
+from .guards import (
+    NonFiniteLossError,
+    TrainingInterrupted,
+    deferred_signals,
+    discriminator_step,
+    finite_message,
+)
+from .history import History
+from .rundir import open_run_folder
+from .terms import LOSS_TERMS, build_terms, loss_parts
+
+__all__ = ["NonFiniteLossError", "TrainingInterrupted", "train", "train_step"]
+
+
+def train_step(model: nn.Module, degraded: Tensor, clean: Tensor, config: TrainConfig,
+               terms: dict[str, nn.Module], optimizer: torch.optim.Optimizer, *,
+               generator: torch.Generator | None = None, accelerator: Any = None,
+               step: int = 1, checkpoint: Path | None = None) -> tuple[dict[str, float], Tensor]:
+    """One training (micro-)step of ``model`` on a batch; returns the loss values and ``z``.
+
+    With ``accelerator`` (inside ``accelerator.accumulate(model)``) the backward pass, the
+    clipping and the optimizer follow accelerate (mixed precision, accumulation, DDP); without,
+    plain PyTorch. Raises :class:`NonFiniteLossError` *before* the optimizer step when a loss
+    part or the gradient norm is not finite, so nothing of a bad step is applied.
+    """
+    syncing = accelerator is None or accelerator.sync_gradients
+    restored = model(degraded)                                                  # z = g(y)
+    parts, restored_bad = loss_parts(restored, clean, config, terms, generator)  # fidelity + Σ γ·term
+    (accelerator.backward if accelerator is not None else Tensor.backward)(parts["total"])
+    if syncing:  # ‖∇θ L‖ (clipped when grad_clip is set); accumulating micro-steps skip it
+        clip = accelerator.clip_grad_norm_ if accelerator is not None else nn.utils.clip_grad_norm_
+        parts["grad_norm"] = clip(model.parameters(), config.grad_clip or math.inf)
+    stacked = torch.stack([v.detach().float().reshape(()) for v in parts.values()])
+    if accelerator is not None:
+        stacked = accelerator.reduce(stacked, "mean")
+    values = dict(zip(parts, stacked.tolist()))                                 # the one host sync
+    if not all(math.isfinite(v) for v in values.values()):
+        optimizer.zero_grad(set_to_none=True)
+        raise NonFiniteLossError(finite_message(step, values, checkpoint, restored_bad),
+                                 step, values, checkpoint)
+    optimizer.step()                                                            # θ ← Adam(θ, ∇θ L)
+    optimizer.zero_grad(set_to_none=True)
+    return values, restored
+
+
+def _lr_factor(config: TrainConfig, iterations: int) -> Callable[[int], float]:
+    """Linear warm-up over ``warmup`` steps, then constant or cosine decay to ``min_lr``."""
+    warmup, ratio = config.warmup, config.min_lr / config.lr
+
+    def factor(step: int) -> float:  # step = optimiser steps done so far
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if config.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, iterations - warmup))
+        return ratio + (1 - ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def _columns(config: TrainConfig, has_val: bool, test_splits: list[str]) -> list[str]:
+    cols = ["step", "seconds", "lr", "total", "fidelity"]
+    for name in config.terms:
+        cols += [name, *LOSS_TERMS[name].parts]
+    cols.append("grad_norm")
+    for split in test_splits:
+        cols += [f"{split}_psnr", f"{split}_ssim"]
+    if has_val:
+        cols += ["val_psnr", "val_ssim"]
+    return cols
+
+
+def _check_resume_config(saved: dict[str, Any], config: TrainConfig, path: Path) -> None:
+    def norm(v: Any) -> Any:
+        return list(v) if isinstance(v, tuple) else v
+
+    current = config.to_dict()
+    diffs = [f"{k}: {saved.get(k)!r} → {current[k]!r}" for k in current
+             if k not in RESUMABLE_CHANGES and norm(saved.get(k)) != norm(current[k])]
+    if diffs:
+        raise ValueError(
+            f"cannot resume from {path}: the config differs from the saved one in "
+            f"{'; '.join(diffs)}. Only {', '.join(sorted(RESUMABLE_CHANGES))} may change "
+            "(start a new run in another folder to change the rest)."
+        )
+
+
+def train(config: TrainConfig | dict[str, Any] | str | os.PathLike, progress: bool = True,
+          callback: Callable[[dict[str, Any], History], bool | None] | None = None, *,
+          resume: bool = False, overwrite: bool = False, prior: Any = None,
+          stop_after: int | None = None) -> History:
+    """Train the restoration network of ``config`` and return its :class:`History`.
+
+    Args:
+        config: a :class:`TrainConfig`, a dict of its fields, or a JSON/YAML file.
+        progress: show a tqdm progress bar (``tqdm.auto``) with the live loss and test PSNR.
+        callback: called on the main process after every step as ``callback(row, history)``;
+            returning ``False`` stops training there (``last.pt`` is written).
+        resume: continue from ``<out>/last.pt``; the config must match the saved one except
+            for :data:`~diffloss.training.config.RESUMABLE_CHANGES`.
+        overwrite: start afresh even if ``out`` already holds a run (its files are deleted).
+        prior: a :class:`~diffloss.prior.DiffusionPrior` to use instead of loading
+            ``config.prior`` (e.g. one loaded once for several runs); its ``source`` (when it
+            has one) is recorded as ``config.prior``.
+        stop_after: stop after this step as if interrupted (``last.pt`` written): resuming
+            then gives the same weights as never stopping.
+
+    Raises:
+        NonFiniteLossError: a loss part or the gradient became NaN/inf (names the step and the
+            part); nothing of that step is applied and the last good ``last.pt`` is kept.
+        TrainingInterrupted: Ctrl-C or SIGTERM; ``last.pt`` of the current step was saved.
+        CheckpointError: ``last.pt`` is corrupt on resume, or a new checkpoint failed to verify.
+        FileExistsError / FileNotFoundError: ``out`` holds a run and neither ``resume`` nor
+            ``overwrite`` is set / ``resume`` of a folder without ``last.pt``.
+    """
+    if not isinstance(config, TrainConfig):
+        config = (TrainConfig.from_dict(config) if isinstance(config, dict)
+                  else TrainConfig.load(config))
+    if prior is not None and getattr(prior, "source", None) and config.prior != prior.source:
+        config = config.replace(prior=str(prior.source))  # provenance: the prior actually used
+    out = Path(config.out)
+    mixed = config.resolved_mixed_precision()
+    accelerator = make_accelerator(config, mixed)
+    device, main_proc = accelerator.device, accelerator.is_main_process
+    rank, world = accelerator.process_index, accelerator.num_processes
+    state = open_run_folder(out, resume, overwrite, main_process=main_proc)
+    if state is not None:
+        _check_resume_config(state["config"], config, out / LAST)
+    barrier(accelerator)
+
+    # -- build ------------------------------------------------------------------------------
+    seed_all(config.seed)
+    model = build_model(config.model)
+    train_ds, val_ds, tests = build_datasets(config)
+    n_train = len(train_ds)  # type: ignore[arg-type]
+    iterations = (math.ceil(config.epochs * n_train / (config.batch * world * config.grad_accum))
+                  if config.epochs is not None else config.iterations)
+    # The frozen prior is only moved to the device: accelerator.prepare (DDP) would wrap a
+    # module without trainable parameters for nothing.
+    terms = {k: t.to(device) for k, t in build_terms(config, prior).items()}
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.betas,
+                                 weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(config, iterations))
+    history = History(columns=_columns(config, val_ds is not None, list(tests)), config=config,
+                      folder=out, meta={
+                          "world_size": world, "device": str(device), "mixed_precision": mixed,
+                          "iterations": iterations, "train_items": n_train,
+                          "val_items": 0 if val_ds is None else len(val_ds),  # type: ignore[arg-type]
+                          "test_items": {k: len(d) for k, d in tests.items()},  # type: ignore[arg-type]
+                          "best_selection": ("val_psnr" if val_ds is not None else
+                                             "none: no validation split, best.pt is not written "
+                                             "(report the last checkpoint)")})
+    start, elapsed0, last_good = 0, 0.0, None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        start, elapsed0 = int(state["step"]), float(state.get("elapsed", 0.0))
+        history.rows = [r for r in state.get("history", []) if r["step"] <= start]
+        history.best = state.get("best")
+        history.evals = [e for e in state.get("evals", []) if e["step"] <= start]
+        scheduler.load_state_dict(state["scheduler"])
+        last_good = out / LAST
+    model, optimizer = accelerator.prepare(model, optimizer)
+    raw = accelerator.unwrap_model(model)
+    ema = EMA(raw, config.ema) if config.ema is not None else None  # on the device
+    stateful = [name for name in terms if LOSS_TERMS[name].stateful]  # the discriminator
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        for name in stateful:
+            terms[name].load_state_dict((state.get("terms") or {})[name])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+    if main_proc:
+        config.save(out / CONFIG_FILE)
+        history.write_csv()
+        history.write_json()
+
+    sampler = StepBatchSampler(n_train, config.batch, config.seed, start=start * config.grad_accum,
+                               rank=rank, world=world)
+    batches = iter(DataLoader(KeyedPairs(train_ds), batch_sampler=sampler,
+                              num_workers=config.workers, pin_memory=device.type == "cuda"))
+    eval_model = ema.shadow if ema is not None else raw
+    t_start = time.perf_counter()
+
+    def elapsed() -> float:
+        return elapsed0 + time.perf_counter() - t_start
+
+    def run_eval(step: int, row: dict[str, Any]) -> None:
+        if main_proc:
+            scores = {}
+            for split, ds in (*tests.items(), *((("val", val_ds),) if val_ds is not None else ())):
+                res = evaluate(eval_model, ds, tile=config.eval_tile, overlap=config.eval_overlap,
+                               device=device)
+                row.update({f"{split}_psnr": res.psnr, f"{split}_ssim": res.ssim})
+                history.evals.append({"step": step, "split": split, **res.to_dict()})
+                scores[split] = res
+            v = scores.get("val")
+            if v is not None and step > 0 and (history.best is None or v.psnr > history.best["val_psnr"]):
+                history.best = {"step": step, "val_psnr": v.psnr, "val_ssim": v.ssim,
+                                **{f"{s}_{m}": getattr(scores[s], m) for s in tests for m in ("psnr", "ssim")}}
+                save_checkpoint({"kind": "best", "step": step, "model": raw.state_dict(),
+                                 "ema": ema.state_dict() if ema is not None else None,
+                                 "config": config.to_dict(), "best": history.best}, out / BEST)
+        barrier(accelerator)
+
+    def save_last(step: int) -> None:
+        nonlocal last_good
+        if main_proc:
+            bad = nonfinite_count(raw.state_dict())
+            if bad:
+                raise NonFiniteLossError(
+                    f"the weights became non-finite ({bad} values) by step {step}; last.pt was not "
+                    f"overwritten. The last good checkpoint is {last_good}. Try a lower lr.",
+                    step, {}, last_good)
+            save_checkpoint({
+                "kind": "last", "step": step, "model": raw.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "ema": ema.state_dict() if ema is not None else None, "rng": rng_state(),
+                "terms": {name: terms[name].state_dict() for name in stateful},
+                "data": {"seed": config.seed, "micro_step": step * config.grad_accum,
+                         "world_size": world, "batch": config.batch},
+                "config": config.to_dict(), "elapsed": elapsed(), "history": history.rows,
+                "evals": history.evals, "best": history.best,
+            }, out / LAST)
+            history.write_json()
+        last_good = out / LAST
+        barrier(accelerator)
+
+    bar = None
+    if progress and main_proc:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=iterations, initial=start, desc=config.loss, dynamic_ncols=True)
+    last_psnr = next((r["test_psnr"] for r in reversed(history.rows)
+                      if r.get("test_psnr") is not None), None)
+    save_every = config.save_every or config.eval_every or iterations
+    end = iterations if stop_after is None else min(iterations, int(stop_after))
+
+    # -- the loop ---------------------------------------------------------------------------
+    step = start
+    try:
+        with deferred_signals() as signals:
+            if start == 0 and config.eval_every and end > 0:
+                row0: dict[str, Any] = {c: None for c in history.columns}
+                row0.update(step=0, seconds=0.0, lr=scheduler.get_last_lr()[0])
+                run_eval(0, row0)
+                history.rows.append(row0)
+                last_psnr = row0["test_psnr"]
+                if main_proc:
+                    history.append_csv(row0)
+                    history.write_json()
+            model.train()
+            while step < end:
+                step += 1
+                sums: dict[str, float] = {}
+                for a in range(config.grad_accum):
+                    m = (step - 1) * config.grad_accum + a
+                    degraded, clean = (x.to(device, non_blocking=True) for x in next(batches))
+                    gen = torch.Generator().manual_seed(mix_seed(config.seed, m, rank, 0xD1F))
+                    with accelerator.accumulate(model):
+                        vals, restored = train_step(model, degraded, clean, config, terms, optimizer,
+                                                    generator=gen, accelerator=accelerator,
+                                                    step=step, checkpoint=last_good)
+                    for name in stateful:  # alternating updates: the discriminator after g
+                        vals.update(discriminator_step(terms[name], restored, clean, vals, step,
+                                                        last_good))
+                    for k, v in vals.items():
+                        sums[k] = v if k == "grad_norm" else sums.get(k, 0.0) + v / config.grad_accum
+                lr = scheduler.get_last_lr()[0]
+                scheduler.step()
+                if ema is not None:
+                    ema.update(raw)
+
+                row = {c: None for c in history.columns}
+                row.update(step=step, lr=lr, **sums)
+                is_eval = bool(config.eval_every) and (step % config.eval_every == 0
+                                                       or step == iterations)
+                if is_eval:
+                    run_eval(step, row)
+                    last_psnr = row["test_psnr"]
+                row["seconds"] = elapsed()
+                history.rows.append(row)
+                if main_proc:
+                    history.append_csv(row)
+                    if is_eval:
+                        history.write_json()
+                if bar is not None:
+                    post = {"loss": f"{sums['total']:.4f}"}
+                    if last_psnr is not None:
+                        post["test_psnr"] = f"{last_psnr:.2f}"
+                    bar.set_postfix(post, refresh=False)
+                    bar.update(1)
+                stop = bool(signals)
+                if callback is not None and main_proc:
+                    stop = callback(row, history) is False or stop
+                if world > 1:
+                    flag = torch.tensor([1.0 if stop else 0.0], device=device)
+                    stop = bool(accelerator.reduce(flag, "sum").item() > 0)
+                if stop or step == end or step % save_every == 0:
+                    save_last(step)
+                if stop:
+                    break
+            if signals:
+                name = signal.Signals(signals[0]).name
+                history.meta["stopped"] = f"{name} at step {step}"
+                if main_proc:
+                    history.write_json()
+                raise TrainingInterrupted(f"training interrupted by {name} at step {step}; "
+                                          f"{out / LAST} was saved: resume with resume=True "
+                                          "(--resume)", step, signals[0])
+    except NonFiniteLossError:
+        if main_proc:
+            history.meta["stopped"] = "non-finite loss"
+            history.write_json()
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+
+    if main_proc:
+        history.meta["finished"] = step >= iterations
+        history.write_json()
+    raw.eval()
+    history.raw_model = raw
+    history.model = ema.shadow if ema is not None else raw
+    barrier(accelerator)
+    return history
