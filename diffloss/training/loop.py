@@ -337,9 +337,8 @@ def train(config: TrainConfig | dict[str, Any] | str | os.PathLike, progress: bo
                         post["test_psnr"] = f"{last_psnr:.2f}"
                     bar.set_postfix(post, refresh=False)
                     bar.update(1)
-                stop = bool(signals)
-                if callback is not None and main_proc:
-                    stop = callback(row, history) is False or stop
+                stop = callback is not None and main_proc and callback(row, history) is False
+                stop = stop or bool(signals)  # Ctrl-C / SIGTERM: save last.pt, then stop
                 if world > 1:
                     flag = torch.tensor([1.0 if stop else 0.0], device=device)
                     stop = bool(accelerator.reduce(flag, "sum").item() > 0)
