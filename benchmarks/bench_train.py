@@ -7,7 +7,7 @@ Usage::
     python benchmarks/bench_train.py --append           # also append the table to RESULTS.md
     python benchmarks/bench_train.py --prior adm:256x256_diffusion_uncond.pt   # CUDA: paper prior
 
-Each configuration runs the real :func:`diffloss.train.train` loop (data loading, accelerate,
+Each configuration runs the real :func:`diffloss.training.train` loop (data loading, accelerate,
 mixed precision, optimiser) for ``--warmup + --steps`` steps with evaluation and intermediate
 checkpoints off; the time of a step is the wall time between consecutive step callbacks, and the
 table gives the median over the steps after the warm-up (and the min–max). Images/s counts the
@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _machine import cpu_name as _cpu_name  # noqa: E402
 
-from diffloss.train import TrainConfig, train  # noqa: E402
+from diffloss.training import TrainConfig, train  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(run(name, cfg, tiny, args.warmup))
         if cuda and not args.no_full:
             if args.prior:
-                from diffloss.train import load_prior
+                from diffloss.training import load_prior
 
                 big, big_note = load_prior(args.prior), args.prior
             else:
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         f"### Training throughput (bench_train.py) — {when}\n\n"
         f"device: {device}; torch {torch.__version__}; accelerate {accelerate.__version__}; "
         f"mixed precision: {mp}; {os.cpu_count()} CPU cores visible; load average at start "
-        f"{load:.2f}. Real `diffloss.train.train` loop (data, accelerate, Adam), evaluation off; "
+        f"{load:.2f}. Real `diffloss.training.train` loop (data, accelerate, Adam), evaluation off; "
         f"median over {args.steps} steps after {args.warmup} warm-up steps. DiffLoss prior for "
         f"MSBDN.small: {prior_note}, {n_tiny / 1e6:.2f} M parameters, {tiny.sample_size}×"
         f"{tiny.sample_size} crops of the {args.crop}×{args.crop} restored image.\n"

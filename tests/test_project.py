@@ -78,6 +78,8 @@ def test_notebooks_match_their_sources_and_carry_the_colab_cells():
         assert builder.colab_url(nb_path.name) in "".join(cells[0]["source"])
         install = "".join(cells[1]["source"])
         assert "google.colab" in install and url.rstrip("/") in install
+        assert install == builder.install_cell()  # clone, pip install -e, cd to the root
+        assert '"git", "clone"' in install and '"-e", REPO' in install and "os.chdir(REPO)" in install
         expected = [s for kind, s in builder.parse_percent(src.read_text()) if kind == "code"]
         actual = ["".join(c["source"]) for c in cells[2:] if c["cell_type"] == "code"]
         assert actual == expected, f"{nb_path.name} differs from {src.name}: rebuild it (`make notebooks`)"

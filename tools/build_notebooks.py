@@ -1,7 +1,8 @@
 """Build the chapter notebooks from their percent-format sources in ``notebooks/src/``.
 
-Each ``notebooks/src/NN_name.py`` holds cells separated by ``# %%`` (code) and
-``# %% [markdown]`` (markdown, every line prefixed by ``# ``). This script writes
+Each ``notebooks/src/NN_name.py`` is a jupytext percent-format script: cells separated by
+``# %%`` (code) and ``# %% [markdown]`` (markdown, every line prefixed by ``# ``). This script
+reads it with jupytext and writes
 ``notebooks/NN_name.ipynb`` (unexecuted) with two cells in front: the title with an
 "Open in Colab" badge, and a cell that installs the package on Colab only. The repository
 URL comes from one place, ``pyproject.toml``'s ``[project.urls] Repository``.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import jupytext
 import nbformat
 
 try:
@@ -43,31 +45,28 @@ def colab_badge(notebook: str) -> str:
 
 
 def install_cell() -> str:
+    """The first code cell: on Colab, clone the repository (the chapters use its
+    ``data_scripts/``, ``data/`` and ``checkpoints/``), install it and work from its root."""
     return (
-        "# On Colab: install this repository's package. Elsewhere this cell does nothing\n"
-        "# (locally, `make demo` / `make lab` have installed it already).\n"
+        "# On Colab: clone this repository, install it, and work from its root (the chapters use\n"
+        "# its data_scripts/, data/ and checkpoints/). Elsewhere this cell does nothing (locally,\n"
+        "# `make demo` / `make lab` have installed the package already).\n"
+        "import os\n"
+        "import subprocess\n"
         "import sys\n\n"
         "if \"google.colab\" in sys.modules:\n"
-        "    import subprocess\n\n"
-        f"    subprocess.run([sys.executable, \"-m\", \"pip\", \"install\", \"-q\", \"git+{repository_url()}\"], check=True)"
+        "    REPO = \"/content/diffloss\"\n"
+        "    if not os.path.isdir(REPO):\n"
+        f"        subprocess.run([\"git\", \"clone\", \"--depth\", \"1\", \"{repository_url()}\", REPO], check=True)\n"
+        "    subprocess.run([sys.executable, \"-m\", \"pip\", \"install\", \"-q\", \"-e\", REPO], check=True)\n"
+        "    os.chdir(REPO)\n"
+        "    sys.path.insert(0, REPO)  # this kernel started before the install"
     )
 
 
 def parse_percent(text: str) -> list[tuple[str, str]]:
-    cells: list[tuple[str, list[str]]] = []
-    for line in text.splitlines():
-        if line.startswith("# %%"):
-            kind = "markdown" if "[markdown]" in line else "code"
-            cells.append((kind, []))
-            continue
-        if not cells:
-            continue
-        kind, lines = cells[-1]
-        if kind == "markdown":
-            lines.append(line[2:] if line.startswith("# ") else line.lstrip("#"))
-        else:
-            lines.append(line)
-    return [(k, "\n".join(lines).strip("\n")) for k, lines in cells if "\n".join(lines).strip()]
+    """``(kind, source)`` of each cell of a percent-format source, read by jupytext."""
+    return [(c.cell_type, c.source) for c in jupytext.reads(text, fmt="py:percent").cells]
 
 
 def build(src: Path) -> Path:
