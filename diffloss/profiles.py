@@ -1,7 +1,10 @@
 """Run profiles: how big each chapter's experiment is.
 
-``DIFFLOSS_PROFILE`` selects one of ``ci`` | ``small`` | ``paper`` (DESIGN.md, "Run profiles").
-Unset, it means ``paper`` when CUDA is available and ``small`` otherwise.
+``DIFFLOSS_PROFILE`` selects one of ``ci`` | ``small`` | ``gpu`` | ``paper`` (DESIGN.md, "Run
+profiles"). Unset, it means ``gpu`` when CUDA is available and ``small`` otherwise. ``gpu`` and
+``paper`` need Dense-Haze and the converted ADM prior and stop with the command that fetches
+them when either is missing (:func:`require_assets`); synthetic data or the tiny prior on a GPU
+is an explicit opt-in (``DIFFLOSS_ALLOW_FALLBACK=1``).
 
 A profile only sets *sizes* (samples, steps, crops, which prior and restorer); the code that
 runs is the same in every profile, so the ``ci`` run under nbval exercises the real chapters.
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -44,6 +48,15 @@ class Profile:
     eval_every: int
     #: Seeds to repeat a comparison over (mean ± spread, DESIGN.md).
     seeds: tuple[int, ...]
+    #: Adam's learning rate for the restorer (the same for every loss of a comparison).
+    lr: float = 1e-4
+    #: DiffLoss weight γ in ``L1 + γ·DiffLoss`` (the authors: 1e-3 with the ADM prior).
+    gamma: float = 1e-3
+    #: Micro-steps per optimiser step: ``batch_size`` images each, gradients accumulated.
+    grad_accum: int = 1
+    #: Recompute the frozen prior's activations in the backward pass instead of storing them
+    #: (diffusers' gradient checkpointing): less GPU memory for about one more prior forward.
+    prior_checkpointing: bool = False
 
 
 PROFILES: dict[str, Profile] = {
@@ -79,9 +92,32 @@ PROFILES: dict[str, Profile] = {
         eval_every=15,
         seeds=(0, 1, 2),
     ),
+    "gpu": Profile(
+        name="gpu",
+        description="one 16 GiB GPU (Colab T4/L4): Dense-Haze, the ADM 256 prior, full MSBDN, "
+                    "each chapter about an hour",
+        data="dense_haze",
+        prior="adm",
+        restorer="msbdn",
+        mc_samples=100000,
+        prior_samples=8,
+        sampling_steps=50,
+        pixel_steps=100,
+        train_iters=300,
+        batch_size=2,
+        crop=256,
+        eval_every=100,
+        seeds=(0, 1, 2),
+        lr=1e-4,
+        gamma=1e-3,
+        grad_accum=2,
+        prior_checkpointing=True,
+    ),
     "paper": Profile(
         name="paper",
-        description="a GPU: Dense-Haze, the ADM 256 prior, full MSBDN (hours)",
+        description="the authors' recipe on a large GPU (opt-in): Dense-Haze, the ADM 256 prior, "
+                    "full MSBDN, 8×256² crops, 20,000 steps × 3 seeds × 2 losses, about 40 GiB "
+                    "and 10 GPU-hours on an H200 (benchmarks/RESULTS.md)",
         data="dense_haze",
         prior="adm",
         restorer="msbdn",
@@ -111,11 +147,96 @@ def get(name: str) -> Profile:
 
 
 def default_name() -> str:
-    """``paper`` on CUDA, else ``small`` (the default when ``DIFFLOSS_PROFILE`` is unset)."""
-    return "paper" if torch.cuda.is_available() else "small"
+    """``gpu`` on CUDA, else ``small`` (the default when ``DIFFLOSS_PROFILE`` is unset)."""
+    return "gpu" if torch.cuda.is_available() else "small"
 
 
 def current() -> Profile:
     """The profile named by ``DIFFLOSS_PROFILE`` (or the default when unset or empty)."""
     value = os.environ.get(ENV_VAR, "").strip()
     return get(value or default_name())
+
+
+#: Set to 1 to let the ``gpu``/``paper`` profiles run on synthetic haze and/or the tiny prior
+#: when Dense-Haze or the converted ADM prior is missing (the figures then say so).
+FALLBACK_VAR = "DIFFLOSS_ALLOW_FALLBACK"
+DENSE_HAZE_COMMAND = "python data_scripts/download_dense_haze.py --root data"
+ADM_PRIOR_COMMAND = "python data_scripts/download_adm_prior.py"
+ADM_PRIOR_DIR = Path("checkpoints") / "adm-256x256-uncond-diffusers"
+
+
+class MissingAssetError(RuntimeError):
+    """A profile's dataset or prior is not on disk; the message names the command that fetches it."""
+
+
+@dataclass(frozen=True)
+class Assets:
+    """What a chapter actually uses under a profile, after :func:`require_assets` checked it.
+
+    ``data``: ``"dense_haze"`` or ``"synthetic"``; ``data_root``: the folder holding
+    ``dense_haze/`` (``None`` for synthetic); ``prior``: ``"adm"`` or ``"tiny"``;
+    ``prior_dir``: the converted ADM folder (``None`` for the tiny prior); ``fallback``: what
+    was substituted on the ``DIFFLOSS_ALLOW_FALLBACK`` opt-in (empty when nothing was).
+    """
+
+    data: str
+    data_root: Path | None
+    prior: str
+    prior_dir: Path | None
+    fallback: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        """A short description for figure titles and stamps."""
+        data = "Dense-Haze" if self.data == "dense_haze" else "synthetic haze"
+        prior = "ADM-256 prior" if self.prior == "adm" else "tiny prior"
+        return f"{data}, {prior}" + (" (fallback: " + "; ".join(self.fallback) + ")"
+                                     if self.fallback else "")
+
+
+def repo_root(start: Path | None = None) -> Path:
+    """The repository checkout: the nearest folder at or above ``start`` (default: the current
+    folder) with ``pyproject.toml`` and ``diffloss/``; else the checkout holding this package
+    (an editable install); else the current folder. Chapters find ``data/`` and
+    ``checkpoints/`` here whatever their working directory (``notebooks/`` under Jupyter)."""
+    here = (start or Path.cwd()).resolve()
+    package_parent = Path(__file__).resolve().parents[1]
+    for folder in (*(here, *here.parents), package_parent):
+        if (folder / "pyproject.toml").exists() and (folder / "diffloss").is_dir():
+            return folder
+    return here
+
+
+def require_assets(profile: Profile | None = None, root: Path | None = None) -> Assets:
+    """Check that ``profile``'s dataset and prior are on disk, or stop with the command that
+    fetches them (:class:`MissingAssetError`). With ``DIFFLOSS_ALLOW_FALLBACK=1`` a missing
+    Dense-Haze becomes synthetic haze and a missing ADM prior the tiny prior, recorded in
+    :attr:`Assets.fallback` — never silently."""
+    profile = profile or current()
+    root = Path(root) if root is not None else repo_root()
+    allow = os.environ.get(FALLBACK_VAR, "").strip() in ("1", "true", "yes")
+    data, data_root, prior, prior_dir = "synthetic", None, "tiny", None
+    missing: list[tuple[str, str]] = []
+    fallback: list[str] = []
+    if profile.data == "dense_haze":
+        folder = root / "data" / "dense_haze"
+        if (folder / "train").is_dir() and (folder / "test").is_dir():
+            data, data_root = "dense_haze", root / "data"
+        else:
+            missing.append((f"Dense-Haze ({folder})", DENSE_HAZE_COMMAND))
+            fallback.append("synthetic haze instead of Dense-Haze")
+    if profile.prior == "adm":
+        folder = root / ADM_PRIOR_DIR
+        if (folder / "config.json").exists() or (folder / "unet" / "config.json").exists():
+            prior, prior_dir = "adm", folder
+        else:
+            missing.append((f"the converted ADM 256x256 uncond prior ({folder})", ADM_PRIOR_COMMAND))
+            fallback.append("the tiny prior instead of ADM-256")
+    if missing and not allow:
+        what = " and ".join(m for m, _ in missing)
+        commands = "; then ".join(f"`{c}`" for _, c in missing)
+        raise MissingAssetError(
+            f"The {profile.name!r} profile needs {what}, which is missing. From the repository "
+            f"root ({root}) run {commands}. Or choose another profile (DIFFLOSS_PROFILE=small), "
+            f"or set {FALLBACK_VAR}=1 to run this profile on synthetic haze / the tiny prior.")
+    return Assets(data, data_root, prior, prior_dir, tuple(fallback) if missing else ())

@@ -77,6 +77,9 @@ class TrainConfig:
         lambda_sem, nat_weight, t_range, prior_size, size_policy: see :class:`~diffloss.loss.DiffLoss`.
         prior_input: how the restored image is brought to [0, 1] for the prior: ``"st-clamp"``
             (clamp, straight-through gradient; default), ``"clamp"`` or ``"raw"`` (:func:`prior_input`).
+        prior_checkpointing: gradient checkpointing in the frozen prior (diffusers'
+            ``enable_gradient_checkpointing``): its activations are recomputed in the backward
+            pass instead of stored, for much less GPU memory at the cost of one more forward.
 
     Optimisation:
         iterations: optimiser steps (``epochs``, if set, overrides it: ``ceil(epochs·N / B_global)``).
@@ -122,6 +125,7 @@ class TrainConfig:
     prior_size: int | None = None
     size_policy: str = "crop"
     prior_input: str = "st-clamp"
+    prior_checkpointing: bool = False
 
     iterations: int = 1000
     epochs: float | None = None
@@ -228,10 +232,13 @@ class TrainConfig:
         return float(self.gamma) if self.gamma is not None else LOSS_TERMS[term].default_gamma
 
     def resolved_mixed_precision(self) -> str:
-        """``"auto"`` → ``"bf16"`` on CUDA (unless ``cpu``), else ``"no"``."""
+        """``"auto"`` → ``"bf16"`` on a CUDA GPU that has it natively (Ampere and newer),
+        ``"fp16"`` on older ones (T4, V100; with loss scaling), ``"no"`` on the CPU."""
         if self.mixed_precision != "auto":
             return self.mixed_precision
-        return "bf16" if torch.cuda.is_available() and not self.cpu else "no"
+        if not torch.cuda.is_available() or self.cpu:
+            return "no"
+        return "bf16" if torch.cuda.get_device_capability()[0] >= 8 else "fp16"
 
     # -- (de)serialisation ---------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -97,6 +97,12 @@ class _DiffLossTerm(nn.Module):
 def _build_diffloss(config: TrainConfig, prior: Any) -> nn.Module:
     from ..loss import DiffLoss
 
+    unet = getattr(prior, "unet", None)
+    if unet is not None and getattr(unet, "_supports_gradient_checkpointing", False):
+        # diffusers recomputes a block's activations in backward when grad is enabled
+        (unet.enable_gradient_checkpointing if config.prior_checkpointing
+         else unet.disable_gradient_checkpointing)()
+
     return _DiffLossTerm(DiffLoss(prior, lambda_sem=config.lambda_sem, nat_weight=config.nat_weight,
                                   t_range=config.t_range, prior_size=config.prior_size,
                                   size_policy=config.size_policy), config.prior_input)
