@@ -13,6 +13,12 @@ checkpoints off; the time of a step is the wall time between consecutive step ca
 table gives the median over the steps after the warm-up (and the min–max). Images/s counts the
 training crops of a step (``batch × grad_accum × processes``).
 
+The script then measures what the trainer adds on top of the work itself: the trainer's steps
+(:func:`~diffloss.training.train`, L1 + DiffLoss) against a bare hand-written loop that computes
+the same loss on the same batches with the same initial weights (data loading, forward, L1 +
+γ·DiffLoss, backward, Adam), the two alternating over ``--repeats`` rounds; it prints the median
+over rounds of the ratio of their median step times as ``trainer/bare = R``.
+
 On CUDA the script also runs the paper's setting: the full MSBDN (31.35 M parameters) on 256×256
 crops with a 256×256 prior: ``--prior`` (a diffusers folder or ``adm:PATH``), or by default a
 *randomly initialised* U-Net of the ADM ``256x256_diffusion_uncond`` architecture (same cost as
@@ -102,6 +108,53 @@ def run(name: str, config: TrainConfig, prior: Any, warmup: int) -> dict[str, st
     }
 
 
+def bare_steps(config: TrainConfig, prior: Any, steps: int) -> list[float]:
+    """Step times of a hand-written loop: the trainer's batches, loss and optimiser, nothing else."""
+    from torch.utils.data import DataLoader
+
+    from diffloss.loss import DiffLoss, fidelity_loss
+    from diffloss.training import StepBatchSampler, build_datasets, build_model, prior_input
+    from diffloss.training.data import KeyedPairs, mix_seed
+
+    torch.manual_seed(config.seed)
+    model = build_model(config.model)
+    train_ds = build_datasets(config).train
+    loader = DataLoader(KeyedPairs(train_ds), num_workers=0,
+                        batch_sampler=StepBatchSampler(len(train_ds), config.batch, config.seed))
+    diffloss = DiffLoss(prior, lambda_sem=config.lambda_sem)
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
+    stamps, batches = [time.perf_counter()], iter(loader)
+    for step in range(steps):
+        hazy, clear = next(batches)
+        gen = torch.Generator().manual_seed(mix_seed(config.seed, step, 0, 0xD1F))
+        restored = model(hazy)
+        dl = diffloss(prior_input(restored, "st-clamp"), clear, generator=gen).loss
+        loss = fidelity_loss(restored, clear, "l1") + config.gamma_for("diffloss") * dl
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        stamps.append(time.perf_counter())
+    return [b - a for a, b in zip(stamps, stamps[1:])]
+
+
+def trainer_overhead(prior: Any, args: argparse.Namespace, tmp: str) -> tuple[float, list[float]]:
+    """``median over rounds of median(trainer step) / median(bare step)``, and every round's ratio."""
+    config = TrainConfig(model="msbdn-small", loss="l1+diffloss", crop=args.crop, batch=args.batch,
+                         iterations=args.warmup + args.steps, eval_every=0, seed=0, cpu=args.cpu,
+                         train_items=256, val=0, out=str(Path(tmp) / "overhead"))
+    ratios = []
+    for r in range(args.repeats):
+        stamps: list[float] = []
+        train(config, progress=False, overwrite=True, prior=prior,
+              callback=lambda row, h, s=stamps: s.append(time.perf_counter()))
+        trainer = [b - a for a, b in zip(stamps, stamps[1:])][max(0, args.warmup - 1):]
+        bare = bare_steps(config, prior, args.warmup + args.steps)[args.warmup:]
+        ratios.append(statistics.median(trainer) / statistics.median(bare))
+        print(f"round {r + 1}: trainer {statistics.median(trainer):.4f} s/step, bare "
+              f"{statistics.median(bare):.4f} s/step, ratio {ratios[-1]:.3f}", flush=True)
+    return statistics.median(ratios), ratios
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=10, help="timed steps after the warm-up")
@@ -119,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cpu", action="store_true", help="force the CPU")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--append", action="store_true", help="append the table to RESULTS.md")
+    p.add_argument("--repeats", type=int, default=5, help="trainer/bare rounds")
+    p.add_argument("--overhead-only", action="store_true", help="only the trainer/bare ratio")
     args = p.parse_args(argv)
 
     if args.threads:
@@ -142,15 +197,20 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        ratio, ratios = trainer_overhead(tiny, args, tmp)
+        overhead = (f"trainer/bare = {ratio:.3f} (median of {args.repeats} alternating rounds: "
+                    f"{', '.join(f'{r:.3f}' for r in ratios)}; L1 + DiffLoss, MSBDN.small, "
+                    f"{args.batch}×{args.crop}², {args.steps} timed steps each)")
+        print(overhead, flush=True)
         common = dict(model="msbdn-small", crop=args.crop, batch=args.batch,
                       iterations=args.warmup + args.steps, eval_every=0, seed=0, cpu=args.cpu,
                       train_items=256)
-        for loss in ("l1", "l1+diffloss"):
+        for loss in () if args.overhead_only else ("l1", "l1+diffloss"):
             cfg = TrainConfig(loss=loss, out=str(Path(tmp) / loss.replace("+", "_")), **common)
             name = f"MSBDN.small, {loss}, {args.batch}×{args.crop}²"
             print("running", name, flush=True)
             rows.append(run(name, cfg, tiny, args.warmup))
-        if cuda and not args.no_full:
+        if cuda and not args.no_full and not args.overhead_only:
             if args.prior:
                 from diffloss.training import load_prior
 
@@ -188,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     table = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
     for r in rows:
         table += "| " + " | ".join(r.get(c, "") for c in cols) + " |\n"
-    text = header + "\n" + table
+    text = header + "\n" + overhead + "\n\n" + table
     print(text)
     if args.append:
         with open(RESULTS, "a") as f:

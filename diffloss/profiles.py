@@ -12,6 +12,7 @@ runs is the same in every profile, so the ``ci`` run under nbval exercises the r
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,10 +152,23 @@ def default_name() -> str:
     return "gpu" if torch.cuda.is_available() else "small"
 
 
+#: A number of training steps that overrides ``train_iters`` (and caps ``eval_every``): a short
+#: smoke run of a profile's chapters, e.g. ``benchmarks/gpu_e2e.py``.
+ITERS_VAR = "DIFFLOSS_TRAIN_ITERS"
+
+
 def current() -> Profile:
-    """The profile named by ``DIFFLOSS_PROFILE`` (or the default when unset or empty)."""
+    """The profile named by ``DIFFLOSS_PROFILE`` (or the default when unset or empty), with
+    ``DIFFLOSS_TRAIN_ITERS`` applied when set."""
     value = os.environ.get(ENV_VAR, "").strip()
-    return get(value or default_name())
+    profile = get(value or default_name())
+    iters = os.environ.get(ITERS_VAR, "").strip()
+    if iters:
+        if not iters.isdigit() or int(iters) < 1:
+            raise ValueError(f"{ITERS_VAR} must be a whole number >= 1, got {iters!r}")
+        n = int(iters)
+        profile = dataclasses.replace(profile, train_iters=n, eval_every=min(profile.eval_every, n))
+    return profile
 
 
 #: Set to 1 to let the ``gpu``/``paper`` profiles run on synthetic haze and/or the tiny prior

@@ -71,3 +71,13 @@ def test_present_assets_are_used(tmp_path, monkeypatch):
 def test_repo_root_is_found_from_any_working_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert (profiles.repo_root() / "diffloss" / "profiles.py").exists()
+
+
+def test_train_iters_override(monkeypatch):
+    monkeypatch.setenv("DIFFLOSS_PROFILE", "gpu")
+    monkeypatch.setenv(profiles.ITERS_VAR, "3")
+    p = profiles.current()
+    assert (p.name, p.train_iters, p.eval_every) == ("gpu", 3, 3)
+    monkeypatch.setenv(profiles.ITERS_VAR, "-2")
+    with pytest.raises(ValueError, match=profiles.ITERS_VAR):
+        profiles.current()

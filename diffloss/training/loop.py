@@ -365,6 +365,8 @@ def train(config: TrainConfig | dict[str, Any] | str | os.PathLike, progress: bo
 
     if main_proc:
         history.meta["finished"] = step >= iterations
+        if device.type == "cuda":
+            history.meta["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
         history.write_json()
     raw.eval()
     history.raw_model = raw
