@@ -15,7 +15,11 @@ The DiffLoss authors use OpenAI guided-diffusion's unconditional ImageNet 256x25
 ``--from-file PATH`` skips the download and converts a file you fetched yourself (browser,
 ``wget -c``, a mirror). The file is about 2.2 GB: 552,814,086 float32 parameters = 2,211,256,344
 bytes of tensor data plus a small pickle header. OpenAI publishes no checksum or exact byte size;
-pass ``--expected-size``/``--sha256`` to pin the one you trust.
+pass ``--expected-size``/``--sha256`` to pin the one you trust. The converted folder records the
+SHA-256 of the file it came from (``adm_flags.json``: ``source_sha256``), and the script prints it.
+A downloaded file that fails its SHA-256 check, or that cannot be read as a checkpoint, is
+deleted (or the message says to delete it), so a rerun downloads it afresh instead of failing
+on the same bytes.
 
 Usage::
 
@@ -28,6 +32,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import http.client
+import json
 import os
 import re
 import sys
@@ -125,6 +130,11 @@ def download(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.is_file() and (expected_size is None or out.stat().st_size == expected_size):
+        if sha256 is not None and (digest := _sha256(out)) != sha256.lower():
+            raise DownloadError(
+                f"{out} exists but its SHA-256 is {digest}, not {sha256}: delete it (or pass "
+                "another --out) and run again to download it afresh"
+            )
         return out
     part = _part_path(out)
     attempt = 0
@@ -208,8 +218,12 @@ def download(
     if sha256 is not None:
         digest = _sha256(part)
         if digest != sha256.lower():
+            # Deleted: a kept .part would be "resumed" (as complete) and fail again on every run.
+            part.unlink()
             raise DownloadError(
-                f"sha256 mismatch for {part}: {digest} != {sha256} (part file kept)"
+                f"sha256 mismatch for {url}: {digest} != {sha256}; the downloaded file was "
+                "deleted, run again to download it afresh (if it repeats, the remote file is not "
+                "the one this hash describes)"
             )
     os.replace(part, out)
     return out
@@ -302,9 +316,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         from diffloss.adm import ADM_256_UNCOND, convert_adm_checkpoint, read_adm_flags
 
         flags = ADM_256_UNCOND if args.flags is None else read_adm_flags(args.flags)
-        out = convert_adm_checkpoint(ckpt, args.diffusers_dir, flags)
+        try:
+            out = convert_adm_checkpoint(ckpt, args.diffusers_dir, flags)
+        except ValueError as exc:
+            if args.from_file is None and "not a readable PyTorch checkpoint" in str(exc):
+                # Kept, the damaged file would be "already downloaded" on every rerun.
+                raise ValueError(f"{exc}\nDelete {ckpt} and run again to download it afresh.") from None
+            raise
         print(f"diffusers folder: {out}")
-    except (DownloadError, FileNotFoundError, ValueError) as exc:
+        # OpenAI publishes no checksum: the converter records the source's SHA-256.
+        source_sha = json.loads((out / "adm_flags.json").read_text()).get("source_sha256")
+        print(f"source SHA-256 (recorded in {out / 'adm_flags.json'}): {source_sha}")
+    except (DownloadError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

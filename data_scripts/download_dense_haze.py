@@ -15,7 +15,9 @@ which ``diffloss.PairedImageDataset("data/dense_haze", "dense_haze", split)`` re
   an interrupted transfer resumes (HTTP Range), in this run and in the next one, and only a
   complete file is renamed to ``.zip``.
 - The archive is verified: a readable zip, all 55 ``NN_hazy.png`` / ``NN_GT.png`` pairs present
-  (the missing ones are listed), each member's CRC-32 checked while it is extracted.
+  (the missing ones are listed), each member's CRC-32 checked while it is extracted. A
+  *downloaded* archive that fails any of these checks is deleted, and the message says so, so
+  the next run downloads it afresh instead of finding the same bad file again.
 - Extraction goes to a temporary folder renamed into place at the end, so ``ROOT/dense_haze``
   is either complete or absent. A second run sees it and does nothing.
 - Dead link? Download the archive by other means and pass ``--from-zip``.
@@ -184,21 +186,27 @@ def main(argv: list[str] | None = None) -> int:
         source = Source(archive)
     except ArchiveError as exc:
         return corrupt(str(exc))
+    problem = None
     with source:
         found, missing = locate(source)
-        if missing:
-            listing = "\n  ".join(missing)
-            print(
-                f"error: {archive} lacks {len(missing)} of the {2 * N_PAIRS} Dense-Haze files "
-                f"(expected hazy/NN_hazy.png and GT/NN_GT.png for NN = 01..{N_PAIRS}):\n  {listing}",
-                file=sys.stderr,
-            )
-            return 1
-        log(f"Verified {archive}: {N_PAIRS} hazy/GT pairs. Extracting to {dest} ...")
-        try:
-            extract(source, found, dest)
-        except ArchiveError as exc:
-            return corrupt(str(exc))
+        if not missing:
+            log(f"Verified {archive}: {N_PAIRS} hazy/GT pairs. Extracting to {dest} ...")
+            try:
+                extract(source, found, dest)
+            except ArchiveError as exc:
+                problem = str(exc)
+    if missing:
+        # A downloaded archive that lacks files is deleted (by corrupt()): kept, every rerun
+        # would find it "already downloaded" and repeat this error.
+        listing = "\n  ".join(missing)
+        problem = (
+            f"{archive} lacks {len(missing)} of the {2 * N_PAIRS} Dense-Haze files "
+            f"(expected hazy/NN_hazy.png and GT/NN_GT.png for NN = 01..{N_PAIRS}):\n  {listing}"
+        )
+        if not downloaded:
+            problem += "\nPass a complete Dense-Haze archive (or its extracted folder) with --from-zip."
+    if problem is not None:
+        return corrupt(problem)
     if downloaded and args.remove_archive:
         archive.unlink()
         log(f"Removed {archive}.")

@@ -45,7 +45,11 @@ folder (``UNet2DModel`` safetensors + ``config.json`` + ``scheduler_config.json`
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -70,6 +74,9 @@ __all__ = [
 ADM_256_UNCOND_URL = (
     "https://openaipublic.blob.core.windows.net/diffusion/jul-2021/256x256_diffusion_uncond.pt"
 )
+# OpenAI publishes no checksum for it: :func:`convert_adm_checkpoint` records the SHA-256 of the
+# file it converted (``adm_flags.json``: ``source_sha256``), so a converted folder says which
+# bytes it came from.
 
 #: guided-diffusion flags of ``256x256_diffusion_uncond.pt`` (the DiffLoss prior), as given in the
 #: guided-diffusion README (``MODEL_FLAGS`` of the unconditional 256x256 model).
@@ -419,6 +426,7 @@ class _Source:
         self.used: set[str] = set()
         self.missing: list[str] = []
         self.shape_errors: list[str] = []
+        self.non_finite: list[str] = []
 
     def take(self, key: str) -> Tensor | None:
         if key in self.used:  # a mapping bug, never the user's fault
@@ -430,7 +438,14 @@ class _Source:
         t = self.sd[key]
         if not isinstance(t, Tensor):
             raise ValueError(f"ADM state dict entry {key!r} is a {type(t).__name__}, not a tensor")
-        return t.to(dtype=self.dtype)
+        out = t.to(dtype=self.dtype)
+        if not t.is_meta and t.is_floating_point():
+            n = int((~torch.isfinite(t)).sum())
+            if n:
+                self.non_finite.append(f"{key} ({n} of {t.numel()} values NaN/inf)")
+            elif not bool(torch.isfinite(out).all()):
+                self.non_finite.append(f"{key} (overflows {self.dtype}: max |w| = {float(t.abs().max()):.3g})")
+        return out
 
 
 def _plan(f: Mapping[str, Any]) -> list[tuple[str, str, str]]:
@@ -606,12 +621,17 @@ def convert_adm_state_dict(
     Consequently the returned parameters share memory with ``state_dict``'s tensors wherever no
     reshaping or dtype cast was needed. Meta tensors in, meta model out (a free shape check).
 
+    Every weight must be finite: a tensor holding NaN or ±inf (a corrupt file), or one that
+    overflows ``dtype`` (float16 ends at 65504), is a ``ValueError`` naming the tensor.
+    ``dtype`` must be a floating-point dtype.
+
     Returns the model in ``eval()`` mode, like ``UNet2DModel.from_pretrained``.
     """
     from diffusers import UNet2DModel
 
     if not isinstance(state_dict, Mapping):
         raise TypeError(f"state_dict must be a mapping of tensors, got {type(state_dict).__name__}")
+    _check_dtype(dtype)
     f = normalize_adm_flags(flags)
     config = adm_unet_config(f)
     with torch.device("meta"):
@@ -649,6 +669,14 @@ def convert_adm_state_dict(
         raise ValueError(
             f"ADM tensors have wrong shapes for these flags ({len(bad)}): {_listing(bad)}"
         )
+    if src.non_finite:
+        overflow = any("overflows" in b for b in src.non_finite)
+        raise ValueError(
+            f"ADM checkpoint has non-finite weights in {len(src.non_finite)} tensor(s): "
+            f"{_listing(src.non_finite)}. "
+            + ("Convert to float32 or bfloat16 instead." if overflow else
+               "The file is corrupt: download it again (data_scripts/download_adm_prior.py).")
+        )
     unmapped = sorted(model_keys - set(converted))
     extra = sorted(set(converted) - model_keys)
     if unmapped or extra:  # a mapping bug, never the user's fault
@@ -668,8 +696,28 @@ def convert_adm_state_dict(
     return model.eval()
 
 
+def _check_dtype(dtype: Any) -> None:
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(
+            f"dtype must be a floating-point torch dtype (float32, bfloat16, float16), got {dtype!r}"
+        )
+
+
+def _first_line(exc: BaseException, limit: int = 200) -> str:
+    """``Type: first line of the message`` (no traceback material), at most ``limit`` characters."""
+    text = str(exc).strip().splitlines()
+    line = text[0].strip() if text else ""
+    line = line if len(line) <= limit else line[: limit - 3] + "..."
+    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
+
+
 def _read_checkpoint(path: str | Path) -> Mapping[str, Tensor]:
-    path = Path(path)
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"{path} is a folder, not a guided-diffusion .pt file (a converted diffusers folder "
+            "loads with DiffusionPrior.from_pretrained)"
+        )
     if not path.is_file():
         raise FileNotFoundError(
             f"ADM checkpoint not found: {path}. Download it with "
@@ -679,7 +727,8 @@ def _read_checkpoint(path: str | Path) -> Mapping[str, Tensor]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle/zip errors of a truncated or foreign file
         raise ValueError(
-            f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})"
+            f"{path} is not a readable PyTorch checkpoint ({_first_line(exc)}); it is truncated "
+            "or not a checkpoint: download it again"
         ) from exc
     # a bare state dict (the released files) or a dict holding one under "state_dict"
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
@@ -722,27 +771,115 @@ def convert_adm_checkpoint(
 
     The folder holds ``config.json`` + ``diffusion_pytorch_model.safetensors``
     (``UNet2DModel.save_pretrained``), ``scheduler_config.json`` (a ``DDPMScheduler`` config,
-    :func:`adm_scheduler_config`) and ``adm_flags.json`` (the flags used, for provenance).
+    :func:`adm_scheduler_config`) and ``adm_flags.json`` (the flags used and the source file's
+    name, size and SHA-256, for provenance).
     ``UNet2DModel.from_pretrained(out_dir)`` and ``DDPMScheduler.from_pretrained(out_dir)`` read it.
+
+    Checked before the (slow) conversion: ``out_dir`` is a new folder, an empty one, or a
+    previous conversion (it holds ``config.json``; replaced) -- an existing file there is a
+    ``NotADirectoryError``, a folder of other files a ``FileExistsError``. The folder is written
+    under a temporary name next to it and renamed into place at the end, so a failed write (disk
+    full: an ``OSError`` naming the folder, no traceback text) leaves nothing half-written.
     """
     from diffusers import DDPMScheduler
 
     f = normalize_adm_flags(flags)
+    _check_dtype(dtype)
+    out = Path(out_dir).expanduser().absolute()
+    _check_output_dir(out)
     unet = load_adm_checkpoint(checkpoint, f, dtype=dtype)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    unet.save_pretrained(out, safe_serialization=True)
-    DDPMScheduler(**adm_scheduler_config(f)).save_config(out)
+    source = Path(checkpoint).expanduser()
     provenance = {k: (list(v) if isinstance(v, tuple) else v) for k, v in f.items()}
-    provenance["source_checkpoint"] = Path(checkpoint).name
-    (out / "adm_flags.json").write_text(json.dumps(provenance, indent=2) + "\n")
+    provenance.update(source_checkpoint=source.name, source_bytes=source.stat().st_size,
+                      source_sha256=_sha256(source))
+    nbytes = sum(p.numel() * p.element_size() for p in unet.parameters())
+    tmp: Path | None = None
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        unet.save_pretrained(tmp, safe_serialization=True)
+        DDPMScheduler(**adm_scheduler_config(f)).save_config(tmp)
+        (tmp / "adm_flags.json").write_text(json.dumps(provenance, indent=2) + "\n")
+        old = None
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+        os.replace(tmp, out)
+        tmp = None
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except OSError as exc:
+        reason = exc.strerror or _first_line(exc)
+        err = OSError(
+            f"could not write the converted prior to {out}: {reason}. Nothing was written there; "
+            f"it needs about {nbytes / 2**30:.2f} GiB free in {out.parent}. Free some space or "
+            "choose another folder."
+        )
+        err.errno = exc.errno
+        raise err from None
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _check_output_dir(out: Path) -> None:
+    """Refuse an output that is a file, lies under a file, or is a folder of unrelated files."""
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(
+            f"output {out} is an existing file, not a folder: pass a folder path for the diffusers "
+            "prior (it is created), or move the file away"
+        )
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if parent.exists() and not parent.is_dir():
+        raise NotADirectoryError(f"cannot create the output folder {out}: {parent} is a file")
+    if out.is_dir() and not (out / "config.json").exists():
+        others = sorted(p.name for p in out.iterdir())
+        if others:
+            shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+            raise FileExistsError(
+                f"output folder {out} already holds other files ({shown}) and no previous "
+                "conversion (config.json); the conversion replaces its folder, so pass a new or "
+                "empty folder"
+            )
+
+
+def _sha256(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_adm_flags(path: str | Path) -> dict[str, Any]:
     """Flags from a JSON file: a flat dict of flags, or a dict holding one under ``"flags"`` or
-    ``"config"`` (the layout of this project's test fixtures)."""
-    data = json.loads(Path(path).read_text())
+    ``"config"`` (the layout of this project's test fixtures).
+
+    A missing file is a ``FileNotFoundError``, a folder an ``IsADirectoryError``, a file that is
+    not a JSON object a ``ValueError`` with the line and column; all name the file."""
+    path = Path(path).expanduser()
+    example = '{"image_size": 256, "num_channels": 256, "learn_sigma": true, ...}'
+    if path.is_dir():
+        raise IsADirectoryError(f"flags file {path} is a folder; pass a JSON file like {example}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"flags file not found: {path}. Pass a JSON file of guided-diffusion flags like "
+            f"{example}, or no flags for 256x256_diffusion_uncond.pt's"
+        ) from None
+    except UnicodeDecodeError:
+        raise ValueError(f"flags file {path} is not a text (JSON) file") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(
+            f"flags file {path} is not valid JSON ({exc.msg} at line {exc.lineno}, column "
+            f"{exc.colno}); expected an object like {example}"
+        ) from None
     if isinstance(data, dict):
         for key in ("flags", "config"):
             if isinstance(data.get(key), dict):

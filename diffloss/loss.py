@@ -18,6 +18,9 @@ terms constants: there only the pixel loss trains (see :class:`NoGradDiffLoss` a
 from __future__ import annotations
 
 import contextlib
+import math
+import operator
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,16 +55,52 @@ class RestorationLossOutput:
     diffloss: DiffLossOutput | None = None
 
 
-def check_images(restored: Tensor, target: Tensor) -> None:
-    """Clear errors for what callers get wrong: shapes, non-finite values, the value range."""
+def check_weight(name: str, value: Any) -> float:
+    """``value`` as a float, or a ``ValueError`` naming ``name``: a loss weight must be a real
+    number, finite (not NaN or ±inf) and ≥ 0 (a negative weight would maximise its term)."""
+    if isinstance(value, bool):
+        ok = False
+    else:
+        try:
+            value = float(value)
+            ok = math.isfinite(value) and value >= 0
+        except (TypeError, ValueError, RuntimeError):
+            ok = False
+    if not ok:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return value
+
+
+def check_pair(restored: Tensor, target: Tensor, channels: int | None = None) -> None:
+    """Shape checks shared by every loss (no device synchronisation): both are floating-point
+    B×C×H×W tensors of the *same* shape (no silent broadcasting of a 1-channel or 1-image
+    target), on one device, with B, H, W ≥ 1 (an empty batch has no mean), and C = ``channels``
+    when given. Raises ``ValueError`` saying which argument is wrong."""
+    what = "B×3×H×W" if channels == 3 else "B×C×H×W"
     for name, x in (("restored", restored), ("target", target)):
-        if not isinstance(x, Tensor) or x.ndim != 4 or x.shape[1] != 3:
+        if not isinstance(x, Tensor) or x.ndim != 4 or (channels is not None and x.shape[1] != channels):
             shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise ValueError(f"{name} must be a B×3×H×W image tensor in [0, 1], got {shape}")
+            raise ValueError(f"{name} must be a {what} image tensor in [0, 1], got {shape}")
+        if not x.is_floating_point():
+            raise ValueError(f"{name} must be a floating-point image in [0, 1], got dtype {x.dtype} "
+                             "(for 8-bit images use x.float() / 255)")
     if restored.shape != target.shape:
         raise ValueError(
-            f"restored {tuple(restored.shape)} and target {tuple(target.shape)} must have the same shape"
+            f"restored {tuple(restored.shape)} and target {tuple(target.shape)} must have the same "
+            "shape (they are not broadcast)"
         )
+    if restored.numel() == 0:
+        raise ValueError(f"restored and target are empty ({tuple(restored.shape)}): a loss needs a batch "
+                         "of at least one image with H, W >= 1")
+    if restored.device != target.device:
+        raise ValueError(f"restored is on {restored.device} but target on {target.device}; "
+                         "move both to one device")
+
+
+def check_images(restored: Tensor, target: Tensor) -> None:
+    """Clear errors for what callers get wrong: shapes (:func:`check_pair` with 3 channels),
+    non-finite values, the value range."""
+    check_pair(restored, target, channels=3)
     restored, target = restored.detach(), target.detach()
     for name, x in (("restored", restored), ("target", target)):
         finite = torch.isfinite(x)
@@ -84,8 +123,10 @@ class DiffLoss(nn.Module):
         prior: the frozen diffusion prior (its parameters never receive gradients).
         lambda_sem: λ, weight of the h-space term (the authors' code: 1e-3 relative to L_nat).
         nat_weight: weight of the ε-space term; 0 runs only the U-Net's down path (``prior.hspace``).
-        t_range: inclusive ``(t_min, t_max)`` for the uniform per-sample t; default all T steps.
-        prior_size: side of the square region shown to the prior; default its native size.
+        t_range: inclusive ``(t_min, t_max)`` for the uniform per-sample t, integers with
+            ``0 <= t_min <= t_max <= T-1``; default all T steps.
+        prior_size: side of the square region shown to the prior, a positive multiple of the
+            U-Net's downsampling factor; default (``None``) its native size.
         size_policy: how images that are larger than ``prior_size`` (or whose sides are not
             multiples of the U-Net's downsampling factor) are brought to the prior, identically for
             both images: ``"crop"`` (default) takes one aligned random ``prior_size`` crop per sample
@@ -93,6 +134,14 @@ class DiffLoss(nn.Module):
             (bilinear, antialiased) to ``prior_size``×``prior_size``.
         autocast: run the prior in bfloat16 autocast on CUDA (default True there; CPU stays float32).
         channels_last: use channels-last memory format for the prior on CUDA (default True there).
+
+    Checked at construction (``ValueError`` naming the argument and its valid range): the
+    weights are finite and ≥ 0 and not both 0, ``t_range`` and ``prior_size`` as above.
+    At each call: the images (:func:`check_images`), and their size against the prior's. The
+    U-Net was trained at ``prior.sample_size``; a region of less than half that side (after
+    the size policy) is out of its training distribution, so a ``UserWarning`` naming both
+    sizes is issued once per ``DiffLoss``; a side smaller than the downsampling factor cannot
+    go through the U-Net at all and is a ``ValueError``.
     """
 
     def __init__(self, prior: DiffusionPrior, lambda_sem: float = 1e-3, nat_weight: float = 1.0,
@@ -102,26 +151,37 @@ class DiffLoss(nn.Module):
         super().__init__()
         if not isinstance(prior, DiffusionPrior):
             raise TypeError(f"prior must be a diffloss.DiffusionPrior, got {type(prior).__name__}")
-        if lambda_sem < 0 or nat_weight < 0 or (lambda_sem == 0 and nat_weight == 0):
-            raise ValueError("lambda_sem and nat_weight must be >= 0 and not both 0")
+        lambda_sem = check_weight("lambda_sem", lambda_sem)
+        nat_weight = check_weight("nat_weight", nat_weight)
+        if lambda_sem == 0 and nat_weight == 0:
+            raise ValueError("lambda_sem and nat_weight are both 0: DiffLoss would be a constant 0")
         if size_policy not in ("crop", "resize"):
             raise ValueError(f"size_policy must be 'crop' or 'resize', got {size_policy!r}")
         T = prior.schedule.T
-        t_min, t_max = (0, T - 1) if t_range is None else (int(t_range[0]), int(t_range[1]))
-        if not 0 <= t_min <= t_max <= T - 1:
-            raise ValueError(f"t_range must satisfy 0 <= t_min <= t_max <= {T - 1}, got {t_range}")
-        size = int(prior_size or prior.sample_size)
+        if t_range is None:
+            t_min, t_max = 0, T - 1
+        else:
+            try:
+                t_min, t_max = (_as_int(v) for v in t_range)
+            except (TypeError, ValueError):
+                t_min, t_max = -1, -1  # reported below
+            if not 0 <= t_min <= t_max <= T - 1:
+                raise ValueError(f"t_range must be two integers (t_min, t_max) with 0 <= t_min <= t_max "
+                                 f"<= {T - 1} (the prior has T = {T} steps), got {t_range!r}")
         f = prior.downsampling_factor
-        if size % f:
-            raise ValueError(f"prior_size {size} must be a multiple of the U-Net's downsampling factor {f}")
+        size = prior.sample_size if prior_size is None else _as_int(prior_size, -1)
+        if size < f or size % f:
+            raise ValueError(f"prior_size must be a positive multiple of {f} (the U-Net's downsampling "
+                             f"factor), or None for the prior's native {prior.sample_size}; got {prior_size!r}")
         self.prior = prior
-        self.lambda_sem = float(lambda_sem)
-        self.nat_weight = float(nat_weight)
+        self.lambda_sem = lambda_sem
+        self.nat_weight = nat_weight
         self.t_range = (t_min, t_max)
         self.prior_size = size
         self.size_policy = size_policy
         self.autocast = autocast
         self.channels_last = channels_last
+        self._warned_small = False
 
     def extra_repr(self) -> str:
         return (f"lambda_sem={self.lambda_sem}, nat_weight={self.nat_weight}, t_range={self.t_range}, "
@@ -146,7 +206,11 @@ class DiffLoss(nn.Module):
             return resize(restored), resize(target)
         ch, cw = min(s, h // f * f), min(s, w // f * f)
         if ch == 0 or cw == 0:
-            raise ValueError(f"images of {h}×{w} are smaller than the prior's downsampling factor {f}")
+            raise ValueError(
+                f"images of {h}×{w} are smaller than the prior's downsampling factor {f}: the U-Net "
+                f"cannot process them (its native size is {self.prior.sample_size}×{self.prior.sample_size}); "
+                "use larger crops, or size_policy='resize'"
+            )
         ys = torch.randint(0, h - ch + 1, (restored.shape[0],), generator=generator).tolist()
         xs = torch.randint(0, w - cw + 1, (restored.shape[0],), generator=generator).tolist()
 
@@ -182,8 +246,12 @@ class DiffLoss(nn.Module):
 
         ``generator`` (a CPU ``torch.Generator``) makes t, ε and the crop reproducible.
         """
+        if isinstance(restored, Tensor) and restored.device != self.prior.device:
+            raise ValueError(f"the images are on {restored.device} but the prior on {self.prior.device}; "
+                             "move the loss with diffloss.to(device)")
         check_images(restored, target)
         restored, target = self.fit_to_prior(restored, target, generator)
+        self._warn_if_small(*restored.shape[-2:])
         b = restored.shape[0]
         t = self.sample_t(b, generator).to(restored.device)
         dtype = self.prior.dtype  # float32 normally (bf16 comes from autocast), float64 for gradcheck
@@ -200,6 +268,33 @@ class DiffLoss(nn.Module):
         nat = F.mse_loss(eps_z, eps_x) if eps_z is not None else sem.new_zeros(())
         loss = self.nat_weight * nat + self.lambda_sem * sem
         return DiffLossOutput(loss=loss, nat=nat, sem=sem, t=t)
+
+
+    def _warn_if_small(self, h: int, w: int) -> None:
+        native = self.prior.sample_size
+        if 2 * min(h, w) < native and not self._warned_small:
+            self._warned_small = True
+            warnings.warn(
+                f"DiffLoss shows the prior {h}×{w} images, less than half its native "
+                f"{native}×{native}: a diffusion U-Net's ε and h-space are out of distribution at "
+                "that scale, so the loss may mean little. Use crops of at least "
+                f"{native // 2}×{native // 2}, or a prior trained at this size. (Warned once per "
+                "DiffLoss.)",
+                UserWarning, stacklevel=2,
+            )
+
+
+def _as_int(value: Any, default: int | None = None) -> int:
+    """``value`` as an int if it is an integer (int, NumPy or 0-d integer tensor; not bool, not a
+    float); else ``default``, or ``TypeError`` when there is none."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError("bool")
+        return operator.index(value)
+    except TypeError:
+        if default is None:
+            raise
+        return default
 
 
 def _at_least_fp32(x: Tensor) -> Tensor:
@@ -222,7 +317,10 @@ class NoGradDiffLoss(DiffLoss):
 
 
 def fidelity_loss(restored: Tensor, target: Tensor, kind: str = "l1") -> Tensor:
-    """The pixel fidelity term: ``l1`` (the seed paper's baseline) or ``mse`` (the authors' code)."""
+    """The pixel fidelity term: ``l1`` (the seed paper's baseline) or ``mse`` (the authors' code).
+
+    ``restored`` and ``target`` must be B×C×H×W of one shape, B ≥ 1 (:func:`check_pair`)."""
+    check_pair(restored, target)
     if kind == "l1":
         return F.l1_loss(restored, target)
     if kind == "mse":
@@ -233,7 +331,11 @@ def fidelity_loss(restored: Tensor, target: Tensor, kind: str = "l1") -> Tensor:
 def restoration_loss(restored: Tensor, target: Tensor, fidelity: str = "l1", gamma: float = 1e-3,
                      diffloss: DiffLoss | None = None,
                      generator: torch.Generator | None = None) -> RestorationLossOutput:
-    """L_total = fidelity(z, x) + γ·L_DiffLoss (seed Eq. 8); without ``diffloss``, fidelity only."""
+    """L_total = fidelity(z, x) + γ·L_DiffLoss (seed Eq. 8); without ``diffloss``, fidelity only.
+
+    ``gamma`` must be finite and ≥ 0; the images are checked by :func:`check_pair` (and
+    ``diffloss`` runs :func:`check_images`: 3 channels in [0, 1], finite)."""
+    gamma = check_weight("gamma", gamma)
     fid = fidelity_loss(restored, target, fidelity)
     if diffloss is None or gamma == 0:
         return RestorationLossOutput(total=fid, fidelity=fid, diffloss=None)

@@ -13,10 +13,12 @@ Run ``diffloss train-tiny-prior --out DIR`` to (re)train the tiny prior shipped 
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import os
 import platform
+import re
 import subprocess
 import time
 from dataclasses import dataclass
@@ -77,6 +79,12 @@ class DiffusionPrior(nn.Module):
         if n_train is not None and int(n_train) != self.schedule.T:
             raise ValueError(
                 f"the U-Net was trained with {n_train} timesteps but the schedule has T = {self.schedule.T}"
+            )
+        bad = _non_finite_parameters(unet)
+        if bad:
+            raise ValueError(
+                f"the U-Net's weights hold NaN/inf values ({_listing(bad)}): the checkpoint is "
+                "corrupt. Download or convert it again."
             )
         self.unet.requires_grad_(False)
         self.eval()  # the wrapper too, not only the U-Net: prior.training is False
@@ -191,11 +199,25 @@ class DiffusionPrior(nn.Module):
         The U-Net is read from the folder (or its ``unet/`` subfolder); the schedule from
         ``scheduler_config.json`` (or ``scheduler/scheduler_config.json``), linear 1e-4..0.02 with
         T = 1000 when there is none. ``kwargs`` go to ``UNet2DModel.from_pretrained``.
+
+        Checked, with a clear exception naming the path: a name that looks like a local path
+        (a ``Path``; starts with ``/``, ``.`` or ``~``; more than one ``/``; a first folder that
+        exists here; a file extension such as ``.pt``; characters a hub id cannot have) but does
+        not exist is ``FileNotFoundError("no such folder: ...")``, never a hub download; a file
+        instead of a folder, a folder without ``config.json``, damaged weights or config
+        (``OSError`` saying to write the folder again), an unreadable scheduler config
+        and a scheduler whose ``prediction_type`` is not ``"epsilon"`` (DiffLoss compares
+        predicted noise; a v- or x0-prediction model's output is not ε) are errors too.
         """
-        path = Path(name_or_path)
+        path = Path(name_or_path).expanduser()
         if path.exists():
             if not path.is_dir():
-                raise ValueError(f"{path} is a file; expected a diffusers folder (config.json + weights)")
+                hint = (" It looks like a guided-diffusion checkpoint: load it with "
+                        "DiffusionPrior.from_adm_checkpoint(path), or convert it once with "
+                        f"`diffloss convert-adm {path} FOLDER`."
+                        if path.suffix.lower() in (".pt", ".pth", ".ckpt") else "")
+                raise ValueError(f"{path} is a file; expected a diffusers folder (config.json + "
+                                 f"diffusion_pytorch_model.safetensors).{hint}")
             unet_dir = path if (path / "config.json").exists() else path / "unet"
             if not (unet_dir / "config.json").exists():
                 raise FileNotFoundError(
@@ -203,14 +225,26 @@ class DiffusionPrior(nn.Module):
                     "Write one with DiffusionPrior.save_pretrained(folder) or "
                     "`diffloss convert-adm CKPT.pt FOLDER`."
                 )
-            unet = UNet2DModel.from_pretrained(unet_dir, **kwargs)
-            sched_cfg = None
+            try:
+                unet = UNet2DModel.from_pretrained(unet_dir, **kwargs)
+            except OSError as exc:  # a truncated weights file, a broken config.json, ...
+                line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise OSError(
+                    f"cannot load the prior in {unet_dir}: {line} The folder is incomplete or "
+                    "damaged: write it again (DiffusionPrior.save_pretrained, `diffloss convert-adm`, "
+                    "or data_scripts/download_adm_prior.py)."
+                ) from exc
+            sched_cfg, where = None, None
             for cand in (path / SCHEDULER_CONFIG, path / "scheduler" / SCHEDULER_CONFIG):
                 if cand.exists():
-                    sched_cfg = json.loads(cand.read_text())
+                    sched_cfg, where = _read_json_object(cand), str(cand)
                     break
+        elif _looks_like_path(name_or_path):
+            raise FileNotFoundError(_no_such_folder(path))
         else:
             unet, sched_cfg = _from_hub(str(name_or_path), **kwargs)
+            where = f"{name_or_path} (hub)"
+        check_epsilon_prediction(sched_cfg, where)
         schedule = NoiseSchedule.from_diffusers_config(sched_cfg) if sched_cfg else NoiseSchedule.linear()
         return cls(unet, schedule)
 
@@ -231,9 +265,95 @@ class DiffusionPrior(nn.Module):
         from . import adm
 
         flags = dict(adm.ADM_256_UNCOND if flags is None else flags)
+        sched_cfg = adm.adm_scheduler_config(flags)
+        check_epsilon_prediction(sched_cfg, f"{path} (flags: predict_xstart)")
         unet = adm.load_adm_checkpoint(path, flags)
-        schedule = NoiseSchedule.from_diffusers_config(adm.adm_scheduler_config(flags))
-        return cls(unet, schedule)
+        return cls(unet, NoiseSchedule.from_diffusers_config(sched_cfg))
+
+
+def check_epsilon_prediction(sched_cfg: dict[str, Any] | None, where: Any) -> None:
+    """``ValueError`` unless the scheduler config describes an ε-prediction model
+    (``prediction_type`` ``"epsilon"``, diffusers' default when the key is absent): DiffLoss
+    reads the U-Net's output as the predicted noise ε_θ(x_t, t) (seed Eq. 6)."""
+    kind = (sched_cfg or {}).get("prediction_type", "epsilon")
+    if kind != "epsilon":
+        raise ValueError(
+            f"{where}: the scheduler config says prediction_type={kind!r}, but DiffLoss needs an "
+            "ε-prediction prior (prediction_type='epsilon'): it compares predicted noise, and a "
+            f"{kind!r} model's output is not ε. Use an ε-prediction model, e.g. the ADM "
+            "256x256_diffusion_uncond.pt (data_scripts/download_adm_prior.py) or "
+            "google/ddpm-ema-church-256."
+        )
+
+
+#: File extensions of weights and configs: a name ending so is a local path, never a hub id.
+_PATH_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors", ".json", ".pkl", ".npz")
+#: A Hugging Face hub id: ``name`` or ``namespace/name`` of letters, digits, ``-``, ``_``, ``.``.
+_HUB_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)?")
+
+
+def _looks_like_path(name: str | os.PathLike) -> bool:
+    """Whether a name that does not exist was meant as a local path rather than a hub id."""
+    if not isinstance(name, str):
+        return True  # a Path object
+    if name.startswith(("/", ".", "~")) or "\\" in name or name.lower().endswith(_PATH_SUFFIXES):
+        return True
+    if not _HUB_ID.fullmatch(name) or ".." in name or "--" in name:
+        return True
+    first = name.split("/", 1)[0]
+    return "/" in name and Path(first).is_dir()
+
+
+def _no_such_folder(path: Path) -> str:
+    """``no such folder: PATH``, what belongs there, and close names next to it."""
+    parent = path.parent
+    while not parent.is_dir() and parent != parent.parent:
+        parent = parent.parent
+    hint = ""
+    if parent.is_dir() and parent == path.parent:
+        try:
+            names = sorted(p.name for p in parent.iterdir())
+        except OSError:
+            names = []
+        close = difflib.get_close_matches(path.name, names, n=3, cutoff=0.5)
+        if close:
+            hint = " Did you mean " + " or ".join(str(parent / c) for c in close) + "?"
+    elif parent.is_dir():
+        hint = f" (The nearest existing folder is {parent}.)"
+    return (
+        f"no such folder: {path}. A prior folder holds a diffusers U-Net: config.json + "
+        "diffusion_pytorch_model.safetensors (+ scheduler_config.json), as written by "
+        "DiffusionPrior.save_pretrained or data_scripts/download_adm_prior.py." + hint
+    )
+
+
+def _read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path``, or ``ValueError`` naming the file and the problem."""
+    try:
+        obj = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}, column "
+                         f"{exc.colno}); write it again or delete it") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not a text (JSON) file") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path} must hold a JSON object, got a {type(obj).__name__}")
+    return obj
+
+
+def _non_finite_parameters(module: nn.Module) -> list[str]:
+    """Names (with counts) of parameters and buffers that hold NaN or ±inf."""
+    bad = []
+    for name, t in [*module.named_parameters(), *module.named_buffers()]:
+        if t.is_floating_point() and not t.is_meta:
+            n = int((~torch.isfinite(t.detach())).sum())
+            if n:
+                bad.append(f"{name}: {n}")
+    return bad
+
+
+def _listing(items: list[str], limit: int = 5) -> str:
+    return ", ".join(items[:limit]) + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
 
 
 def scheduler_config(schedule: NoiseSchedule, learned_variance: bool = False) -> dict[str, Any]:
@@ -279,10 +399,11 @@ def _from_hub(repo_id: str, **kwargs: Any) -> tuple[UNet2DModel, dict[str, Any] 
     sched_cfg = None
     for name in (SCHEDULER_CONFIG, f"scheduler/{SCHEDULER_CONFIG}"):
         try:
-            sched_cfg = json.loads(Path(hf_hub_download(repo_id, name)).read_text())
-            break
+            local = Path(hf_hub_download(repo_id, name))
         except Exception:  # noqa: BLE001 - absent file: fall back to the default schedule
             continue
+        sched_cfg = _read_json_object(local)
+        break
     return unet, sched_cfg
 
 

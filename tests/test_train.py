@@ -279,7 +279,7 @@ def test_folder_layout_with_validation_hold_out(tmp_path):
     c = cfg(tmp_path, data="dense_haze", root=str(root), val=2, eval_max_size=32, iterations=2,
             eval_every=2)
     a = train(c, progress=False)
-    assert (a.meta["train_items"], a.meta["val_items"], a.meta["test_items"]) == (4, 2, 2)
+    assert (a.meta["train_items"], a.meta["val_items"], a.meta["test_items"]) == (4, 2, {"test": 2})
     test_eval = next(e for e in a.evals if e["split"] == "test")
     assert [r["name"] for r in test_eval["per_image"]] == ["07", "08"]
     val_names = {r["name"] for e in a.evals if e["split"] == "val" for r in e["per_image"]}
