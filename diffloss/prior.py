@@ -75,6 +75,9 @@ class DiffusionPrior(nn.Module):
             raise ValueError("this UNet2DModel has no middle block (mid_block_type=None): there is no h-space")
         self.unet = unet
         self.schedule = schedule if schedule is not None else NoiseSchedule.linear()
+        #: Where the weights came from (``"tiny"``, a folder, a hub id, ``"adm:PATH"``; ``None``
+        #: for a U-Net built in memory): the trainer records it as ``TrainConfig.prior``.
+        self.source: str | None = None
         n_train = unet.config.get("num_train_timesteps")
         if n_train is not None and int(n_train) != self.schedule.T:
             raise ValueError(
@@ -246,7 +249,9 @@ class DiffusionPrior(nn.Module):
             where = f"{name_or_path} (hub)"
         check_epsilon_prediction(sched_cfg, where)
         schedule = NoiseSchedule.from_diffusers_config(sched_cfg) if sched_cfg else NoiseSchedule.linear()
-        return cls(unet, schedule)
+        prior = cls(unet, schedule)
+        prior.source = str(name_or_path)
+        return prior
 
     @classmethod
     def tiny(cls) -> DiffusionPrior:
@@ -256,7 +261,9 @@ class DiffusionPrior(nn.Module):
                 f"The tiny prior is missing from {TINY_PRIOR_DIR}. Reinstall diffloss, or retrain it with "
                 f"`diffloss train-tiny-prior --out {TINY_PRIOR_DIR}`."
             )
-        return cls.from_pretrained(TINY_PRIOR_DIR)
+        prior = cls.from_pretrained(TINY_PRIOR_DIR)
+        prior.source = "tiny"
+        return prior
 
     @classmethod
     def from_adm_checkpoint(cls, path: str | os.PathLike, flags: dict[str, Any] | None = None) -> DiffusionPrior:
@@ -268,7 +275,9 @@ class DiffusionPrior(nn.Module):
         sched_cfg = adm.adm_scheduler_config(flags)
         check_epsilon_prediction(sched_cfg, f"{path} (flags: predict_xstart)")
         unet = adm.load_adm_checkpoint(path, flags)
-        return cls(unet, NoiseSchedule.from_diffusers_config(sched_cfg))
+        prior = cls(unet, NoiseSchedule.from_diffusers_config(sched_cfg))
+        prior.source = f"adm:{path}"
+        return prior
 
 
 def check_epsilon_prediction(sched_cfg: dict[str, Any] | None, where: Any) -> None:
