@@ -1,8 +1,15 @@
-"""Plotting helpers shared by the chapters: where figures go, image grids, curves.
+"""Plotting helpers shared by the chapters: the figure style, where figures go, image grids.
 
-Figures are PNGs in ``figures/`` at the repository root, stamped with the run profile that
-made them. Under the ``ci`` profile (nbval in CI) they go to ``figures/ci/`` (git-ignored) so
-a test run never overwrites the committed figures of the ``small`` profile.
+**The one figure style.** Importing this module applies :data:`STYLE` to matplotlib's
+``rcParams``: no title, label, tick label or legend below :data:`MIN_FONT_SIZE` (8 pt), so a
+figure stays legible at the width GitHub shows it. :func:`save_figure` enforces the same floor on
+every text of the figure it saves (a title set smaller by hand is raised to 8 pt) and stamps the
+run profile *below* everything drawn, in a margin of its own, so the stamp never covers an
+axis, a label or a colour bar.
+
+Figures are PNGs in ``figures/`` at the repository root. Under the ``ci`` profile (nbval in CI)
+they go to ``figures/ci/`` (git-ignored) so a test run never overwrites the committed figures of
+the ``small`` profile.
 """
 
 from __future__ import annotations
@@ -11,10 +18,58 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import matplotlib as mpl
 import matplotlib.pyplot as plt
+from matplotlib.font_manager import FontProperties
+from matplotlib.text import Text
 from torch import Tensor
 
 from . import profiles
+
+#: No text in a saved figure is smaller than this (points).
+MIN_FONT_SIZE = 8.0
+#: Font sizes of every figure (points). Applied on import; :func:`save_figure` enforces the floor.
+STYLE: dict[str, float] = {
+    "font.size": 10,
+    "axes.titlesize": 10,
+    "axes.labelsize": 10,
+    "xtick.labelsize": 9,
+    "ytick.labelsize": 9,
+    "legend.fontsize": 8,
+    "legend.title_fontsize": 9,
+    "figure.titlesize": 11,
+    "figure.labelsize": 10,
+}
+#: gid of the profile stamp (one per figure, replaced when a figure is saved again).
+STAMP_GID = "diffloss-profile-stamp"
+
+
+def use_style() -> None:
+    """Apply :data:`STYLE` to ``matplotlib.rcParams`` (done once when this module is imported)."""
+    mpl.rcParams.update(STYLE)
+
+
+def style_font_sizes() -> dict[str, float]:
+    """The font size, in points, that each text-size rcParam of :data:`STYLE` resolves to now."""
+    sizes = {}
+    for key in STYLE:
+        value = mpl.rcParams[key]
+        sizes[key] = FontProperties(size=value).get_size_in_points()
+    return sizes
+
+
+use_style()
+
+
+def enforce_min_font_size(fig: plt.Figure, minimum: float = MIN_FONT_SIZE) -> int:
+    """Raise every text of ``fig`` (titles, labels, tick labels, legends, annotations) smaller
+    than ``minimum`` points to ``minimum``; returns how many were raised."""
+    raised = 0
+    for text in fig.findobj(Text):
+        if text.get_text() and text.get_fontsize() < minimum:
+            text.set_fontsize(minimum)
+            raised += 1
+    return raised
 
 
 def repo_root(start: Path | None = None) -> Path:
@@ -39,10 +94,20 @@ def figures_dir(profile: profiles.Profile | None = None) -> Path:
 
 
 def save_figure(fig: plt.Figure, name: str, profile: profiles.Profile | None = None, dpi: int = 90) -> Path:
-    """Save ``fig`` as ``figures/<name>.png`` with a footer naming the profile that made it."""
+    """Save ``fig`` as ``figures/<name>.png``: every text at least :data:`MIN_FONT_SIZE` pt, and a
+    stamp naming the profile that made it in a margin below everything drawn (never on an axis
+    or a colour bar). Saving the same figure again replaces its stamp."""
     profile = profile or profiles.current()
-    fig.text(0.995, 0.005, f"diffloss · profile: {profile.name}", ha="right", va="bottom",
-             fontsize=7, color="0.45")
+    enforce_min_font_size(fig)
+    for old in [t for t in fig.texts if t.get_gid() == STAMP_GID]:
+        old.remove()
+    fig.canvas.draw()  # run the layout engine first, so the bounding box is final
+    bbox = fig.get_tightbbox()  # inches: everything drawn, labels hanging off the figure included
+    width, height = fig.get_size_inches()
+    # In figure coordinates (which `bbox_inches="tight"` shifts with the saved region), just
+    # below the lowest thing drawn: the saved image grows a margin for it.
+    fig.text(bbox.x1 / width, (bbox.y0 - 0.04) / height, f"diffloss · profile: {profile.name}",
+             ha="right", va="top", fontsize=MIN_FONT_SIZE, color="0.45", gid=STAMP_GID)
     path = figures_dir(profile) / f"{name}.png"
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
     return path

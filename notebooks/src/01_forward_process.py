@@ -61,7 +61,30 @@ plt.show()
 #
 # $$x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\epsilon .$$
 #
-# We test it: for a few pixel values $x_0$, run many independent chains of `q_step`
+# In code it is two lines, written here from $\beta$ alone (the schedule's tables are not used):
+
+# %%
+def q_sample_scratch(x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, betas: torch.Tensor) -> torch.Tensor:
+    """Eq. (2): x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, with abar_t = prod_{s <= t} (1 - beta_s)."""
+    abar = torch.cumprod(1 - betas, dim=0)[t].view(-1, *[1] * (x0.ndim - 1))  # one abar per sample
+    return abar.sqrt() * x0 + (1 - abar).sqrt() * eps
+
+
+# %%
+# NBVAL_CHECK_OUTPUT
+g = torch.Generator().manual_seed(4)
+x0_batch = torch.rand(schedule.T, 3, 8, 8, generator=g, dtype=torch.float64) * 2 - 1  # one image per t
+eps_batch = torch.randn(x0_batch.shape, generator=g, dtype=torch.float64)
+t_all = torch.arange(schedule.T)
+for s in (NoiseSchedule.linear(), NoiseSchedule.cosine()):
+    same = torch.allclose(q_sample_scratch(x0_batch, t_all, eps_batch, s.betas), s.q_sample(x0_batch, t_all, eps_batch))
+    print(f"{s.name:>6}: q_sample_scratch == NoiseSchedule.q_sample at every t: {same}")
+
+# %% [markdown]
+# `NoiseSchedule` (used from here on) computes the same thing from precomputed tables, and its tables are
+# tested against diffusers' `DDPMScheduler` in `tests/test_schedule.py`.
+#
+# Now a numerical test of Eq. (2) itself: for a few pixel values $x_0$, run many independent chains of `q_step`
 # (`profile.mc_samples` of them) and compare the empirical mean and variance of $x_t$ with
 # $\sqrt{\bar\alpha_t}x_0$ and $1-\bar\alpha_t$. With $n$ chains the standard error of the mean is
 # $\sqrt{(1-\bar\alpha_t)/n}$ and of the variance $(1-\bar\alpha_t)\sqrt{2/(n-1)}$.
@@ -100,11 +123,11 @@ for p in pixels:
 for t, em, *_ in rows:
     axes[0].scatter([t] * len(em), em, s=12, color="k", zorder=3)
 axes[0].set(title="mean of x_t: closed form (lines), Monte Carlo (dots)", xlabel="t")
-axes[0].legend(fontsize=7)
+axes[0].legend()
 axes[1].plot(ts, 1 - schedule.alphas_cumprod, color="C3", label="1 - abar_t")
 axes[1].scatter([r[0] for r in rows], [r[3] for r in rows], s=14, color="k", zorder=3, label="Monte Carlo")
 axes[1].set(title="variance of x_t", xlabel="t")
-axes[1].legend(fontsize=7)
+axes[1].legend()
 fig.tight_layout()
 save_figure(fig, "01_monte_carlo")
 plt.show()
@@ -137,8 +160,54 @@ for s in (NoiseSchedule.linear(), NoiseSchedule.cosine()):
 #   + \underbrace{\frac{(1-\bar\alpha_{t-1})\sqrt{\alpha_t}}{1-\bar\alpha_t}}_{c_2}x_t,\qquad
 #   \tilde\beta_t = \frac{1-\bar\alpha_{t-1}}{1-\bar\alpha_t}\beta_t .$$
 #
-# A Gaussian posterior mean is a linear regression. So: simulate triples
-# $(x_0, x_{t-1}, x_t)$ with $x_0$ drawn from the image's pixels, regress $x_{t-1}$ on
+# **Derivation of the mean.** Fix $x_0$. Then $x_{t-1}$ and $x_t$ are jointly Gaussian:
+# $x_{t-1}=\sqrt{\bar\alpha_{t-1}}\,x_0+\sqrt{1-\bar\alpha_{t-1}}\,\epsilon'$ (Eq. 2 at $t-1$) and
+# $x_t=\sqrt{\alpha_t}\,x_{t-1}+\sqrt{\beta_t}\,\epsilon$ (Eq. 1), with $\epsilon'$ and $\epsilon$ independent.
+# Per pixel, given $x_0$,
+#
+# $$\operatorname{Var}(x_{t-1}) = 1-\bar\alpha_{t-1},\qquad \operatorname{Var}(x_t) = 1-\bar\alpha_t,\qquad
+#   \operatorname{Cov}(x_{t-1},x_t)=\sqrt{\alpha_t}\,(1-\bar\alpha_{t-1}).$$
+#
+# For jointly Gaussian variables the conditional mean is the regression line,
+# $\mathbb E[x_{t-1}\mid x_t,x_0]=\mathbb E[x_{t-1}\mid x_0]+\frac{\operatorname{Cov}(x_{t-1},x_t)}{\operatorname{Var}(x_t)}\big(x_t-\mathbb E[x_t\mid x_0]\big)$:
+#
+# $$\tilde\mu_t=\sqrt{\bar\alpha_{t-1}}\,x_0+\frac{\sqrt{\alpha_t}(1-\bar\alpha_{t-1})}{1-\bar\alpha_t}\big(x_t-\sqrt{\bar\alpha_t}\,x_0\big).$$
+#
+# The coefficient of $x_t$ is $c_2$. For $x_0$, use $\sqrt{\bar\alpha_t}=\sqrt{\alpha_t}\sqrt{\bar\alpha_{t-1}}$ and
+# $\alpha_t(1-\bar\alpha_{t-1})=\alpha_t-\bar\alpha_t$:
+#
+# $$\sqrt{\bar\alpha_{t-1}}\Big(1-\frac{\alpha_t-\bar\alpha_t}{1-\bar\alpha_t}\Big)
+#   =\sqrt{\bar\alpha_{t-1}}\,\frac{1-\alpha_t}{1-\bar\alpha_t}=\frac{\beta_t\sqrt{\bar\alpha_{t-1}}}{1-\bar\alpha_t}=c_1 .$$
+#
+# The variance $\tilde\beta_t$ follows the same way (Exercise 1.1). With 0-based indices as in
+# diffusers, $\bar\alpha_{t-1}$ at $t=0$ is $\bar\alpha_{-1}=1$: the step back from $x_0$ itself is
+# exact, $\tilde\beta_0=0$. In code, again from $\beta$ alone:
+
+# %%
+def q_posterior_scratch(x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor, betas: torch.Tensor):
+    """Mean and variance of q(x_{t-1} | x_t, x0) (Ho et al. Eq. 6-7), from the betas alone."""
+    alphas = 1 - betas
+    abar = torch.cumprod(alphas, dim=0)
+    abar_prev = torch.cat([torch.ones(1, dtype=abar.dtype), abar[:-1]])  # abar_{t-1}, abar_{-1} = 1
+    c1 = betas * abar_prev.sqrt() / (1 - abar)
+    c2 = (1 - abar_prev) * alphas.sqrt() / (1 - abar)
+    var = (1 - abar_prev) / (1 - abar) * betas
+    per_sample = lambda v: v[t].view(-1, *[1] * (x0.ndim - 1))  # noqa: E731
+    return per_sample(c1) * x0 + per_sample(c2) * xt, per_sample(var).expand_as(xt)
+
+
+# %%
+# NBVAL_CHECK_OUTPUT
+for s in (NoiseSchedule.linear(), NoiseSchedule.cosine()):
+    xt_batch = s.q_sample(x0_batch, t_all, eps_batch)
+    mean, var = q_posterior_scratch(x0_batch, xt_batch, t_all, s.betas)
+    ref_mean, ref_var, _ = s.q_posterior(x0_batch, xt_batch, t_all)
+    print(f"{s.name:>6}: posterior mean == NoiseSchedule.q_posterior: {torch.allclose(mean, ref_mean)}, "
+          f"variance: {torch.allclose(var, ref_var)}")
+
+# %% [markdown]
+# A numerical test of the formulas themselves: a Gaussian posterior mean is a linear regression. So
+# simulate triples $(x_0, x_{t-1}, x_t)$ with $x_0$ drawn from the image's pixels, regress $x_{t-1}$ on
 # $(x_0, x_t)$ by least squares, and compare the fitted coefficients and residual variance
 # with $c_1, c_2, \tilde\beta_t$.
 
@@ -173,11 +242,11 @@ print("Regression recovers the closed-form posterior within 5 standard errors:",
 # %% [markdown]
 # ## 5. Linear versus cosine schedules
 #
-# The linear schedule destroys the signal early: $\bar\alpha_t$ is already near 0 well before
-# $t=T$. Nichol & Dhariwal's cosine schedule, $\bar\alpha(t)=\cos^2\!\big(\tfrac{t/T+s}{1+s}\tfrac{\pi}{2}\big)$,
-# spreads the destruction evenly in log-SNR. The paper's prior (ADM 256 uncond) and our tiny
-# prior both use the linear one, so most of DiffLoss's random $t$ land where the image is
-# already mostly noise; chapter 03 comes back to this.
+# Nichol & Dhariwal's cosine schedule, $\bar\alpha(t)=\cos^2\!\big(\tfrac{t/T+s}{1+s}\tfrac{\pi}{2}\big)$,
+# was designed against two faults of the linear one: the linear schedule destroys the signal early, and
+# it then spends many steps on images that are already almost pure noise. Under the cosine
+# schedule $\bar\alpha_t$ falls about linearly through the middle of the range and little time is
+# spent near pure noise. The left panel shows both; the cell after it measures them.
 
 # %%
 lin, cos = NoiseSchedule.linear(), NoiseSchedule.cosine()
@@ -196,8 +265,22 @@ plt.show()
 
 # %%
 # NBVAL_CHECK_OUTPUT
-half = lambda s: int((s.alphas_cumprod < 0.5).nonzero()[0])  # noqa: E731
-print(f"half the signal variance is gone at t = {half(lin)} (linear) and t = {half(cos)} (cosine)")
+mid = (ts_all >= 200) & (ts_all <= 800)
+print(f"{'':>6} | {'SNR < 1 (abar < 0.5)':^22} | {'near pure noise (abar < 0.01)':^29} | max distance of abar_t from")
+print(f"{'':>6} | {'from t':>8} {'steps':>13} | {'from t':>8} {'steps':>20} | a straight line, 200 <= t <= 800")
+for s in (lin, cos):
+    abar = s.alphas_cumprod
+    A = torch.stack([ts_all[mid].double(), torch.ones(int(mid.sum()), dtype=torch.float64)], 1)
+    line = A @ torch.linalg.lstsq(A, abar[mid, None]).solution
+    half, noise = int((abar < 0.5).nonzero()[0]), int((abar < 0.01).nonzero()[0])
+    print(f"{s.name:>6} | {half:>8} {1 - half / s.T:>13.1%} | {noise:>8} {1 - noise / s.T:>20.1%} | "
+          f"{(abar[mid] - line[:, 0]).abs().max():.3f}")
+
+# %% [markdown]
+# The paper's prior (ADM 256 uncond) and our tiny prior both use the linear schedule, so with the
+# paper's $t$ uniform over all steps, most of DiffLoss's random $t$ (the share with SNR < 1
+# printed above) land where the image is already more noise than signal; chapter 03 comes back
+# to this.
 
 # %% [markdown]
 # ## 6. See it: $x_t$ for any $t$
@@ -241,10 +324,119 @@ plt.show()
 # %% [markdown]
 # ## What we have
 #
+# * `q_sample` (Eq. 2) and the posterior (Ho et al. Eq. 6–7) are a few lines each; written from
+#   $\beta$ alone they agree with `NoiseSchedule` to floating-point precision.
 # * `q_step` (Eq. 1) iterated is `q_sample` (Eq. 2): same mean and variance, within Monte Carlo error.
 # * The variance recursion (Eq. 3–4) holds to machine precision.
-# * The posterior $q(x_{t-1}\mid x_t,x_0)$ that a regression finds is the closed form.
+# * The posterior mean follows from Gaussian conditioning, and the posterior that a regression
+#   finds is the closed form.
 # * The unit tests (`tests/test_schedule.py`) check the same tables against diffusers' `DDPMScheduler`.
+#
+# ## Exercises
+#
+# Each solution is a self-contained script; `tests/test_exercises.py` runs every one of them.
+#
+# **Exercise 1.1 — the posterior variance.** Derive $\tilde\beta_t=\frac{1-\bar\alpha_{t-1}}{1-\bar\alpha_t}\beta_t$
+# the way section 4 derived the mean, and check it numerically for both schedules. Why is
+# $\tilde\beta_t$ always smaller than $\beta_t$?
+#
+# <details><summary>Solution</summary>
+#
+# For jointly Gaussian variables the conditional variance is what the regression leaves
+# unexplained: $\operatorname{Var}(x_{t-1}\mid x_t,x_0)=\operatorname{Var}(x_{t-1})-\operatorname{Cov}(x_{t-1},x_t)^2/\operatorname{Var}(x_t)$,
+# all given $x_0$. With the moments of section 4 and $\alpha_t(1-\bar\alpha_{t-1})=\alpha_t-\bar\alpha_t$:
+#
+# $$\tilde\beta_t=(1-\bar\alpha_{t-1})-\frac{\alpha_t(1-\bar\alpha_{t-1})^2}{1-\bar\alpha_t}
+#   =(1-\bar\alpha_{t-1})\,\frac{1-\bar\alpha_t-\alpha_t+\bar\alpha_t}{1-\bar\alpha_t}
+#   =\frac{1-\bar\alpha_{t-1}}{1-\bar\alpha_t}\,\beta_t .$$
+#
+# (Equivalently, by Bayes: the precisions add, $1/\tilde\beta_t=\alpha_t/\beta_t+1/(1-\bar\alpha_{t-1})$.)
+# Since $\bar\alpha_t<\bar\alpha_{t-1}$, the factor $\frac{1-\bar\alpha_{t-1}}{1-\bar\alpha_t}$ is below 1: knowing
+# $x_0$ as well as $x_t$ pins $x_{t-1}$ down more tightly than one forward step spreads it.
+#
+# ```python
+# import torch
+# from diffloss import NoiseSchedule
+#
+# for s in (NoiseSchedule.linear(), NoiseSchedule.cosine()):
+#     abar = s.alphas_cumprod
+#     abar_prev = torch.cat([torch.ones(1, dtype=abar.dtype), abar[:-1]])
+#     var_x_prev, var_x_t = 1 - abar_prev, 1 - abar            # given x0
+#     cov = s.alphas.sqrt() * (1 - abar_prev)
+#     beta_tilde = var_x_prev - cov**2 / var_x_t                # conditional variance
+#     bayes = 1 / (s.alphas / s.betas + 1 / (1 - abar_prev))    # sum of precisions (t >= 1)
+#     assert torch.allclose(beta_tilde, s.posterior_variance, atol=1e-12)
+#     assert torch.allclose(bayes[1:], s.posterior_variance[1:])
+#     assert bool((beta_tilde <= s.betas).all())
+#     print(f"{s.name}: beta~_t / beta_t runs from {beta_tilde[1] / s.betas[1]:.3f} (t = 1) "
+#           f"to {beta_tilde[-1] / s.betas[-1]:.3f} (t = T-1)")
+# ```
+#
+# </details>
+#
+# **Exercise 1.2 — jumping from $x_s$ to $x_t$.** For $s<t$, show that $q(x_t\mid x_s)$ is
+# Gaussian with mean $\sqrt{\bar\alpha_t/\bar\alpha_s}\,x_s$ and variance $1-\bar\alpha_t/\bar\alpha_s$, and
+# check it by Monte Carlo with `q_step`.
+#
+# <details><summary>Solution</summary>
+#
+# The argument of section 3 starting from $x_s$ instead of $x_0$: the steps $s+1,\dots,t$ multiply the
+# signal by $\prod_{r=s+1}^{t}\sqrt{\alpha_r}=\sqrt{\bar\alpha_t/\bar\alpha_s}$, and the variance
+# recursion $v\mapsto\alpha_r v+\beta_r$ from $v=0$ gives $1-\prod_{r=s+1}^{t}\alpha_r=1-\bar\alpha_t/\bar\alpha_s$.
+# Eq. (2) is the case "$s=-1$" ($\bar\alpha_{-1}=1$).
+#
+# ```python
+# import torch
+# from diffloss import NoiseSchedule
+#
+# schedule = NoiseSchedule.linear()
+# s, t, n = 100, 300, 20_000
+# g = torch.Generator().manual_seed(0)
+# x_s = torch.full((n,), 0.7, dtype=torch.float64)
+# x = x_s.clone()
+# for r in range(s + 1, t + 1):  # 0-based: index r applies beta_r
+#     x = schedule.q_step(x, torch.full((n,), r), torch.randn(n, generator=g, dtype=torch.float64))
+# ratio = schedule.alphas_cumprod[t] / schedule.alphas_cumprod[s]
+# mean, var = ratio.sqrt() * 0.7, 1 - ratio
+# z_mean = (x.mean() - mean) / (var / n).sqrt()
+# z_var = (x.var() - var) / (var * (2 / (n - 1)) ** 0.5)
+# print(f"mean {x.mean():.4f} vs {mean:.4f} (z = {z_mean:+.2f}), variance {x.var():.4f} vs {var:.4f} (z = {z_var:+.2f})")
+# assert abs(z_mean) < 5 and abs(z_var) < 5
+# ```
+#
+# </details>
+#
+# **Exercise 1.3 — the posterior mean in terms of $\epsilon$.** A diffusion model predicts $\epsilon$,
+# not $x_0$ (chapter 02). Substitute $x_0=(x_t-\sqrt{1-\bar\alpha_t}\,\epsilon)/\sqrt{\bar\alpha_t}$ into
+# $\tilde\mu_t$ and show $\tilde\mu_t=\frac{1}{\sqrt{\alpha_t}}\big(x_t-\frac{\beta_t}{\sqrt{1-\bar\alpha_t}}\,\epsilon\big)$
+# (Ho et al. Eq. 11, the mean of every step of the DDPM sampler). Check it with `allclose`.
+#
+# <details><summary>Solution</summary>
+#
+# The coefficient of $x_t$ is $c_2+c_1/\sqrt{\bar\alpha_t}=\frac{(1-\bar\alpha_{t-1})\sqrt{\alpha_t}}{1-\bar\alpha_t}+\frac{\beta_t}{\sqrt{\alpha_t}(1-\bar\alpha_t)}
+# =\frac{\alpha_t-\bar\alpha_t+1-\alpha_t}{\sqrt{\alpha_t}(1-\bar\alpha_t)}=\frac{1}{\sqrt{\alpha_t}}$,
+# and that of $\epsilon$ is $-c_1\sqrt{1-\bar\alpha_t}/\sqrt{\bar\alpha_t}=-\frac{\beta_t}{\sqrt{\alpha_t}\sqrt{1-\bar\alpha_t}}$.
+#
+# ```python
+# import torch
+# from diffloss import NoiseSchedule
+#
+# g = torch.Generator().manual_seed(0)
+# for schedule in (NoiseSchedule.linear(), NoiseSchedule.cosine()):
+#     t = torch.arange(schedule.T)
+#     x0 = torch.rand(schedule.T, 3, 4, 4, generator=g, dtype=torch.float64) * 2 - 1
+#     eps = torch.randn(x0.shape, generator=g, dtype=torch.float64)
+#     xt = schedule.q_sample(x0, t, eps)
+#     mean, _, _ = schedule.q_posterior(schedule.predict_x0(xt, t, eps), xt, t)
+#     a = schedule.alphas.view(-1, 1, 1, 1)
+#     b = schedule.betas.view(-1, 1, 1, 1)
+#     abar = schedule.alphas_cumprod.view(-1, 1, 1, 1)
+#     mean_eps = (xt - b / (1 - abar).sqrt() * eps) / a.sqrt()
+#     print(f"{schedule.name}: Ho et al. Eq. 11 == posterior mean at every t:", torch.allclose(mean_eps, mean))
+#     assert torch.allclose(mean_eps, mean)
+# ```
+#
+# </details>
 #
 # Next, chapter 02: a network that has learned to *predict* $\epsilon$ from $x_t$ — the frozen
 # diffusion prior whose opinion DiffLoss asks for.

@@ -1,0 +1,84 @@
+"""The one figure style of diffloss.viz: no text under 8 pt, a profile stamp that never overlaps."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.text import Text  # noqa: E402
+
+from diffloss import viz  # noqa: E402
+
+
+@pytest.fixture
+def figures(tmp_path, monkeypatch):
+    monkeypatch.setenv("DIFFLOSS_FIGURES", str(tmp_path))
+    monkeypatch.setenv("DIFFLOSS_PROFILE", "small")
+    yield tmp_path
+    plt.close("all")
+
+
+def test_style_font_sizes_are_at_least_8_pt():
+    assert viz.MIN_FONT_SIZE >= 8
+    assert all(size >= 8 for size in viz.STYLE.values())
+    sizes = viz.style_font_sizes()  # what the rcParams resolve to after importing diffloss.viz
+    assert set(sizes) == set(viz.STYLE)
+    assert all(size >= viz.MIN_FONT_SIZE for size in sizes.values()), sizes
+    for key in ("axes.titlesize", "xtick.labelsize", "ytick.labelsize", "legend.fontsize"):
+        assert key in sizes
+
+
+def _texts(fig):
+    return [t for t in fig.findobj(Text) if t.get_text()]
+
+
+def test_save_figure_raises_small_text_and_stamps_below_everything(figures):
+    fig, axes = plt.subplots(1, 2, figsize=(6, 2.5))
+    axes[0].plot([0, 1], [0, 1])
+    axes[0].set_title("a title set too small", fontsize=5)
+    axes[0].tick_params(labelsize=4)
+    axes[0].set_xlabel("t", fontsize=6)
+    im = axes[1].imshow(np.arange(16.0).reshape(4, 4))
+    fig.colorbar(im, ax=axes[1], label="MSE")
+    fig.tight_layout()
+    path = viz.save_figure(fig, "style_check")
+    assert path == figures / "style_check.png" and path.exists()
+    assert min(t.get_fontsize() for t in _texts(fig)) >= viz.MIN_FONT_SIZE
+    stamps = [t for t in fig.texts if t.get_gid() == viz.STAMP_GID]
+    assert len(stamps) == 1 and "profile: small" in stamps[0].get_text()
+    renderer = fig.canvas.get_renderer()
+    stamp = stamps[0].get_window_extent(renderer)
+    assert len(fig.axes) == 3  # two axes and the colour bar
+    for ax in fig.axes:
+        box = ax.get_tightbbox(renderer)  # the axes with its ticks and labels
+        assert not box.overlaps(stamp), ax
+        assert stamp.y1 <= box.y0
+    viz.save_figure(fig, "style_check")  # saving again replaces the stamp
+    assert len([t for t in fig.texts if t.get_gid() == viz.STAMP_GID]) == 1
+
+
+def test_stamp_with_subfigures(figures):
+    fig = plt.figure(figsize=(6, 2))
+    left, right = fig.subfigures(1, 2)
+    left.subplots().plot([0, 1])
+    ax = right.subplots()
+    ax.set_xlabel("a label")
+    viz.save_figure(fig, "subfigures")
+    renderer = fig.canvas.get_renderer()
+    stamp = next(t for t in fig.texts if t.get_gid() == viz.STAMP_GID).get_window_extent(renderer)
+    assert stamp.y1 <= ax.get_tightbbox(renderer).y0
+
+
+def test_image_grid_keeps_its_signature(figures):
+    imgs = [torch.rand(3, 8, 8) for _ in range(4)]
+    fig = viz.image_grid(imgs, ["a", "b", "c", "d"], ncols=2, size=1.0, value_range=(0, 1),
+                         row_labels=["row 1", "row 2"])
+    assert len(fig.axes) == 4
+    assert min(t.get_fontsize() for t in _texts(fig)) >= viz.MIN_FONT_SIZE
+    viz.save_figure(fig, "grid")
+    assert (figures / "grid.png").exists()
