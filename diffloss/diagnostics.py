@@ -55,15 +55,20 @@ def prior_denoising_loss(prior: Any, images: Tensor, timesteps: Sequence[int] = 
     """Per-image DDPM loss of the frozen ``prior`` on ``images`` in [0, 1] (``B×3×H×W``).
 
     Each image is cut into non-overlapping ``tile×tile`` windows (default: the prior's native
-    size; the rest of the image is left out), mapped to [-1, 1], noised at every timestep in
+    size, or the largest multiple of its downsampling factor that fits a smaller image; the
+    rest of the image is left out), mapped to [-1, 1], noised at every timestep in
     ``timesteps`` with noise drawn from ``seed`` (the same ε for the same window and t, whatever
     the image: restorations and ground truths are compared like for like), and the squared error
     of the predicted noise is averaged.
     """
-    tile = int(tile or prior.sample_size)
     b, c, h, w = images.shape
-    if h < tile or w < tile:
-        raise ValueError(f"images ({h}×{w}) are smaller than one {tile}×{tile} tile")
+    factor = int(getattr(prior, "downsampling_factor", 1))
+    if tile is None:  # the native size, or the largest window the U-Net takes that fits
+        tile = min(prior.sample_size, min(h, w) // factor * factor)
+    tile = int(tile)
+    if tile < factor or h < tile or w < tile:
+        raise ValueError(f"images ({h}×{w}) are too small for the prior's windows "
+                         f"({tile}×{tile}, a multiple of {factor})")
     ny, nx = h // tile, w // tile
     x0 = images[..., :ny * tile, :nx * tile] * 2 - 1
     x0 = x0.reshape(b, c, ny, tile, nx, tile).permute(0, 2, 4, 1, 3, 5).reshape(-1, c, tile, tile)

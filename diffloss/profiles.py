@@ -58,6 +58,16 @@ class Profile:
     #: Recompute the frozen prior's activations in the backward pass instead of storing them
     #: (diffusers' gradient checkpointing): less GPU memory for about one more prior forward.
     prior_checkpointing: bool = False
+    #: Learning-rate schedule of the restorer: ``"constant"`` or ``"cosine"`` (to ``min_lr``)
+    #: after ``warmup`` linear steps; ``grad_clip`` caps the gradient norm (``None``: off).
+    schedule: str = "constant"
+    warmup: int = 0
+    min_lr: float = 0.0
+    grad_clip: float | None = None
+    #: DiffLoss's λ (weight of L_sem) and its timestep range (``None``: all of [0, T−1]),
+    #: chosen on the validation split (chapter 04).
+    lambda_sem: float = 1e-3
+    t_range: tuple[int, int] | None = None
 
 
 PROFILES: dict[str, Profile] = {
