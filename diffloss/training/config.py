@@ -292,6 +292,31 @@ class TrainConfig:
         except (ValueError, TypeError) as exc:
             raise ValueError(f"{path}: {exc}") from exc
 
+    @classmethod
+    def for_profile(cls, profile: Any, assets: Any = None, device: str = "cpu",
+                    **changes: Any) -> TrainConfig:
+        """The run that a :class:`~diffloss.profiles.Profile` describes: its network, crops,
+        batches, steps, learning-rate schedule and DiffLoss knobs, on the data of ``assets``
+        (:func:`~diffloss.profiles.require_assets`; synthetic haze when ``None``), with test
+        images scored at :func:`~diffloss.training.data.eval_max_size_for` ``(profile, device)``.
+        ``changes`` override any field (e.g. ``loss``, ``seed``, ``out``)."""
+        from .data import eval_max_size_for
+
+        eval_max_size = eval_max_size_for(profile.name, device)
+        if assets is not None and assets.data == "dense_haze":
+            data: dict[str, Any] = dict(data="dense_haze", root=str(assets.data_root), val=5)
+        else:
+            data = dict(data="synthetic", max_size=eval_max_size)
+        values = dict(model=profile.restorer, crop=profile.crop, batch=profile.batch_size,
+                      grad_accum=profile.grad_accum, iterations=profile.train_iters,
+                      eval_every=profile.eval_every, lr=profile.lr, schedule=profile.schedule,
+                      warmup=profile.warmup, min_lr=profile.min_lr, grad_clip=profile.grad_clip,
+                      gamma=profile.gamma, lambda_sem=profile.lambda_sem, t_range=profile.t_range,
+                      prior_checkpointing=profile.prior_checkpointing,
+                      eval_max_size=eval_max_size, **data)
+        values.update(changes)
+        return cls.from_dict(values)
+
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with ``changes`` applied (validated like a new config)."""
         return self.from_dict({**dataclasses.asdict(self), **changes})

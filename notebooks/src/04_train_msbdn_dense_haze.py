@@ -46,7 +46,6 @@ from diffloss.training import (
     build_datasets,
     build_model,
     build_terms,
-    eval_max_size_for,
     evaluate,
     gradient_ratio,
     load_model,
@@ -93,18 +92,9 @@ t_chapter = time.perf_counter()
 # restoration.
 
 # %%
-eval_max_size = eval_max_size_for(profile.name, device)
-if assets.data == "dense_haze":
-    data = dict(data="dense_haze", root=str(assets.data_root), val=5)  # 5 of the 50 pairs validate
-else:
-    data = dict(data="synthetic", max_size=eval_max_size)
-base = TrainConfig(model=profile.restorer, crop=profile.crop, batch=profile.batch_size,
-                   grad_accum=profile.grad_accum, iterations=profile.train_iters,
-                   eval_every=profile.eval_every, lr=profile.lr, schedule=profile.schedule,
-                   warmup=profile.warmup, min_lr=profile.min_lr, grad_clip=profile.grad_clip,
-                   lambda_sem=profile.lambda_sem, t_range=profile.t_range,
-                   prior_checkpointing=profile.prior_checkpointing, eval_max_size=eval_max_size,
-                   **data)
+# The profile's recipe (network, crops, steps, learning-rate schedule, DiffLoss knobs) on its data
+base = TrainConfig.for_profile(profile, assets, device)
+eval_max_size = base.eval_max_size
 train_set, val_set, tests = build_datasets(base)
 splits = {"val": val_set, **tests}
 names = {"val": "validation", "test": "in-distribution test", "ood": "out-of-distribution test"}
@@ -149,7 +139,7 @@ print(f"{profile.restorer}: {count_parameters(net):,} parameters")
 
 # %%
 prior = load_profile_prior(profile if assets.prior == profile.prior else "small").to(device).eval()
-cfg = base.replace(loss="l1+diffloss", gamma=profile.gamma)
+cfg = base.replace(loss="l1+diffloss")
 hazy, clear = (torch.stack(x).to(device) for x in zip(*[train_set[i][:2] for i in range(cfg.batch)]))
 diffloss = DiffLoss(prior, lambda_sem=cfg.lambda_sem, t_range=cfg.t_range)
 net_by_hand, net_trainer = net, copy.deepcopy(net)

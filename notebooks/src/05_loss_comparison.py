@@ -50,7 +50,6 @@ from diffloss.training import (
     build_datasets,
     build_model,
     build_terms,
-    eval_max_size_for,
     gradient_ratio,
     restore,
     train,
@@ -104,20 +103,10 @@ print(f"VGG16 ImageNet weights: {'cached' if vgg16_weights_available() else 'not
 # L_1\rVert$, at initialisation (`diffloss.training.gradient_ratio`).
 
 # %%
-eval_max_size = eval_max_size_for(profile.name, device)
-if assets.data == "dense_haze":
-    data = dict(data="dense_haze", root=str(assets.data_root), val=0)
-else:
-    data = dict(data="synthetic", max_size=eval_max_size, val=0)
 seed = profile.seeds[0]
-base = TrainConfig(model=profile.restorer, crop=profile.crop, batch=profile.batch_size,
-                   grad_accum=profile.grad_accum, iterations=profile.train_iters,
-                   eval_every=profile.train_iters, lr=profile.lr, schedule=profile.schedule,
-                   warmup=profile.warmup, min_lr=profile.min_lr, grad_clip=profile.grad_clip,
-                   lambda_sem=profile.lambda_sem, t_range=profile.t_range,
-                   prior_checkpointing=profile.prior_checkpointing, eval_max_size=eval_max_size,
-                   seed=seed, vgg_weights="IMAGENET1K_V1" if have_vgg else None,
-                   disc_channels=64, **data)
+base = TrainConfig.for_profile(profile, assets, device, seed=seed, val=0,
+                               eval_every=profile.train_iters, disc_channels=64,
+                               vgg_weights="IMAGENET1K_V1" if have_vgg else None)
 runs = {
     "L1": dict(loss="l1"),
     per_label: dict(loss="l1+perceptual", gamma=1e-3),

@@ -1,0 +1,148 @@
+"""Chapter 04's experiments that outgrow a notebook's budget, written to ``results/`` with provenance.
+
+    python tools/experiments.py knobs --profile small     # γ, λ, t_range chosen on validation
+    python tools/experiments.py medium --profile small    # the same recipe, more steps, 3 seeds
+
+``knobs`` trains L1 + DiffLoss (and L1, for reference) for each setting of a small grid on one
+seed and scores the **validation** split only; the setting with the best validation PSNR is
+"chosen" (the profile should then carry it: chapter 04 checks). ``medium`` trains L1 and
+L1 + DiffLoss with the profile's recipe for ``--steps`` steps on each seed, evaluating both test
+splits along the way; chapter 04 plots the histories it commits, labelled as loaded.
+
+Each writes ``results/04_knobs_<profile>.json`` or ``results/04_medium_<profile>/`` (the runs'
+``config.json`` and histories, no weights) and a provenance record: the command, the commit, the
+machine, the load average and the wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from diffloss import profiles  # noqa: E402
+from diffloss.prior import load_profile_prior  # noqa: E402
+from diffloss.training import TrainConfig, train  # noqa: E402
+
+#: (γ, λ, t_range) settings of the validation sweep.
+KNOB_GRID: tuple[tuple[float, float, tuple[int, int] | None], ...] = (
+    (0.3, 1e-3, None), (1.0, 1e-3, None), (3.0, 1e-3, None),
+    (1.0, 1e-3, (0, 200)), (3.0, 1e-3, (0, 200)), (1.0, 1.0, (0, 200)),
+)
+
+
+def provenance(argv: list[str], t0: float, **extra: Any) -> dict[str, Any]:
+    """Who made these numbers, how and where."""
+    def git(*args: str) -> str:
+        res = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+        return res.stdout.strip()
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f
+                        if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"command": "python tools/experiments.py " + shlex.join(argv),
+            "commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "diffloss")),
+            "machine": f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, "
+                       f"{torch.get_num_threads()} thread(s)",
+            "load_average_at_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "wall_time_s": round(time.perf_counter() - t0, 1), **extra}
+
+
+def knobs(args: argparse.Namespace, argv: list[str]) -> Path:
+    t0 = time.perf_counter()
+    profile = profiles.get(args.profile)
+    prior = load_profile_prior(profile)
+    base = TrainConfig.for_profile(profile, None, "cpu", seed=args.seed, eval_every=0)
+    tmp = ROOT / "runs" / f"knobs_{profile.name}"
+
+    def val_scores(config: TrainConfig) -> dict[str, float]:
+        h = train(config, overwrite=True, prior=prior, progress=False)
+        from diffloss.training import build_datasets, evaluate
+
+        v = evaluate(h.model, build_datasets(config).val)
+        return {"val_psnr": v.psnr, "val_ssim": v.ssim}
+
+    l1 = val_scores(base.replace(loss="l1", out=str(tmp / "l1")))
+    print(f"L1: {l1}", flush=True)
+    grid = []
+    for gamma, lam, t_range in KNOB_GRID:
+        cfg = base.replace(loss="l1+diffloss", gamma=gamma, lambda_sem=lam, t_range=t_range,
+                           out=str(tmp / f"g{gamma}_l{lam}_t{t_range}"))
+        row = {"gamma": gamma, "lambda_sem": lam, "t_range": list(t_range) if t_range else None,
+               **val_scores(cfg)}
+        grid.append(row)
+        print(row, flush=True)
+    chosen = max(grid, key=lambda r: r["val_psnr"])
+    out = ROOT / "results" / f"04_knobs_{profile.name}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps({"l1": l1, "grid": grid, "chosen": chosen, "selection": "max val_psnr",
+                               "provenance": provenance(argv, t0, seed=args.seed,
+                                                        steps=base.iterations)}, indent=1) + "\n")
+    return out
+
+
+def medium(args: argparse.Namespace, argv: list[str]) -> Path:
+    t0 = time.perf_counter()
+    profile = profiles.get(args.profile)
+    prior = load_profile_prior(profile)
+    out = ROOT / "results" / f"04_medium_{profile.name}"
+    runs = ROOT / "runs" / f"medium_{profile.name}"
+    base = TrainConfig.for_profile(profile, None, "cpu", iterations=args.steps,
+                                   eval_every=args.eval_every)
+    for seed in args.seeds:
+        for loss in ("l1", "l1+diffloss"):
+            folder = runs / f"{loss}_seed{seed}"
+            h = train(base.replace(loss=loss, seed=seed, out=str(folder)), overwrite=True,
+                      prior=prior, progress=False)
+            dest = out / folder.name
+            dest.mkdir(parents=True, exist_ok=True)
+            for name in ("config.json", "history.json", "history.csv"):
+                shutil.copy2(folder / name, dest / name)
+            print(f"seed {seed} {loss}: final test PSNR {h.final['test_psnr']:.2f} dB "
+                  f"({time.perf_counter() - t0:.0f} s so far)", flush=True)
+    (out / "provenance.json").write_text(json.dumps(provenance(
+        argv, t0, seeds=list(args.seeds), steps=args.steps), indent=1) + "\n")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    k = sub.add_parser("knobs", help="choose γ, λ, t_range on the validation split")
+    k.add_argument("--profile", default="small")
+    k.add_argument("--seed", type=int, default=0)
+    m = sub.add_parser("medium", help="the profile's recipe, longer, on several seeds")
+    m.add_argument("--profile", default="small")
+    m.add_argument("--steps", type=int, default=2000)
+    m.add_argument("--eval-every", type=int, default=200)
+    m.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    out = (knobs if args.command == "knobs" else medium)(args, argv)
+    print(f"wrote {out.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
