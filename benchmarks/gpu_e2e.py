@@ -8,9 +8,9 @@ What a Colab user does, with stand-ins where the real thing cannot be fetched of
 2. ``prior``: write a *random-weight* checkpoint with the exact key names and shapes of OpenAI's
    ``256x256_diffusion_uncond.pt`` (same cost as the real one) and convert it with
    ``diffloss convert-adm`` into ``checkpoints/adm-256x256-uncond-diffusers``.
-3. ``chapters``: execute chapters 04 and 05 under ``DIFFLOSS_PROFILE=gpu`` with
-   ``DIFFLOSS_TRAIN_ITERS`` (a short run), then read every run's history: peak GPU memory and
-   the median seconds per training step.
+3. ``chapters``: run chapters 04 and 05 (their code cells in order, as one script: no Jupyter
+   needed on the GPU machine) under ``DIFFLOSS_PROFILE=gpu`` with ``DIFFLOSS_TRAIN_ITERS`` (a
+   short run), then read every run's history: peak GPU memory and the median seconds per step.
 
     python benchmarks/gpu_e2e.py --iters 20 --out results/gpu_e2e      # everything
     python benchmarks/gpu_e2e.py --stage data --stage prior            # only the set-up
@@ -47,7 +47,7 @@ def _owned(path: Path) -> bool:
     return not path.exists() or (path / MARK).exists()
 
 
-def stage_data(work: Path, size: int = 320) -> Path:
+def stage_data(work: Path, size: int = 400) -> Path:
     """55 synthetic hazy/clear pairs in Dense-Haze's archive layout, installed by the real script."""
     import torch
     from torchvision.io import encode_png
@@ -103,24 +103,30 @@ def _history_numbers(folder: Path) -> dict[str, float | str]:
             "mixed_precision": h["meta"].get("mixed_precision", "?")}
 
 
-def stage_chapters(out: Path, iters: int) -> list[dict]:
-    """Execute chapters 04 and 05 under the gpu profile, keep their figures apart, read the runs."""
-    env = dict(os.environ, DIFFLOSS_PROFILE="gpu", DIFFLOSS_TRAIN_ITERS=str(iters),
-               DIFFLOSS_FIGURES=str(out / "figures"))
+def _as_script(notebook: Path) -> str:
+    """The chapter's code cells in order: what a fresh kernel runs (no Jupyter needed)."""
+    cells = json.loads(notebook.read_text())["cells"]
+    return "\n\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+
+
+def stage_chapters(out: Path, iters: int, profile: str = "gpu") -> list[dict]:
+    """Run chapters 04 and 05's code under ``profile``, keep their figures apart, read the runs."""
+    env = dict(os.environ, DIFFLOSS_PROFILE=profile, DIFFLOSS_TRAIN_ITERS=str(iters),
+               DIFFLOSS_FIGURES=str(out / "figures"), MPLBACKEND="Agg")
     results = []
     for nb in CHAPTERS:
         t0 = time.perf_counter()
-        executed = out / nb
-        res = subprocess.run([sys.executable, "-m", "nbconvert", "--to", "notebook", "--execute",
-                              "--ExecutePreprocessor.timeout=1800", "--output", str(executed),
-                              str(ROOT / "notebooks" / nb)], cwd=ROOT, env=env,
+        script = out / nb.replace(".ipynb", ".py")
+        script.write_text(_as_script(ROOT / "notebooks" / nb))
+        res = subprocess.run([sys.executable, str(script)], cwd=ROOT, env=env,
                              capture_output=True, text=True)
+        (out / nb.replace(".ipynb", ".log")).write_text(res.stdout + res.stderr)
         results.append({"chapter": nb, "ok": res.returncode == 0,
                         "seconds": round(time.perf_counter() - t0, 1),
                         "error": res.stderr[-3000:] if res.returncode else ""})
         print(f"{nb}: {'ok' if res.returncode == 0 else 'FAILED'} in {results[-1]['seconds']} s",
               flush=True)
-    for folder in sorted((ROOT / "runs").glob("0[45]_gpu/**/history.json")):
+    for folder in sorted((ROOT / "runs").glob(f"0[45]_{profile}/**/history.json")):
         results.append(_history_numbers(folder.parent))
     return results
 
@@ -132,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iters", type=int, default=20, help="training steps per run (DIFFLOSS_TRAIN_ITERS)")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "gpu_e2e")
     p.add_argument("--append", action="store_true", help="append a summary to benchmarks/RESULTS.md")
+    p.add_argument("--profile", default="gpu", help="profile of the chapters (ci: a CPU rehearsal)")
     args = p.parse_args(argv)
     stages = args.stage or ["data", "prior", "chapters"]
     args.out.mkdir(parents=True, exist_ok=True)
@@ -150,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     if "prior" in stages:
         report["prior"] = str(stage_prior(work))
     if "chapters" in stages:
-        report["results"] = stage_chapters(args.out, args.iters)
+        report["results"] = stage_chapters(args.out, args.iters, args.profile)
     shutil.rmtree(work, ignore_errors=True)
     text = json.dumps(report, indent=1)
     (args.out / "gpu_e2e.json").write_text(text + "\n")

@@ -174,6 +174,8 @@ def train(config: TrainConfig | dict[str, Any] | str | os.PathLike, progress: bo
     if state is not None:
         _check_resume_config(state["config"], config, out / LAST)
     barrier(accelerator)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)  # history.meta["peak_memory_gib"]: this run's
 
     # -- build ------------------------------------------------------------------------------
     seed_all(config.seed)
