@@ -47,7 +47,7 @@ def _owned(path: Path) -> bool:
     return not path.exists() or (path / MARK).exists()
 
 
-def stage_data(work: Path, size: int = 400) -> Path:
+def stage_data(work: Path, size: tuple[int, int] = (264, 336)) -> Path:
     """55 synthetic hazy/clear pairs in Dense-Haze's archive layout, installed by the real script."""
     import torch
     from torchvision.io import encode_png
@@ -58,7 +58,7 @@ def stage_data(work: Path, size: int = 400) -> Path:
     if not _owned(target):
         raise SystemExit(f"{target} holds a real dataset: refusing to replace it")
     shutil.rmtree(target, ignore_errors=True)
-    ds = SyntheticHaze("train", crop=(size * 3 // 4, size), n=55, seed=123)
+    ds = SyntheticHaze("train", crop=size, n=55, seed=123)  # ≥ the gpu profile's 256² crops
     archive = work / "Dense_Haze_NTIRE19.zip"
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zf:
         for i in range(55):
