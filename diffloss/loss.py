@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import math
 import operator
+import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -359,14 +360,33 @@ _VGG16_CFG: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, 
 #: ImageNet statistics the torchvision VGG16 weights expect (inputs in [0, 1]).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: torchvision's ``VGG16_Weights.IMAGENET1K_V1.url`` (the name carries the first 8 hex digits of
+#: the file's SHA-256, which ``torch.hub`` checks after downloading).
 VGG16_WEIGHTS_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
-VGG16_HOW_TO_GET = (
-    "On a machine with internet access run\n"
-    "    python -c \"import torchvision; torchvision.models.vgg16(weights='IMAGENET1K_V1')\"\n"
-    "which caches them in ~/.cache/torch/hub/checkpoints/ (the folder of torch.hub.get_dir(); "
-    "TORCH_HOME moves it), or copy vgg16-397923af.pth from such a machine into that folder. "
-    "Pass weights=None to use random weights on purpose (tests; that is NOT the perceptual loss)."
-)
+#: Set either to 1 and nothing is downloaded (the Makefile sets ``HF_HUB_OFFLINE=1`` for tests):
+#: weights already in the torch hub cache are still used, missing ones are a clear error.
+OFFLINE_VARS = ("DIFFLOSS_OFFLINE", "HF_HUB_OFFLINE")
+#: The one line that fetches the weights into the torch hub cache (torchvision's own mechanism).
+VGG16_FETCH_COMMAND = "python -c \"import torchvision; torchvision.models.vgg16(weights='IMAGENET1K_V1')\""
+
+
+def offline_variable() -> str | None:
+    """The name of the first of :data:`OFFLINE_VARS` set to a true value (1/true/yes/on), else ``None``."""
+    for name in OFFLINE_VARS:
+        if os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on"):
+            return name
+    return None
+
+
+def _vgg16_missing_message(path: Path, reason: str) -> str:
+    return (
+        f"The ImageNet VGG16 weights (IMAGENET1K_V1) for PerceptualLoss are not available locally "
+        f"(looked for {path}) and {reason}. Fetch them once, on a machine with internet access, with\n"
+        f"    {VGG16_FETCH_COMMAND}\n"
+        f"(it caches them at that path: the checkpoints/ folder of torch.hub.get_dir(); TORCH_HOME moves "
+        f"it), or copy {path.name} from such a machine into {path.parent}. "
+        "Pass weights=None to use random weights on purpose (tests; that is NOT the perceptual loss)."
+    )
 
 
 def vgg16_features(last: int) -> nn.Sequential:
@@ -386,14 +406,44 @@ def vgg16_features(last: int) -> nn.Sequential:
     return nn.Sequential(*layers[:last + 1])
 
 
-def vgg16_weights_path() -> Path:
-    """Where torchvision caches ``VGG16_Weights.IMAGENET1K_V1`` (it may not exist)."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / VGG16_WEIGHTS_URL.rsplit("/", 1)[-1]
+def vgg16_weights_path(url: str = VGG16_WEIGHTS_URL) -> Path:
+    """Where torchvision caches ``VGG16_Weights.IMAGENET1K_V1`` (it may not exist):
+    ``<torch.hub.get_dir()>/checkpoints/<file name of url>``."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
 
 
 def vgg16_weights_available() -> bool:
     """True when the ImageNet VGG16 weights are in the local torch hub cache (no download)."""
     return vgg16_weights_path().is_file()
+
+
+def fetch_vgg16_weights(url: str = VGG16_WEIGHTS_URL, progress: bool = True) -> dict[str, Tensor]:
+    """The state dict of torchvision's VGG16 at ``url``, the way torchvision gets it: from the torch
+    hub cache (:func:`vgg16_weights_path`) when it is there, else downloaded once into that cache by
+    ``torch.hub.load_state_dict_from_url(url, check_hash=True)`` (the file name's hash prefix is
+    checked). With one of :data:`OFFLINE_VARS` set, or when the download fails (no network, an
+    HTTP error, a wrong hash), a missing file is one clear ``FileNotFoundError`` naming the path
+    and the command that fetches it."""
+    path = vgg16_weights_path(url)
+    if not path.is_file():
+        var = offline_variable()
+        if var is not None:
+            raise FileNotFoundError(_vgg16_missing_message(
+                path, f"downloads are off ({var}={os.environ[var]}; unset it to let PerceptualLoss "
+                "download them)"))
+    new_dirs = [d for d in (path.parent, *path.parent.parents) if not d.exists()]
+    try:
+        # torchvision's file is in the legacy (non-zip) format; weights only, on the CPU.
+        return torch.hub.load_state_dict_from_url(url, model_dir=str(path.parent), map_location="cpu",
+                                                  progress=progress, check_hash=True, weights_only=True)
+    except (OSError, RuntimeError, ValueError) as err:
+        if path.is_file():  # the file is there: a problem reading it, not a download problem
+            raise
+        for folder in new_dirs:  # leave no empty cache folders behind a failed download
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise FileNotFoundError(_vgg16_missing_message(
+            path, f"downloading them from {url} failed ({type(err).__name__}: {err})")) from err
 
 
 class PerceptualLoss(nn.Module):
@@ -407,10 +457,11 @@ class PerceptualLoss(nn.Module):
     (= ``F.mse_loss`` of the feature maps). The network is frozen (``requires_grad=False``, eval).
 
     Args:
-        weights: ``"IMAGENET1K_V1"`` (default; torchvision's ImageNet weights, read from the local
-            torch hub cache only, never downloaded here: a clear ``FileNotFoundError`` says how to
-            get them) or ``None``: random weights, on purpose (tests; a random-feature *control*,
-            not the perceptual loss).
+        weights: ``"IMAGENET1K_V1"`` (default; torchvision's ImageNet weights, from the torch hub
+            cache, downloaded into it the first time like ``torchvision.models.vgg16(weights=...)``
+            does; offline (``DIFFLOSS_OFFLINE=1`` / ``HF_HUB_OFFLINE=1``) or without network a clear
+            ``FileNotFoundError`` says how to get them: :func:`fetch_vgg16_weights`) or ``None``:
+            random weights, on purpose (tests; a random-feature *control*, not the perceptual loss).
         layers: names from :data:`VGG16_LAYERS`.
     """
 
@@ -427,14 +478,7 @@ class PerceptualLoss(nn.Module):
         self.features = vgg16_features(max(self.indices))
         self.pretrained = weights is not None
         if self.pretrained:
-            path = vgg16_weights_path()
-            if not path.is_file():
-                raise FileNotFoundError(
-                    f"The ImageNet VGG16 weights for PerceptualLoss are not available locally "
-                    f"(looked for {path}); this package never downloads them by itself. "
-                    + VGG16_HOW_TO_GET)
-            # torchvision's file is in the legacy (non-zip) format: no mmap; weights only.
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = fetch_vgg16_weights()
             mine = self.features.state_dict()
             self.features.load_state_dict({k: state[f"features.{k}"] for k in mine})
         self.features.eval().requires_grad_(False)

@@ -105,6 +105,7 @@ def test_perceptual_loss_is_zero_for_identical_images_and_frozen():
 
 
 def test_missing_vgg_weights_is_a_clear_error_and_cached_weights_load(tmp_path, monkeypatch):
+    monkeypatch.setenv("DIFFLOSS_OFFLINE", "1")  # never a real download in a test
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     with pytest.raises(FileNotFoundError, match=r"(?s)not available locally.*IMAGENET1K_V1.*weights=None"):
         PerceptualLoss()

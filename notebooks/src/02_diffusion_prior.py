@@ -35,6 +35,7 @@
 # of `diffloss.DiffusionPrior`.
 
 # %%
+import dataclasses
 import json
 
 import matplotlib.pyplot as plt
@@ -43,37 +44,45 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler
 from torchvision.transforms.functional import gaussian_blur
 
-from diffloss import DiffusionPrior, current_profile, psnr
+from diffloss import current_profile, psnr
 from diffloss.data import add_haze, depth_map, sample_images
 from diffloss.prior import PROVENANCE, TINY_PRIOR_DIR, load_profile_prior, random_crops, scheduler_config
+from diffloss.profiles import repo_root, require_assets
 from diffloss.viz import image_grid, make_grid, save_figure
 
 profile = current_profile()
+# This chapter needs the profile's prior only (its images are the photographs bundled with the
+# package), so only the prior is checked: under `gpu` / `paper` without the converted ADM prior
+# this line stops with the command that makes it, unless DIFFLOSS_ALLOW_FALLBACK=1 opts in to the
+# tiny prior (then `assets.fallback` says so, and so does every figure title below).
+assets = require_assets(dataclasses.replace(profile, data="synthetic"))
+prior_label = ("ADM-256 uncond prior" if assets.prior == "adm" else "tiny prior") + (
+    f" (fallback: {'; '.join(assets.fallback)})" if assets.fallback else "")
 device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 torch.manual_seed(0)
 print(f"profile: {profile.name} ({profile.description}); device: {device}")
+print(f"prior: {prior_label}" + (f", from {assets.prior_dir}" if assets.prior_dir else ""))
 
 # %% [markdown]
 # ## 1. Load the prior of this run profile
 #
-# `ci` and `small` use the tiny prior that ships in the repository (a 32×32 diffusers
-# `UNet2DModel` trained on CPU on random crops of the four *training* images, see its
-# `provenance.json`). `paper` uses the authors' prior, OpenAI's ADM 256×256 unconditional ImageNet
-# model, converted to diffusers by `python data_scripts/download_adm_prior.py`; without it this
-# cell falls back to a diffusers hub DDPM of outdoor scenes. `load_profile_prior` makes the choice.
+# The four run profiles (`DIFFLOSS_PROFILE`): `ci` and `small` use the tiny prior that ships in
+# the repository (a 32×32 diffusers `UNet2DModel` trained on CPU on random crops of the four
+# *training* images, see its `provenance.json`). `gpu` and `paper` use the authors' prior, OpenAI's
+# ADM 256×256 unconditional ImageNet model, converted to diffusers by
+# `python data_scripts/download_adm_prior.py`. Without it the first code cell above has already
+# stopped with that command (`MissingAssetError`); nothing is swapped in silently. Only with
+# `DIFFLOSS_ALLOW_FALLBACK=1` does a `gpu`/`paper` run go on with the tiny prior, and then the
+# figure titles name it. `load_profile_prior` loads the prior that was checked.
 
 # %%
-try:
-    prior = load_profile_prior(profile)
-except FileNotFoundError as err:  # paper profile, ADM prior not downloaded yet
-    print(err, "\n-> falling back to the hub model google/ddpm-ema-church-256")
-    prior = DiffusionPrior.from_pretrained("google/ddpm-ema-church-256")
-prior = prior.to(device)
+# the repository root, the folder require_assets looked in, whatever the working directory
+prior = load_profile_prior(profile if assets.prior == profile.prior else "small", root=repo_root()).to(device)
 f = prior.downsampling_factor
 print(f"U-Net: {prior.num_parameters():,} parameters, native size {prior.sample_size}×{prior.sample_size}, "
       f"downsamples ×{f} (any side that is a multiple of {f} works: it is convolutional)")
 print(prior.schedule)
-if profile.prior == "tiny":
+if assets.prior == "tiny":
     prov = json.loads((TINY_PRIOR_DIR / PROVENANCE).read_text())
     print(f"trained by `{prov['command']}`: {prov['steps']} steps of batch {prov['batch_size']}, "
           f"{prov['wall_time_s'] / 60:.1f} min on {prov['machine']['cpu_count']} CPU cores")
@@ -167,6 +176,8 @@ nrow = max(1, round(n ** 0.5))
 fig = image_grid([make_grid(x, nrow=nrow) for x in (ddpm, ddim, real)],
                  [f"DDPM ancestral, {steps} steps", f"DDIM (eta = 0), {steps} steps", "real training crops"],
                  size=2.8)
+fig.suptitle(f"samples of the {prior_label}")
+fig.tight_layout()
 save_figure(fig, "02_samples")
 plt.show()
 spread = {}
@@ -186,8 +197,8 @@ print(f"spread of the image means relative to the real crops: DDPM {spread['DDPM
 # patches that look alike (the spread of their image means is a small fraction of the real
 # crops', last line above), the typical "average image" of an under-trained model, while DDPM's
 # fresh noise at every step keeps the samples varied in colour: by the spread of their image
-# means, at least as varied as the real crops (the ratio printed above). Under `paper` the ADM prior's samples are
-# ImageNet-like scenes (churches with the hub fallback). A prior this small is a weak judge; the next sections measure how weak.
+# means, at least as varied as the real crops (the ratio printed above). Under `gpu` and `paper` the ADM prior's
+# samples are ImageNet-like scenes. A prior this small is a weak judge; the next sections measure how weak.
 #
 # ## 4. The naturalness signal: $\epsilon_\theta$ of a degraded image under the same noise
 #
@@ -270,6 +281,7 @@ axes[1].set(xscale="log", yscale="log", xlabel="t + 1", ylabel="L_nat / (SNR_t *
 axes[1].axhline(1, color="0.6", lw=0.8)
 for ax in axes:
     ax.legend(fontsize=8)
+fig.suptitle(prior_label)
 fig.tight_layout()
 save_figure(fig, "02_naturalness_vs_t")
 plt.show()
@@ -422,7 +434,7 @@ for ax, key, title, cbar_label in panels:
     ax.set_title(title)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03).set_label(cbar_label)
 axes[1].tick_params(labelleft=False)
-fig.suptitle(f"pairwise distances; rows and columns in the same order ({', '.join(versions)} within each image)")
+fig.suptitle(f"{prior_label}: pairwise distances; rows and columns in the same order ({', '.join(versions)} within each image)")
 fig.tight_layout()
 save_figure(fig, "02_hspace_distances")
 plt.show()
@@ -447,7 +459,7 @@ for v, vname in enumerate(versions):
 for vname, m in markers.items():
     ax.scatter([], [], marker=m, color="0.5", label=vname)
 ax.set(xlabel=f"PC 1 ({explained[0]:.0%} of variance)", ylabel=f"PC 2 ({explained[1]:.0%})",
-       title=f"h-space at t = {t_show}, 2-D PCA")
+       title=f"h-space at t = {t_show}, 2-D PCA\n{prior_label}")
 ax.legend(ncol=2)
 fig.tight_layout()
 save_figure(fig, "02_hspace_pca")
@@ -469,7 +481,8 @@ plt.show()
 # ## What we have
 #
 # - `DiffusionPrior` returns $\epsilon_\theta$ and $h$ from one call of a frozen diffusers U-Net;
-#   `load_profile_prior` picks the tiny prior (`ci`, `small`) or the paper's ADM prior (`paper`).
+#   `load_profile_prior` picks the tiny prior (`ci`, `small`) or the paper's ADM prior (`gpu`,
+#   `paper`, which stop in their first cells when it is missing: `require_assets`).
 # - The tiny prior has learned something real about natural images: it finds the noise in
 #   held-out crops far more easily than in structure-free ones, and its DDPM samples have natural
 #   colours and textures. But it is small: no objects.

@@ -39,7 +39,7 @@ import torch
 
 from diffloss import current_profile
 from diffloss.diagnostics import high_frequency_error
-from diffloss.loss import PatchDiscriminator, PerceptualLoss, count_parameters, vgg16_weights_available
+from diffloss.loss import PatchDiscriminator, PerceptualLoss, count_parameters, fetch_vgg16_weights
 from diffloss.maps import color_map_rgb, map_errors, structure_map
 from diffloss.metrics import psnr, ssim
 from diffloss.prior import load_profile_prior
@@ -80,13 +80,14 @@ t_chapter = time.perf_counter()
 # must not be read as the perceptual loss's.
 
 # %%
-import os
-
-offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("DIFFLOSS_OFFLINE") == "1"
-have_vgg = vgg16_weights_available() or not offline
+try:  # cached, or downloaded once by torchvision's mechanism; offline: a clear FileNotFoundError
+    fetch_vgg16_weights(progress=False)
+    have_vgg = True
+except FileNotFoundError as exc:
+    have_vgg = False
+    print(str(exc).splitlines()[0])
 per_label = "L1 + perceptual" if have_vgg else "L1 + random-VGG (control)"
-print(f"VGG16 ImageNet weights: {'cached' if vgg16_weights_available() else 'not cached'}"
-      f"{', offline: using random weights as a control' if not have_vgg else ''}")
+print("VGG16 ImageNet weights:", "available" if have_vgg else "not available: random weights as a control")
 
 # %% [markdown]
 # ## 2. The runs, on chapter 04's footing
