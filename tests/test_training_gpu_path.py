@@ -66,3 +66,36 @@ def test_chapter_04_stops_in_its_first_cells_without_dense_haze(profile):
     assert res.returncode != 0
     assert "MissingAssetError" in res.stderr
     assert profiles.DENSE_HAZE_COMMAND in res.stderr and profiles.ADM_PRIOR_COMMAND in res.stderr
+
+
+def test_cheaper_diffloss_options_are_unbiased_and_reproducible():
+    from diffloss.loss import DiffLoss
+
+    prior = make_tiny_prior()
+    z, x = torch.rand(4, 3, 16, 16), torch.rand(4, 3, 16, 16)
+    full = build_terms(TrainConfig(loss="l1+diffloss"), prior)["diffloss"]
+    plain = DiffLoss(prior)
+    assert torch.equal(full(z, x, generator=torch.Generator().manual_seed(3))["diffloss"],
+                       plain(z, x, generator=torch.Generator().manual_seed(3)).loss)
+    # a random half of the batch: DiffLoss of exactly those images
+    half = build_terms(TrainConfig(loss="l1+diffloss", diffloss_fraction=0.5), prior)["diffloss"]
+    g = torch.Generator().manual_seed(5)
+    got = half(z, x, generator=g)["diffloss"]
+    g2 = torch.Generator().manual_seed(5)
+    keep = torch.randperm(4, generator=g2)[:2]
+    assert torch.allclose(got, plain(z[keep], x[keep], generator=g2).loss)
+    # every 4th step on average, weighted by 4 where it is applied
+    quarter = build_terms(TrainConfig(loss="l1+diffloss", diffloss_every=4), prior)["diffloss"]
+    applied = []
+    for s in range(200):
+        v = quarter(z, x, generator=torch.Generator().manual_seed(s))["diffloss"]
+        applied.append(float(v) > 0)
+        if s < 20 and float(v) > 0:
+            g3 = torch.Generator().manual_seed(s)
+            torch.rand((), generator=g3)
+            assert torch.allclose(v, 4 * plain(z, x, generator=g3).loss)
+    assert 0.15 < sum(applied) / len(applied) < 0.35
+    with pytest.raises(ValueError, match="diffloss_fraction"):
+        TrainConfig(diffloss_fraction=0.0)
+    with pytest.raises(ValueError, match="diffloss_every"):
+        TrainConfig(diffloss_every=0)

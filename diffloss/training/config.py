@@ -80,6 +80,8 @@ class TrainConfig:
         prior_checkpointing: gradient checkpointing in the frozen prior (diffusers'
             ``enable_gradient_checkpointing``): its activations are recomputed in the backward
             pass instead of stored, for much less GPU memory at the cost of one more forward.
+        diffloss_fraction, diffloss_every: cheaper DiffLoss, unbiased: on a random fraction of
+            each batch's images, and/or on a random 1/k of the steps (weighted by k there).
 
     Optimisation:
         iterations: optimiser steps (``epochs``, if set, overrides it: ``ceil(epochs·N / B_global)``).
@@ -126,6 +128,8 @@ class TrainConfig:
     size_policy: str = "crop"
     prior_input: str = "st-clamp"
     prior_checkpointing: bool = False
+    diffloss_fraction: float = 1.0
+    diffloss_every: int = 1
 
     iterations: int = 1000
     epochs: float | None = None
@@ -211,6 +215,9 @@ class TrainConfig:
         need(self.ema is None or (finite("ema") and 0.0 < self.ema < 1.0), "ema",
              "None or a decay in (0, 1)")
         need(self.val is None or int(self.val) >= 0, "val", "None or >= 0")
+        need(finite("diffloss_fraction") and 0 < self.diffloss_fraction <= 1, "diffloss_fraction",
+             "in (0, 1]")
+        need(int(self.diffloss_every) >= 1, "diffloss_every", ">= 1")
         need(self.epochs is None or (finite("epochs") and self.epochs > 0), "epochs",
              "None or a finite number > 0")
         if self.eval_tile is not None and self.eval_tile <= 2 * self.eval_overlap:

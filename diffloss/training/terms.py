@@ -81,17 +81,39 @@ def prior_input(restored: Tensor, mode: str) -> Tensor:
 
 class _DiffLossTerm(nn.Module):
     """Adapter: :class:`~diffloss.loss.DiffLoss` → ``{"diffloss", "nat", "sem"}``, with the
-    restored image brought to [0, 1] by :func:`prior_input`."""
+    restored image brought to [0, 1] by :func:`prior_input`.
 
-    def __init__(self, diffloss: nn.Module, mode: str = "st-clamp") -> None:
+    Two ways to pay for the prior less often, both unbiased (the expected loss, and so the
+    expected gradient, is DiffLoss's on the whole batch at every step):
+
+    - ``fraction`` < 1: DiffLoss on a random ``ceil(fraction·B)`` of the ``B`` images of a batch
+      (DiffLoss is a mean over images, so a random subset estimates it without bias);
+    - ``every`` = k > 1: DiffLoss on a random 1/k of the steps, multiplied by k there, and 0 on
+      the others (the logged ``nat``/``sem`` are then 0 too).
+
+    The random choices come from the step's ``generator``, so a resumed run repeats them.
+    """
+
+    def __init__(self, diffloss: nn.Module, mode: str = "st-clamp", fraction: float = 1.0,
+                 every: int = 1) -> None:
         super().__init__()
-        self.diffloss = diffloss
-        self.mode = mode
+        self.diffloss, self.mode = diffloss, mode
+        self.fraction, self.every = float(fraction), int(every)
 
     def forward(self, restored: Tensor, target: Tensor,
                 generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        scale = 1.0
+        if self.every > 1:
+            if torch.rand((), generator=generator).item() * self.every >= 1.0:
+                zero = restored.new_zeros(()) * restored.sum()  # keeps the graph, adds nothing
+                return {"diffloss": zero, "nat": zero.detach(), "sem": zero.detach()}
+            scale = float(self.every)
+        if self.fraction < 1.0:
+            b = restored.shape[0]
+            keep = torch.randperm(b, generator=generator)[:max(1, math.ceil(self.fraction * b))]
+            restored, target = restored[keep.to(restored.device)], target[keep.to(target.device)]
         out = self.diffloss(prior_input(restored, self.mode), target, generator=generator)
-        return {"diffloss": out.loss, "nat": out.nat, "sem": out.sem}
+        return {"diffloss": scale * out.loss, "nat": out.nat, "sem": out.sem}
 
 
 def _build_diffloss(config: TrainConfig, prior: Any) -> nn.Module:
@@ -105,7 +127,8 @@ def _build_diffloss(config: TrainConfig, prior: Any) -> nn.Module:
 
     return _DiffLossTerm(DiffLoss(prior, lambda_sem=config.lambda_sem, nat_weight=config.nat_weight,
                                   t_range=config.t_range, prior_size=config.prior_size,
-                                  size_policy=config.size_policy), config.prior_input)
+                                  size_policy=config.size_policy), config.prior_input,
+                         fraction=config.diffloss_fraction, every=config.diffloss_every)
 
 
 class _PerceptualTerm(nn.Module):
