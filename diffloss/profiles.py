@@ -70,6 +70,11 @@ class Profile:
     t_range: tuple[int, int] | None = None
 
 
+#: DiffLoss's γ and timestep range for the CPU profiles (tiny prior), chosen on the validation
+#: split by ``python tools/experiments.py knobs`` (results/04_knobs_small.json; chapter 04 checks).
+SMALL_GAMMA = 1.0
+SMALL_T_RANGE: tuple[int, int] | None = (0, 200)
+
 PROFILES: dict[str, Profile] = {
     "ci": Profile(
         name="ci",
@@ -86,6 +91,13 @@ PROFILES: dict[str, Profile] = {
         crop=64,
         eval_every=10,
         seeds=(0,),
+        lr=4e-3,
+        gamma=SMALL_GAMMA,
+        schedule="cosine",
+        warmup=2,
+        min_lr=1e-5,
+        grad_clip=0.2,
+        t_range=SMALL_T_RANGE,
     ),
     "small": Profile(
         name="small",
@@ -97,11 +109,21 @@ PROFILES: dict[str, Profile] = {
         prior_samples=16,
         sampling_steps=50,
         pixel_steps=60,
-        train_iters=150,
+        train_iters=400,
         batch_size=4,
         crop=64,
-        eval_every=15,
+        eval_every=50,
         seeds=(0, 1, 2),
+        # chosen by measurement (issue 14): Adam at 4e-3 with a 20-step warm-up and a cosine
+        # decay, the gradient norm clipped at 0.2, makes MSBDN.small beat the hazy input by
+        # ~5.8 dB on the in-distribution test split in 400 steps (1e-4..5e-4 constant did not)
+        lr=4e-3,
+        gamma=SMALL_GAMMA,
+        schedule="cosine",
+        warmup=20,
+        min_lr=1e-5,
+        grad_clip=0.2,
+        t_range=SMALL_T_RANGE,
     ),
     "gpu": Profile(
         name="gpu",

@@ -2,6 +2,7 @@
 
     python tools/experiments.py knobs --profile small     # γ, λ, t_range chosen on validation
     python tools/experiments.py medium --profile small    # the same recipe, more steps, 3 seeds
+    python tools/experiments.py cheaper --profile small   # cheaper DiffLoss options, paired seeds
 
 ``knobs`` trains L1 + DiffLoss (and L1, for reference) for each setting of a small grid on one
 seed and scores the **validation** split only; the setting with the best validation PSNR is
@@ -9,7 +10,12 @@ seed and scores the **validation** split only; the setting with the best validat
 L1 + DiffLoss with the profile's recipe for ``--steps`` steps on each seed, evaluating both test
 splits along the way; chapter 04 plots the histories it commits, labelled as loaded.
 
-Each writes ``results/04_knobs_<profile>.json`` or ``results/04_medium_<profile>/`` (the runs'
+``cheaper`` trains L1, full DiffLoss and the cheaper DiffLoss options (a random quarter of the
+batch, a random quarter of the steps, prior crops of half the native size) on the same seeds and
+reports the final test PSNR/SSIM of each, paired against full DiffLoss and against L1.
+
+Each writes ``results/04_knobs_<profile>.json``, ``results/04_medium_<profile>/`` or
+``results/cheaper_diffloss_<profile>.json`` (the runs'
 ``config.json`` and histories, no weights) and a provenance record: the command, the commit, the
 machine, the load average and the wall time.
 """
@@ -41,7 +47,8 @@ from diffloss.training import TrainConfig, train  # noqa: E402
 #: (γ, λ, t_range) settings of the validation sweep.
 KNOB_GRID: tuple[tuple[float, float, tuple[int, int] | None], ...] = (
     (0.3, 1e-3, None), (1.0, 1e-3, None), (3.0, 1e-3, None),
-    (1.0, 1e-3, (0, 200)), (3.0, 1e-3, (0, 200)), (1.0, 1.0, (0, 200)),
+    (0.3, 1e-3, (0, 200)), (1.0, 1e-3, (0, 200)), (3.0, 1e-3, (0, 200)),
+    (1.0, 1.0, (0, 200)),
 )
 
 
@@ -124,6 +131,46 @@ def medium(args: argparse.Namespace, argv: list[str]) -> Path:
     return out
 
 
+def cheaper(args: argparse.Namespace, argv: list[str]) -> Path:
+    from diffloss.diagnostics import paired_differences
+
+    t0 = time.perf_counter()
+    profile = profiles.get(args.profile)
+    prior = load_profile_prior(profile)
+    base = TrainConfig.for_profile(profile, None, "cpu", eval_every=0)
+    options = {"L1": dict(loss="l1"), "full DiffLoss": dict(loss="l1+diffloss"),
+               "1/4 of the batch": dict(loss="l1+diffloss", diffloss_fraction=0.25),
+               "1/4 of the steps": dict(loss="l1+diffloss", diffloss_every=4),
+               f"prior crops {prior.sample_size // 2}²": dict(loss="l1+diffloss",
+                                                              prior_size=prior.sample_size // 2)}
+    finals: dict[str, dict[str, list[float]]] = {}
+    for name, kw in options.items():
+        for seed in args.seeds:
+            folder = ROOT / "runs" / f"cheaper_{profile.name}" / f"{name.replace('/', '_')}_{seed}"
+            t1 = time.perf_counter()
+            h = train(base.replace(seed=seed, out=str(folder), **kw), overwrite=True, prior=prior,
+                      progress=False)
+            f = h.final
+            for key in ("test_psnr", "test_ssim", "ood_psnr", "ood_ssim"):
+                finals.setdefault(name, {}).setdefault(key, []).append(f[key])
+            finals[name].setdefault("seconds", []).append(time.perf_counter() - t1)
+            print(f"{name}, seed {seed}: {f['test_psnr']:.2f} dB ({time.perf_counter() - t0:.0f} s)",
+                  flush=True)
+    table = {name: {"final": v,
+                    "vs_full": {k: paired_differences(finals["full DiffLoss"][k], v[k])
+                                for k in ("test_psnr", "test_ssim", "ood_psnr", "ood_ssim")},
+                    "vs_l1": {k: paired_differences(finals["L1"][k], v[k])
+                              for k in ("test_psnr", "test_ssim", "ood_psnr", "ood_ssim")}}
+             for name, v in finals.items()}
+    out = ROOT / "results" / f"cheaper_diffloss_{profile.name}.json"
+    out.write_text(json.dumps({"options": {k: {kk: (list(vv) if isinstance(vv, tuple) else vv)
+                                                for kk, vv in o.items()} for k, o in options.items()},
+                               "table": table,
+                               "provenance": provenance(argv, t0, seeds=list(args.seeds),
+                                                        steps=base.iterations)}, indent=1) + "\n")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -136,10 +183,13 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--steps", type=int, default=2000)
     m.add_argument("--eval-every", type=int, default=200)
     m.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    c = sub.add_parser("cheaper", help="cheaper DiffLoss options against full DiffLoss and L1")
+    c.add_argument("--profile", default="small")
+    c.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    out = (knobs if args.command == "knobs" else medium)(args, argv)
+    out = {"knobs": knobs, "medium": medium, "cheaper": cheaper}[args.command](args, argv)
     print(f"wrote {out.relative_to(ROOT)}")
     return 0
 
