@@ -2,13 +2,17 @@
 
 This module starts with the offline default of DESIGN.md: natural colour images that ship
 inside installed packages (scikit-image and matplotlib), so every chapter runs without a
-download. They are split *by image*: the test images are never cropped for training, neither
-for the tiny diffusion prior nor for the restorers.
+download. Two scenes (:data:`TEST_IMAGES`) are held out whole, from the tiny diffusion prior and
+the restorers: the out-of-distribution test split. Of the four training photos, the restorers
+train on the left 75 % only; the right 22 % of each is the in-distribution test band
+(:class:`SyntheticHaze` documents the geometry).
 """
 
 from __future__ import annotations
 
 import functools
+import math
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +30,24 @@ from torchvision.transforms import v2
 TRAIN_IMAGES: tuple[str, ...] = ("astronaut", "chelsea", "coffee", "grace_hopper")
 #: Whole images held out for testing. ``motorcycle_left`` carries a real disparity map.
 TEST_IMAGES: tuple[str, ...] = ("rocket", "motorcycle_left")
+#: Columns of each training photo, as fractions of its width, from which the restorers'
+#: training and validation crops are drawn (:class:`SyntheticHaze`).
+TRAIN_REGION: tuple[float, float] = (0.0, 0.75)
+#: Columns of each training photo, as fractions of its width, held out as the
+#: in-distribution test band (``SyntheticHaze("id_test")``); 0.75–0.78 is a guard gap.
+ID_TEST_BAND: tuple[float, float] = (0.78, 1.0)
+
+
+def train_columns(width: int) -> tuple[int, int]:
+    """Pixel columns ``[start, stop)`` of the training region of a ``width``-wide training photo:
+    ``[0, ⌊0.75·width⌋)`` (:data:`TRAIN_REGION`)."""
+    return math.ceil(TRAIN_REGION[0] * width), math.floor(TRAIN_REGION[1] * width)
+
+
+def id_test_columns(width: int) -> tuple[int, int]:
+    """Pixel columns ``[start, stop)`` of the in-distribution test band of a ``width``-wide
+    training photo: ``[⌈0.78·width⌉, width)`` (:data:`ID_TEST_BAND`)."""
+    return math.ceil(ID_TEST_BAND[0] * width), math.floor(ID_TEST_BAND[1] * width)
 
 
 @dataclass(frozen=True)
@@ -137,17 +159,157 @@ class ImageFileError(ValueError):
     """An image file that cannot be used as given (corrupt, unsupported, transparent, ...)."""
 
 
+# Why PNGs are checked in Python before torchvision sees them: ``torchvision.io.decode_image``
+# (checked with 0.29) hands PNGs to libpng, and on *any* error libpng reports (a CRC mismatch
+# from one flipped byte, a broken deflate stream, a bad row filter, a wrong signature) the whole
+# process dies with SIGSEGV, no exception, no file name. JPEG and WebP errors raise normally.
+# Pillow would raise too, but it reads 16-bit RGB PNGs as 8-bit. So :func:`_check_png` verifies,
+# in pure Python, everything libpng would reject, and only a sound file is decoded by
+# torchvision. Its cost is one extra zlib inflate of the pixel data (CRC-32 runs at GB/s):
+# about 20 ms, +40 % on the 47 ms decode of a 1600×1200 photograph, paid once per file and
+# process: a file read again unchanged (same path, size and mtime) is not checked again.
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+#: PNG colour type -> (channels, allowed bit depths) (PNG specification, 11.2.2 IHDR).
+_PNG_COLOR_TYPES = {0: (1, (1, 2, 4, 8, 16)), 2: (3, (8, 16)), 3: (1, (1, 2, 4, 8)),
+                    4: (2, (8, 16)), 6: (4, (8, 16))}
+#: Adam7 interlace passes: (x0, y0, dx, dy).
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2),
+          (0, 1, 1, 2))
+#: libpng's default limit on width and height (PNG_USER_WIDTH_MAX, PNG_USER_HEIGHT_MAX).
+_PNG_MAX_SIDE = 1_000_000
+#: Largest PNG this loader decodes (pixels), against decompression bombs.
+_PNG_MAX_PIXELS = 1 << 30
+#: PNGs that passed :func:`_check_png` in this process: (path, size, mtime_ns) -> has tRNS.
+_PNG_CHECKED: dict[tuple[str, int, int], bool] = {}
+
+
+def _check_png(data: bytes, path: Path) -> bool:
+    """Raise :class:`ImageFileError` naming ``path`` unless ``data`` is a sound PNG; return
+    whether it holds a ``tRNS`` chunk (transparency without an alpha channel).
+
+    Checked: the 8-byte signature; every chunk lies inside the file and its CRC-32 matches
+    (``zlib.crc32``); IHDR first, with a size within libpng's limits (and at most
+    :data:`_PNG_MAX_PIXELS` pixels) and a valid colour type / bit depth, compression, filter and
+    interlace method; no unknown critical chunk; PLTE before the image data of a palette image;
+    consecutive IDAT chunks; IEND. Then the IDAT stream is inflated in 4 MiB pieces (bounded
+    memory): it must be a complete zlib stream (Adler-32 checked by zlib) with at least as many
+    bytes as IHDR implies, and every row must start with a filter type 0–4.
+    """
+
+    def bad(why: str) -> ImageFileError:
+        return ImageFileError(f"{path}: corrupt PNG ({why}); replace the file with a good copy")
+
+    if data[:8] != _PNG_SIGNATURE:
+        raise bad("broken signature")
+    view, n, pos = memoryview(data), len(data), 8
+    header: list[int] = []
+    idat: list[memoryview] = []
+    idat_done = has_plte = has_trns = palette_first = False
+    while True:
+        if pos + 12 > n:
+            raise bad(f"the file ends at byte {n} without an IEND chunk: truncated")
+        length = int.from_bytes(view[pos:pos + 4], "big")
+        kind = bytes(view[pos + 4:pos + 8])
+        name = kind.decode("latin-1")
+        if not (kind.isascii() and kind.isalpha()):
+            raise bad(f"no valid chunk at byte {pos}")
+        end = pos + 8 + length
+        if length > 0x7FFFFFFF or end + 4 > n:
+            raise bad(f"chunk {name} at byte {pos} runs past the end of the file: truncated")
+        body = view[pos + 8:end]
+        if zlib.crc32(body, zlib.crc32(kind)) != int.from_bytes(view[end:end + 4], "big"):
+            raise bad(f"CRC-32 mismatch in chunk {name} at byte {pos}: damaged bytes")
+        if not header and kind != b"IHDR":
+            raise bad(f"the first chunk is {name}, not IHDR")
+        if kind == b"IHDR":
+            if header or length != 13:
+                raise bad("invalid IHDR chunk")
+            header = [int.from_bytes(body[0:4], "big"), int.from_bytes(body[4:8], "big"), *body[8:13]]
+        elif kind == b"IDAT":
+            if idat_done:
+                raise bad("IDAT chunks are not consecutive")
+            palette_first = palette_first or (not idat and has_plte)
+            idat.append(body)
+        elif kind == b"IEND":
+            break
+        else:
+            idat_done = bool(idat)
+            if kind == b"PLTE":
+                has_plte = True
+            elif kind == b"tRNS":
+                has_trns = True
+            elif kind[:1].isupper():  # a critical chunk this decoder does not know
+                raise bad(f"unknown critical chunk {name}")
+        pos = end + 4
+    width, height, depth, color, compression, filter_method, interlace = header
+    if not (1 <= width <= _PNG_MAX_SIDE and 1 <= height <= _PNG_MAX_SIDE):
+        raise bad(f"invalid size {width}×{height}")
+    if width * height > _PNG_MAX_PIXELS:
+        raise ImageFileError(f"{path}: {width}×{height} pixels, more than this loader decodes "
+                             f"({_PNG_MAX_PIXELS} pixels)")
+    if color not in _PNG_COLOR_TYPES or depth not in _PNG_COLOR_TYPES[color][1]:
+        raise bad(f"invalid colour type {color} with bit depth {depth}")
+    if compression or filter_method or interlace not in (0, 1):
+        raise bad("invalid compression, filter or interlace method")
+    if color == 3 and not palette_first:
+        raise bad("a palette image without a PLTE chunk before its image data")
+    if not idat:
+        raise bad("no image data (IDAT chunk)")
+    # Offsets of the filter-type byte of every row (of every Adam7 pass when interlaced).
+    channels = _PNG_COLOR_TYPES[color][0]
+    starts, expected = [], 0
+    for x0, y0, dx, dy in _ADAM7 if interlace else ((0, 0, 1, 1),):
+        w, h = -(-(width - x0) // dx), -(-(height - y0) // dy)
+        if w > 0 and h > 0:
+            stride = 1 + (w * channels * depth + 7) // 8
+            starts.append(expected + stride * np.arange(h, dtype=np.int64))
+            expected += stride * h
+    rows = np.concatenate(starts)
+    inflater = zlib.decompressobj()
+    pending: bytes = b"".join(idat)
+    done = k = 0
+    try:
+        while not inflater.eof:
+            piece = inflater.decompress(pending, 1 << 22)
+            pending = inflater.unconsumed_tail
+            if not piece and not pending:
+                break  # input exhausted before the end of the stream
+            j = int(np.searchsorted(rows, done + len(piece)))
+            if j > k and int(np.frombuffer(piece, np.uint8)[rows[k:j] - done].max()) > 4:
+                raise bad("invalid row filter type: damaged image data")
+            k, done = j, done + len(piece)
+            if done > 2 * expected + (1 << 22):
+                raise bad("far more image data than its size needs")
+    except zlib.error as exc:
+        raise bad(f"damaged compressed image data: {exc}") from None
+    if done < expected or not inflater.eof:
+        raise bad(f"the image data ends after {done} of {expected} bytes: truncated")
+    return has_trns
+
+
 def _decode_raw(path: Path) -> Tensor:
     """Decode ``path`` to an integer 3×H×W tensor (uint8, or uint16 for 16-bit PNGs).
 
+    PNGs are checked by :func:`_check_png` first (a damaged PNG would crash torchvision).
     Conversions (documented in :func:`load_image`): grayscale and palette images become RGB,
-    a fully opaque alpha channel is dropped, a transparent one is an error.
+    a fully opaque alpha channel (or ``tRNS`` transparency) is dropped, a transparent one is an
+    error.
     """
     try:
-        data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
+        mtime = path.stat().st_mtime_ns
+        raw = path.read_bytes()
+        has_trns = False
+        if raw[:4] == _PNG_SIGNATURE[:4]:  # what torchvision takes for a PNG
+            key = (str(path), len(raw), mtime)
+            if key not in _PNG_CHECKED:
+                _PNG_CHECKED[key] = _check_png(raw, path)
+            has_trns = _PNG_CHECKED[key]
+        data = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
         img = decode_image(data, mode=ImageReadMode.UNCHANGED)
         if img.ndim != 3:
             raise ImageFileError(f"{path}: animated or multi-frame images are not supported")
+        if has_trns and img.shape[0] in (1, 3):  # palette/grey/RGB transparency: make it alpha
+            img = decode_image(data, mode=ImageReadMode.RGB_ALPHA)
         channels = img.shape[0]
         if channels in (2, 4):
             alpha = img[-1]
@@ -681,6 +843,13 @@ class HazeParams:
     flipped: bool
 
 
+#: The splits of :class:`SyntheticHaze`; ``"ood_test"`` is another name for ``"test"``.
+SPLITS: tuple[str, ...] = ("train", "id_test", "test", "ood_test")
+_SPLIT_CODE = {"train": 0, "test": 1, "id_test": 2}  # keys of the per-item random generator
+#: Haze draws per band in the default ``id_test`` split (items = draws × training photos).
+ID_TEST_DRAWS = 3
+
+
 class SyntheticHaze(Dataset):
     """Hazy/clean pairs ``(hazy, clean, name)`` made from the bundled sample images.
 
@@ -692,10 +861,30 @@ class SyntheticHaze(Dataset):
     The defaults (``β ∈ [1, 2.5]``, ``a ∈ [0.7, 1]``) give dense haze: ``t`` falls to
     0.08–0.37 at the farthest point, as in Dense-Haze.
 
-    - ``split="train"``: ``n`` (default 256) random ``crop`` windows (with a random
-      horizontal flip) of the :data:`TRAIN_IMAGES`; ``crop=None`` gives whole images.
-    - ``split="test"``: the whole :data:`TEST_IMAGES` (never cropped for training), one item
-      per image by default (``n`` > 2 cycles through them with new haze draws).
+    Split geometry. Each of the four :data:`TRAIN_IMAGES` (after ``max_size``, width ``W``) is cut
+    into vertical bands, full height::
+
+        columns  [0, ⌊0.75·W⌋)          training region: every training and validation crop
+                 [⌊0.75·W⌋, ⌈0.78·W⌉)   guard gap, never used
+                 [⌈0.78·W⌉, W)           in-distribution test band (the right ~22 %)
+
+    (:data:`TRAIN_REGION`, :data:`ID_TEST_BAND`, :func:`train_columns`, :func:`id_test_columns`).
+    The gap, 3 % of the width, is wider than the reach of the antialiasing kernel of the
+    downscaling (one pixel of the downscaled image on each side of a pixel centre) whenever the
+    downscaled widths are 34 px or more, so no source pixel feeds both a training crop and a
+    test band, even when training and evaluation downscale to different sizes
+    (``tests/test_splits.py`` checks this in the original photos' coordinates). The two :data:`TEST_IMAGES` are never used at
+    all except by the out-of-distribution split.
+
+    - ``split="train"``: ``n`` (default 256) random ``crop`` windows (with a random horizontal
+      flip) inside the training region of the training photos. The trainer's validation split,
+      which selects ``best.pt``, is this split with another ``seed`` (its own windows and haze).
+    - ``split="id_test"`` (**in-distribution** test): the whole test band of each training photo,
+      hazed afresh, ``ID_TEST_DRAWS`` (3) draws per band by default: item ``i`` is the band of
+      photo ``i mod 4`` with draw ``i div 4`` (``n`` sets the number of items; ``crop`` is ignored).
+    - ``split="test"`` or ``"ood_test"`` (**out-of-distribution** test): the whole
+      :data:`TEST_IMAGES`, one item per image by default (``n`` > 2 cycles through them with new
+      haze draws; ``crop`` is ignored).
 
     ``max_size`` downscales the source images first (longer side). Reproducible: item ``i`` is
     a pure function of ``(seed, split, i)`` (``numpy.random.default_rng((seed, split, i))``),
@@ -715,8 +904,9 @@ class SyntheticHaze(Dataset):
         tint: float = 0.05,
         flip: bool = True,
     ) -> None:
-        if split not in ("train", "test"):
-            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {', '.join(map(repr, SPLITS))}, got {split!r}")
+        split = "test" if split == "ood_test" else split
         if not 0 <= beta_range[0] <= beta_range[1]:
             raise ValueError(f"beta_range must be 0 ≤ low ≤ high, got {beta_range}")
         if not 0 <= airlight_range[0] <= airlight_range[1] <= 1:
@@ -726,16 +916,18 @@ class SyntheticHaze(Dataset):
         self.airlight_range = (float(airlight_range[0]), float(airlight_range[1]))
         self.tint, self.flip = float(tint), bool(flip) and split == "train"
         self.crop = _as_hw(crop) if split == "train" else None
-        self.samples = sample_images(split, max_size)
+        self.samples = sample_images("test" if split == "test" else "train", max_size)
         self.depths = [depth_map(s) for s in self.samples]
-        self.n = int(n) if n is not None else (256 if split == "train" else len(self.samples))
+        default_n = {"train": 256, "id_test": ID_TEST_DRAWS * len(self.samples)}
+        self.n = int(n) if n is not None else default_n.get(split, len(self.samples))
         if self.crop is not None:
             for s in self.samples:
                 h, w = s.image.shape[-2:]
-                if h < self.crop[0] or w < self.crop[1]:
+                lo, hi = train_columns(w)
+                if h < self.crop[0] or hi - lo < self.crop[1]:
                     raise ValueError(
                         f"crop {self.crop[0]}×{self.crop[1]} is larger than image {s.name!r} "
-                        f"({h}×{w}, H×W, max_size={max_size})"
+                        f"({h}×{w}, H×W, max_size={max_size}; training region {h}×{hi - lo})"
                     )
 
     @property
@@ -749,15 +941,22 @@ class SyntheticHaze(Dataset):
         """The random choices of item ``index`` (a pure function of ``seed``, split, index)."""
         if not 0 <= index < self.n:
             raise IndexError(f"index {index} out of range for {self.n} items")
-        rng = np.random.default_rng((self.seed, 0 if self.split == "train" else 1, index))
+        rng = np.random.default_rng((self.seed, _SPLIT_CODE[self.split], index))
         if self.split == "train":
             k = int(rng.integers(len(self.samples)))
         else:
             k = index % len(self.samples)
         h, w = self.samples[k].image.shape[-2:]
-        ch, cw = self.crop if self.crop is not None else (h, w)
-        top = int(rng.integers(h - ch + 1))
-        left = int(rng.integers(w - cw + 1))
+        if self.split == "train":
+            lo, hi = train_columns(w)
+            ch, cw = self.crop if self.crop is not None else (h, hi - lo)
+            top = int(rng.integers(h - ch + 1))
+            left = lo + int(rng.integers(hi - lo - cw + 1))
+        elif self.split == "id_test":
+            lo, hi = id_test_columns(w)
+            top, left, ch, cw = 0, lo, h, hi - lo
+        else:
+            top, left, ch, cw = 0, 0, h, w
         flipped = bool(rng.random() < 0.5) and self.flip
         beta = float(rng.uniform(*self.beta_range))
         grey = rng.uniform(*self.airlight_range)
@@ -776,7 +975,12 @@ class SyntheticHaze(Dataset):
         if p.flipped:
             clean, depth = clean.flip(-1), depth.flip(-1)
         hazy = add_haze(clean, depth, p.beta, p.airlight).clamp_(0, 1)
-        name = f"{p.image}_{index:05d}" if self.split == "train" or self.n > len(self.samples) else p.image
+        if self.split == "train":
+            name = f"{p.image}_{index:05d}"
+        elif self.split == "id_test":
+            name = f"{p.image}_band{index // len(self.samples)}"
+        else:
+            name = f"{p.image}_{index:05d}" if self.n > len(self.samples) else p.image
         return hazy.contiguous(), clean.contiguous(), name
 
     def depth(self, index: int) -> Tensor:
@@ -785,3 +989,9 @@ class SyntheticHaze(Dataset):
         top, left, ch, cw = p.box
         d = self.depths[self.image_names.index(p.image)][top : top + ch, left : left + cw]
         return d.flip(-1) if p.flipped else d
+
+    def __repr__(self) -> str:
+        return (
+            f"SyntheticHaze(split={self.split!r}, n={self.n}, crop={self.crop}, seed={self.seed}, "
+            f"images={self.image_names})"
+        )
