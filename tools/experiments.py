@@ -52,11 +52,17 @@ KNOB_GRID: tuple[tuple[float, float, tuple[int, int] | None], ...] = (
 )
 
 
+def _git(*args: str) -> str:
+    res = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+    return res.stdout.strip()
+
+
+#: The code the numbers come from, read when the run starts (the tree may change while it runs).
+START = {"commit": _git("rev-parse", "HEAD"), "dirty": bool(_git("status", "--porcelain", "diffloss"))}
+
+
 def provenance(argv: list[str], t0: float, **extra: Any) -> dict[str, Any]:
     """Who made these numbers, how and where."""
-    def git(*args: str) -> str:
-        res = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
-        return res.stdout.strip()
 
     cpu = platform.processor() or platform.machine()
     try:
@@ -66,7 +72,7 @@ def provenance(argv: list[str], t0: float, **extra: Any) -> dict[str, Any]:
     except OSError:
         pass
     return {"command": "python tools/experiments.py " + shlex.join(argv),
-            "commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "diffloss")),
+            "commit": START["commit"], "dirty_diffloss_at_start": START["dirty"],
             "machine": f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, "
                        f"{torch.get_num_threads()} thread(s)",
             "load_average_at_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
