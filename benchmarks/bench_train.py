@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     table = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
     for r in rows:
         table += "| " + " | ".join(r.get(c, "") for c in cols) + " |\n"
-    text = header + "\n" + overhead + "\n\n" + table
+    text = header + "\n" + overhead + "\n" + ("\n" + table if rows else "")
     print(text)
     if args.append:
         with open(RESULTS, "a") as f:

@@ -70,9 +70,10 @@ class Profile:
     t_range: tuple[int, int] | None = None
 
 
-#: DiffLoss's γ and timestep range for the CPU profiles (tiny prior), chosen on the validation
+#: DiffLoss's γ, λ and timestep range for the CPU profiles (tiny prior), chosen on the validation
 #: split by ``python tools/experiments.py knobs`` (results/04_knobs_small.json; chapter 04 checks).
-SMALL_GAMMA = 1.0
+SMALL_GAMMA = 3.0
+SMALL_LAMBDA = 0.1
 SMALL_T_RANGE: tuple[int, int] | None = (0, 200)
 
 PROFILES: dict[str, Profile] = {
@@ -93,6 +94,7 @@ PROFILES: dict[str, Profile] = {
         seeds=(0,),
         lr=4e-3,
         gamma=SMALL_GAMMA,
+        lambda_sem=SMALL_LAMBDA,
         schedule="cosine",
         warmup=2,
         min_lr=1e-5,
@@ -119,6 +121,7 @@ PROFILES: dict[str, Profile] = {
         # ~5.8 dB on the in-distribution test split in 400 steps (1e-4..5e-4 constant did not)
         lr=4e-3,
         gamma=SMALL_GAMMA,
+        lambda_sem=SMALL_LAMBDA,
         schedule="cosine",
         warmup=20,
         min_lr=1e-5,

@@ -48,7 +48,7 @@ from diffloss.training import TrainConfig, train  # noqa: E402
 KNOB_GRID: tuple[tuple[float, float, tuple[int, int] | None], ...] = (
     (0.3, 1e-3, None), (1.0, 1e-3, None), (3.0, 1e-3, None),
     (0.3, 1e-3, (0, 200)), (1.0, 1e-3, (0, 200)), (3.0, 1e-3, (0, 200)),
-    (1.0, 1.0, (0, 200)),
+    (1.0, 1.0, (0, 200)), (3.0, 0.03, (0, 200)), (3.0, 0.1, (0, 200)), (3.0, 0.3, (0, 200)),
 )
 
 
@@ -94,10 +94,18 @@ def knobs(args: argparse.Namespace, argv: list[str]) -> Path:
         v = evaluate(h.model, build_datasets(config).val)
         return {"val_psnr": v.psnr, "val_ssim": v.ssim}
 
-    l1 = val_scores(base.replace(loss="l1", out=str(tmp / "l1")))
+    out = ROOT / "results" / f"04_knobs_{profile.name}.json"
+    earlier = json.loads(out.read_text()) if args.extend and out.exists() else None
+    if earlier is not None:  # runs are deterministic: keep the rows already measured
+        l1, grid = earlier["l1"], list(earlier["grid"])
+    else:
+        l1, grid = val_scores(base.replace(loss="l1", out=str(tmp / "l1"))), []
     print(f"L1: {l1}", flush=True)
-    grid = []
+    done = {(r["gamma"], r["lambda_sem"], tuple(r["t_range"]) if r["t_range"] else None)
+            for r in grid}
     for gamma, lam, t_range in KNOB_GRID:
+        if (gamma, lam, t_range) in done:
+            continue
         cfg = base.replace(loss="l1+diffloss", gamma=gamma, lambda_sem=lam, t_range=t_range,
                            out=str(tmp / f"g{gamma}_l{lam}_t{t_range}"))
         row = {"gamma": gamma, "lambda_sem": lam, "t_range": list(t_range) if t_range else None,
@@ -105,11 +113,12 @@ def knobs(args: argparse.Namespace, argv: list[str]) -> Path:
         grid.append(row)
         print(row, flush=True)
     chosen = max(grid, key=lambda r: r["val_psnr"])
-    out = ROOT / "results" / f"04_knobs_{profile.name}.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"l1": l1, "grid": grid, "chosen": chosen, "selection": "max val_psnr",
-                               "provenance": provenance(argv, t0, seed=args.seed,
-                                                        steps=base.iterations)}, indent=1) + "\n")
+    record = {"l1": l1, "grid": grid, "chosen": chosen, "selection": "max val_psnr",
+              "provenance": provenance(argv, t0, seed=args.seed, steps=base.iterations)}
+    if earlier is not None:
+        record["provenance"]["extends"] = earlier["provenance"]
+    out.write_text(json.dumps(record, indent=1) + "\n")
     return out
 
 
@@ -184,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     k = sub.add_parser("knobs", help="choose γ, λ, t_range on the validation split")
     k.add_argument("--profile", default="small")
     k.add_argument("--seed", type=int, default=0)
+    k.add_argument("--extend", action="store_true",
+                   help="keep the rows of the committed sweep, run only the new grid rows")
     m = sub.add_parser("medium", help="the profile's recipe, longer, on several seeds")
     m.add_argument("--profile", default="small")
     m.add_argument("--steps", type=int, default=2000)
