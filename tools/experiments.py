@@ -152,7 +152,8 @@ def cheaper(args: argparse.Namespace, argv: list[str]) -> Path:
     t0 = time.perf_counter()
     profile = profiles.get(args.profile)
     prior = load_profile_prior(profile)
-    base = TrainConfig.for_profile(profile, None, "cpu", eval_every=0)
+    base = TrainConfig.for_profile(profile, None, "cpu")
+    base = base.replace(eval_every=base.iterations)  # score the test splits at the end only
     options = {"L1": dict(loss="l1"), "full DiffLoss": dict(loss="l1+diffloss"),
                "1/4 of the batch": dict(loss="l1+diffloss", diffloss_fraction=0.25),
                "1/4 of the steps": dict(loss="l1+diffloss", diffloss_every=4),

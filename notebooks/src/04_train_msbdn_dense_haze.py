@@ -151,6 +151,8 @@ dl = diffloss(prior_input(restored, "st-clamp"), clear,                    # L_n
               generator=torch.Generator().manual_seed(7))
 loss = l1 + cfg.gamma * dl.loss                                            # seed Eq. 8
 loss.backward()                                                            # through the frozen prior
+if cfg.grad_clip is not None:
+    nn.utils.clip_grad_norm_(net_by_hand.parameters(), cfg.grad_clip)      # ‖∇θ‖ ≤ grad_clip
 opt.step()
 opt.zero_grad()
 
