@@ -469,6 +469,15 @@ print(f"3. These are {profile.train_iters}-step runs of {profile.restorer} with 
       + ("they test the protocol and the size of the effect at this scale, not the paper's claim "
          "at the paper's scale." if profile.name in ("ci", "small") else
          "compare them with the supplement's Fig. 1."))
+if (medium_dir / "provenance.json").exists():
+    for split, entry in (("in-distribution", "test"), ("out-of-distribution", "ood")):
+        final = {label: [medium[label, s].final[f"{entry}_psnr"] for s in prov["seeds"]]
+                 for label in losses}
+        ssim_final = {label: [medium[label, s].final[f"{entry}_ssim"] for s in prov["seeds"]]
+                      for label in losses}
+        print(f"4. The longer run ({prov['steps']} steps, loaded), {split}: with DiffLoss, PSNR "
+              f"{verdict(paired_differences(final['L1'], final['L1 + DiffLoss']), ' dB')}; SSIM "
+              f"{verdict(paired_differences(ssim_final['L1'], ssim_final['L1 + DiffLoss']), '')}.")
 
 # %%
 # NBVAL_CHECK_OUTPUT
