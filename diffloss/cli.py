@@ -153,17 +153,17 @@ def _run_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     import torch
     from torch import nn
 
-    from .training import TrainConfig, build_datasets, evaluate, load_checkpoint, load_model
+    from .training import TrainConfig, build_datasets, evaluate, load_checkpoint
+    from .training.checkpoint import checkpoint_path, model_from_state
 
     path = args.checkpoint
     if not path.exists():
         raise CommandError(f"no such run folder or checkpoint: {path}")
     device = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
-    model = load_model(path, args.which, device=device)
-    ckpt = path / ("best.pt" if args.which == "best" else "last.pt") if path.is_dir() else path
-    if path.is_dir() and not ckpt.exists():
-        ckpt = path / "last.pt"
-    config = TrainConfig.from_dict(load_checkpoint(ckpt)["config"])
+    ckpt = checkpoint_path(path, args.which)
+    state = load_checkpoint(ckpt)  # read and verified once: the weights and the run's config
+    model = model_from_state(state, source=ckpt).to(device)
+    config = TrainConfig.from_dict(state["config"])
     changes: dict[str, Any] = {}
     if args.data:
         changes.update(data=args.data, root=args.root)

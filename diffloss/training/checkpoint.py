@@ -27,7 +27,7 @@ from .atomic import atomic_write
 
 __all__ = ["CheckpointError", "LAST", "BEST", "load_checkpoint", "save_checkpoint",
            "state_digest", "nonfinite_count", "rng_state", "set_rng_state", "seed_all",
-           "load_model"]
+           "checkpoint_path", "model_from_state", "load_model"]
 
 LAST = "last.pt"
 BEST = "best.pt"
@@ -172,6 +172,36 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def checkpoint_path(path: str | os.PathLike, which: str = "best") -> Path:
+    """The checkpoint file of a run folder (``which``: ``"best"`` or ``"last"``; ``"best"``
+    falls back to ``"last"`` when the run wrote no ``best.pt``), or ``path`` itself for a file."""
+    if which not in ("best", "last"):
+        raise ValueError(f"which must be 'best' or 'last', got {which!r}")
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    ckpt = path / (BEST if which == "best" else LAST)
+    return path / LAST if which == "best" and not ckpt.exists() else ckpt
+
+
+def model_from_state(state: dict[str, Any], ema: bool | None = None,
+                     source: str | os.PathLike = "the checkpoint") -> nn.Module:
+    """The network a loaded checkpoint describes, with its weights (EMA ones when ``ema``,
+    default: when the run has them), in eval mode on the CPU."""
+    from .build import build_model
+    from .config import TrainConfig
+
+    model = build_model(TrainConfig.from_dict(state["config"]).model)
+    use_ema = state.get("ema") is not None if ema is None else ema
+    if use_ema:
+        if state.get("ema") is None:
+            raise ValueError(f"{source} has no EMA weights (the run had ema=None)")
+        model.load_state_dict(state["ema"]["shadow"])
+    else:
+        model.load_state_dict(state["model"])
+    return model.eval()
+
+
 def load_model(path: str | os.PathLike, which: str = "best", ema: bool | None = None,
                device: torch.device | str = "cpu") -> nn.Module:
     """The trained network from a run folder (``which``: ``"best"`` or ``"last"``) or a ``.pt``.
@@ -179,25 +209,5 @@ def load_model(path: str | os.PathLike, which: str = "best", ema: bool | None = 
     ``ema``: use the EMA weights (default: when the run has them). ``"best"`` falls back to
     ``"last"`` when the run wrote no ``best.pt`` (no validation split). Returns it in eval mode.
     """
-    from .build import build_model
-    from .config import TrainConfig
-
-    if which not in ("best", "last"):
-        raise ValueError(f"which must be 'best' or 'last', got {which!r}")
-    path = Path(path)
-    if path.is_dir():
-        ckpt = path / (BEST if which == "best" else LAST)
-        if which == "best" and not ckpt.exists():
-            ckpt = path / LAST
-        path = ckpt
-    state = load_checkpoint(path)
-    config = TrainConfig.from_dict(state["config"])
-    model = build_model(config.model)
-    use_ema = state.get("ema") is not None if ema is None else ema
-    if use_ema:
-        if state.get("ema") is None:
-            raise ValueError(f"{path} has no EMA weights (the run had ema=None)")
-        model.load_state_dict(state["ema"]["shadow"])
-    else:
-        model.load_state_dict(state["model"])
-    return model.to(device).eval()
+    path = checkpoint_path(path, which)
+    return model_from_state(load_checkpoint(path), ema, path).to(device).eval()
