@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .device import to_device
 from .prior import DiffusionPrior
 
 #: Values beyond this margin outside [0, 1] are treated as a caller error (wrong range).
@@ -135,6 +136,10 @@ class DiffLoss(nn.Module):
             (bilinear, antialiased) to ``prior_size``×``prior_size``.
         autocast: run the prior in bfloat16 autocast on CUDA (default True there; CPU stays float32).
         channels_last: use channels-last memory format for the prior on CUDA (default True there).
+        check_values: check at each call that the images are finite and in [0, 1] (default).
+            Those checks read values back from the device, a host–device synchronisation per
+            call; the trainer, whose images cannot be out of range (its prior input is clamped)
+            and which checks the loss for NaN itself, turns them off (``False``).
 
     Checked at construction (``ValueError`` naming the argument and its valid range): the
     weights are finite and ≥ 0 and not both 0, ``t_range`` and ``prior_size`` as above.
@@ -148,7 +153,7 @@ class DiffLoss(nn.Module):
     def __init__(self, prior: DiffusionPrior, lambda_sem: float = 1e-3, nat_weight: float = 1.0,
                  t_range: tuple[int, int] | None = None, prior_size: int | None = None,
                  size_policy: str = "crop", autocast: bool | None = None,
-                 channels_last: bool | None = None) -> None:
+                 channels_last: bool | None = None, check_values: bool = True) -> None:
         super().__init__()
         if not isinstance(prior, DiffusionPrior):
             raise TypeError(f"prior must be a diffloss.DiffusionPrior, got {type(prior).__name__}")
@@ -182,6 +187,7 @@ class DiffLoss(nn.Module):
         self.size_policy = size_policy
         self.autocast = autocast
         self.channels_last = channels_last
+        self.check_values = bool(check_values)
         self._warned_small = False
 
     def extra_repr(self) -> str:
@@ -250,13 +256,19 @@ class DiffLoss(nn.Module):
         if isinstance(restored, Tensor) and restored.device != self.prior.device:
             raise ValueError(f"the images are on {restored.device} but the prior on {self.prior.device}; "
                              "move the loss with diffloss.to(device)")
-        check_images(restored, target)
+        if self.check_values:
+            check_images(restored, target)
+        else:
+            check_pair(restored, target, channels=3)
         restored, target = self.fit_to_prior(restored, target, generator)
         self._warn_if_small(*restored.shape[-2:])
-        b = restored.shape[0]
-        t = self.sample_t(b, generator).to(restored.device)
+        b, device = restored.shape[0], restored.device
+        # t and ε are drawn on the CPU generator (the same on every device) and copied without a
+        # host sync; t stays on the CPU for the schedule's and the prior's range checks.
+        t = self.sample_t(b, generator)
         dtype = self.prior.dtype  # float32 normally (bf16 comes from autocast), float64 for gradcheck
-        noise = torch.randn(restored.shape, generator=generator, dtype=torch.float32).to(restored.device, dtype)
+        noise = to_device(torch.randn(restored.shape, generator=generator, dtype=torch.float32),
+                          device).to(dtype)
         schedule = self.prior.schedule
         # The ground-truth branch is a constant target: no autograd graph, half the memory.
         with torch.no_grad():
@@ -268,7 +280,7 @@ class DiffLoss(nn.Module):
         sem = F.mse_loss(h_z, h_x)
         nat = F.mse_loss(eps_z, eps_x) if eps_z is not None else sem.new_zeros(())
         loss = self.nat_weight * nat + self.lambda_sem * sem
-        return DiffLossOutput(loss=loss, nat=nat, sem=sem, t=t)
+        return DiffLossOutput(loss=loss, nat=nat, sem=sem, t=to_device(t, device))
 
 
     def _warn_if_small(self, h: int, w: int) -> None:

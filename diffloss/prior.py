@@ -21,6 +21,7 @@ import platform
 import re
 import subprocess
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DModel
 from torch import Tensor, nn
 
+from .device import to_device
 from .schedule import NoiseSchedule
 
 TINY_PRIOR_DIR = Path(__file__).parent / "assets" / "tiny_prior"
@@ -93,6 +95,9 @@ class DiffusionPrior(nn.Module):
         self.eval()  # the wrapper too, not only the U-Net: prior.training is False
         self._captured: list[Tensor] | None = None
         self._stop_after_mid = False
+        # (torch.compile'd U-Net,) once compile_unet() was called; a tuple so that nn.Module
+        # does not register it (its parameters are the U-Net's own).
+        self._compiled: tuple[Any, ...] = ()
         self.unet.mid_block.register_forward_hook(self._mid_block_hook)
 
     # ------------------------------------------------------------------ freezing
@@ -159,12 +164,61 @@ class DiffusionPrior(nn.Module):
             return out[:, :c], out[:, c:]
         return out, None
 
+    # ------------------------------------------------------------------ compilation
+    @property
+    def compiled(self) -> bool:
+        """Whether ``prior(xt, t)`` runs the ``torch.compile``'d U-Net (:meth:`compile_unet`)."""
+        return bool(self._compiled)
+
+    def compile_unet(self, mode: str | None = None, backend: str = "inductor") -> bool:
+        """Run the full call ``prior(xt, t)`` (ε and h-space) through ``torch.compile(unet)``.
+
+        The U-Net is frozen and DiffLoss shows it fixed shapes, so it is compiled with
+        ``dynamic=False``: one graph per (batch, size, dtype, autograd on/off) — DiffLoss uses
+        two, its constant x branch and its z branch with gradients — and no recompilation
+        after the first step. The work happens at the first call and first backward (about a
+        minute for ADM-256 on a GPU); :func:`~diffloss.training.train` shows it in the progress
+        bar. ``mode``/``backend`` are ``torch.compile``'s (``"max-autotune"``, ``"aot_eager"``).
+        ``prior.hspace`` stays eager. Returns False, with a warning, and stays eager where
+        ``torch.compile`` is unavailable; if compiling fails at the first call, that call and
+        all later ones run eagerly, with a warning.
+        """
+        try:
+            import torch._dynamo
+
+            if not torch._dynamo.is_dynamo_supported():
+                raise RuntimeError(f"torch.compile does not support this Python/platform ({platform.python_version()})")
+            self._compiled = (torch.compile(self.unet, dynamic=False, mode=mode, backend=backend),)
+        except Exception as err:  # noqa: BLE001 - compile is an optimisation: eager is the fallback
+            warnings.warn(f"torch.compile is unavailable ({type(err).__name__}: {err}); the prior runs "
+                          "eagerly", RuntimeWarning, stacklevel=2)
+            self._compiled = ()
+        return self.compiled
+
+    def _run_unet(self, xt: Tensor, t: Tensor) -> Tensor:
+        if self._compiled:
+            from torch._dynamo.exc import TorchDynamoException
+
+            try:
+                return self._compiled[0](xt, t).sample
+            except TorchDynamoException as err:
+                warnings.warn(f"compiling the prior's U-Net failed ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0] if str(err) else ''}); it runs eagerly from "
+                              "now on", RuntimeWarning, stacklevel=3)
+                self._compiled = ()
+                if self._captured is not None:
+                    self._captured.clear()
+        return self.unet(xt, t).sample
+
     def forward(self, xt: Tensor, t: Tensor) -> PriorOutput:
-        """ε_θ(x_t, t) and h(x_t, t) from ONE U-Net call (forward hook on ``mid_block``)."""
+        """ε_θ(x_t, t) and h(x_t, t) from ONE U-Net call (forward hook on ``mid_block``).
+
+        ``t`` may be on the CPU (then it is checked there, without a host–device sync, and
+        copied to the device asynchronously)."""
         t = self.check_input(xt, t)
         self._captured = []
         try:
-            out = self.unet(xt, t.to(xt.device)).sample
+            out = self._run_unet(xt, to_device(t, xt.device))
             hspace = self._captured[0]
         finally:
             self._captured = None
@@ -177,7 +231,7 @@ class DiffusionPrior(nn.Module):
         t = self.check_input(xt, t)
         self._stop_after_mid = True
         try:
-            self.unet(xt, t.to(xt.device))
+            self.unet(xt, to_device(t, xt.device))
         except _StopAfterMidBlock as stop:
             return stop.hspace
         finally:

@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .device import to_device
+
 
 class NoiseSchedule:
     """β_1..β_T and the derived tables of the DDPM forward process.
@@ -140,7 +142,7 @@ class NoiseSchedule:
         """``table[t]`` cast to ``like``'s dtype/device, shaped (B, 1, 1, …) to broadcast."""
         t = self.check_t(t, like.shape[0])
         table = self._table(name, like.device)
-        out = table[t.to(like.device)]
+        out = table[to_device(t, like.device)]
         dtype = like.dtype if like.is_floating_point() else torch.float32
         return out.to(dtype).view(-1, *([1] * (like.ndim - 1)))
 

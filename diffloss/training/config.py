@@ -6,7 +6,7 @@ import dataclasses
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ from .build import MODELS
 from .terms import LOSS_TERMS, PRIOR_INPUTS, parse_loss
 
 __all__ = ["TrainConfig", "CONFIG_FILE", "DATA", "SCHEDULES", "MIXED_PRECISION",
-           "RESUMABLE_CHANGES"]
+           "RESUMABLE_CHANGES", "lr_factor"]
 
 #: ``data`` values: the offline default and the folder layouts of :class:`PairedImageDataset`.
 DATA: tuple[str, ...] = ("synthetic", "dense_haze", "lol", "rain")
@@ -29,7 +29,7 @@ CONFIG_FILE = "config.json"
 #: Config fields that may change when a run is resumed; any other difference is an error.
 RESUMABLE_CHANGES: frozenset[str] = frozenset(
     {"iterations", "epochs", "eval_every", "save_every", "out", "workers", "eval_tile",
-     "eval_overlap", "root"}
+     "eval_overlap", "root", "compile_prior", "log_every"}
 )
 
 
@@ -82,6 +82,9 @@ class TrainConfig:
             pass instead of stored, for much less GPU memory at the cost of one more forward.
         diffloss_fraction, diffloss_every: cheaper DiffLoss, unbiased: on a random fraction of
             each batch's images, and/or on a random 1/k of the steps (weighted by k there).
+        compile_prior: run the frozen prior's U-Net through ``torch.compile``
+            (:meth:`~diffloss.prior.DiffusionPrior.compile_unet`); the first step then compiles
+            (shown in the progress bar, recorded as ``history.meta["first_step_seconds"]``).
 
     Optimisation:
         iterations: optimiser steps (``epochs``, if set, overrides it: ``ceil(epochs·N / B_global)``).
@@ -102,6 +105,13 @@ class TrainConfig:
         eval_tile, eval_overlap: tiled evaluation (:func:`restore`); ``None``: whole images.
         save_every: write ``last.pt`` every so many steps (default: ``eval_every``, or only at
             the end); ``last.pt`` is also written when training stops.
+        log_every: read the step's values (loss parts, ‖∇θ‖) back from the device every so
+            many steps, and check them for NaN/inf then; ``None`` (default): every step on the
+            CPU, where reading costs nothing, and every 10 steps on CUDA, where each read is a
+            host–device synchronisation that drains the GPU's queue. Between reads, a
+            non-finite value stops every later update on the device (fused Adam's ``found_inf``),
+            so a run still stops with nothing from the bad step on applied. Every step still
+            gets its history row.
         out: output folder (config.json, history.csv/json, last.pt, best.pt).
         workers: DataLoader worker processes.
     """
@@ -130,6 +140,7 @@ class TrainConfig:
     prior_checkpointing: bool = False
     diffloss_fraction: float = 1.0
     diffloss_every: int = 1
+    compile_prior: bool = False
 
     iterations: int = 1000
     epochs: float | None = None
@@ -152,6 +163,7 @@ class TrainConfig:
     eval_tile: int | None = None
     eval_overlap: int = 32
     save_every: int | None = None
+    log_every: int | None = None
     out: str = "runs/train"
     workers: int = 0
 
@@ -218,6 +230,7 @@ class TrainConfig:
         need(finite("diffloss_fraction") and 0 < self.diffloss_fraction <= 1, "diffloss_fraction",
              "in (0, 1]")
         need(int(self.diffloss_every) >= 1, "diffloss_every", ">= 1")
+        need(self.log_every is None or int(self.log_every) >= 1, "log_every", "None or >= 1")
         need(self.epochs is None or (finite("epochs") and self.epochs > 0), "epochs",
              "None or a finite number > 0")
         if self.eval_tile is not None and self.eval_tile <= 2 * self.eval_overlap:
@@ -246,6 +259,12 @@ class TrainConfig:
         if not torch.cuda.is_available() or self.cpu:
             return "no"
         return "bf16" if torch.cuda.get_device_capability()[0] >= 8 else "fp16"
+
+    def resolved_log_every(self, device: torch.device) -> int:
+        """``log_every``, or its default for ``device``: 1 on the CPU, 10 on CUDA."""
+        if self.log_every is not None:
+            return int(self.log_every)
+        return 10 if torch.device(device).type == "cuda" else 1
 
     # -- (de)serialisation ---------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -329,3 +348,16 @@ class TrainConfig:
         return self.from_dict({**dataclasses.asdict(self), **changes})
 
 
+def lr_factor(config: TrainConfig, iterations: int) -> Callable[[int], float]:
+    """Linear warm-up over ``warmup`` steps, then constant or cosine decay to ``min_lr``."""
+    warmup, ratio = config.warmup, config.min_lr / config.lr
+
+    def factor(step: int) -> float:  # step = optimiser steps done so far
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if config.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, iterations - warmup))
+        return ratio + (1 - ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor

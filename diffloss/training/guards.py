@@ -1,5 +1,13 @@
 """What stops a run, and how: non-finite values (checked before any update) and signals
-(Ctrl-C / SIGTERM finish the step and save ``last.pt`` first)."""
+(Ctrl-C / SIGTERM finish the step and save ``last.pt`` first).
+
+A step's values (loss parts, ‖∇θ‖) live on the device as one :class:`StepValues` tensor.
+Reading them is a host–device synchronisation; on the CPU that costs nothing and the trainer
+reads and checks every step before the optimizer runs. On a GPU it drains the queue, so the
+trainer reads every ``log_every`` steps (:func:`read_all`, one sync for all) and meanwhile a
+:class:`DeviceGuard` makes fused Adam skip every update from the first non-finite value on,
+on the device: when the values are read, the run stops with the weights of the step before.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +15,17 @@ import contextlib
 import math
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from .terms import LOSS_TERMS
 
-__all__ = ["NonFiniteLossError", "TrainingInterrupted", "deferred_signals", "discriminator_step",
-           "finite_message"]
+__all__ = ["DeviceGuard", "NonFiniteLossError", "StepValues", "TrainingInterrupted",
+           "deferred_signals", "discriminator_step", "finite_message", "read_all"]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -38,7 +47,7 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 def finite_message(step: int, parts: dict[str, float], ckpt: Path | None,
-                    restored_bad: int) -> str:
+                   restored_bad: int, applied: str = "nothing from this step was applied") -> str:
     def finite(k: str) -> bool:
         return math.isfinite(parts[k])
 
@@ -48,8 +57,7 @@ def finite_message(step: int, parts: dict[str, float], ckpt: Path | None,
     losses = {k: v for k, v in parts.items() if k != "grad_norm"}
     if all(math.isfinite(v) for v in losses.values()):
         return (f"non-finite gradient at step {step}: the loss is finite but ‖∇θ‖ = "
-                f"{parts['grad_norm']:.4g}. Training stopped; nothing from this step was "
-                f"applied. {keep} {advice}")
+                f"{parts['grad_norm']:.4g}. Training stopped; {applied}. {keep} {advice}")
     # The parts themselves (fidelity, nat, sem, ...) first, then the sums they make up.
     bad = [k for k in losses if k not in LOSS_TERMS and k != "total" and not finite(k)]
     derived = [k for k in (*[t for t in losses if t in LOSS_TERMS], "total")
@@ -62,7 +70,100 @@ def finite_message(step: int, parts: dict[str, float], ckpt: Path | None,
              f"{restored_bad} non-finite value(s): the network diverged") if restored_bad else ""
     return (f"non-finite loss at step {step}: {' and '.join(bad)} "
             f"{'is' if len(bad) <= 1 else 'are'} not finite{also} ({shown}){where}. Training stopped; "
-            f"nothing from this step was applied. {keep} {advice}")
+            f"{applied}. {keep} {advice}")
+
+
+class StepValues(Mapping[str, float]):
+    """One (micro-)step's loss parts and ‖∇θ‖, kept on the device as one tensor until read.
+
+    A read-only mapping name → float: the first access reads the tensor (a host sync);
+    :func:`read_all` reads many steps' values with one sync. ``restored_bad``: the number of
+    non-finite values in the restored image (for the error message; not logged).
+    """
+
+    def __init__(self, step: int, parts: dict[str, Tensor], restored_bad: Tensor,
+                 accelerator: Any = None) -> None:
+        self.step, self.names = step, tuple(parts)
+        tensor = torch.stack([*(v.detach().float().reshape(()) for v in parts.values()),
+                              restored_bad.detach().float().reshape(())])
+        if accelerator is not None:
+            tensor = accelerator.reduce(tensor, "mean")
+        self.tensor: Tensor | None = tensor
+        self._values: dict[str, float] | None = None
+        self.restored_bad = 0
+
+    def _fill(self, flat: list[float]) -> None:
+        self._values = dict(zip(self.names, flat[:-1]))
+        self.restored_bad = round(flat[-1])
+        self.tensor = None
+
+    @property
+    def values(self) -> dict[str, float]:
+        if self._values is None:
+            read_all([self])
+        assert self._values is not None
+        return self._values
+
+    def __getitem__(self, key: str) -> float:
+        return self.values[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __repr__(self) -> str:
+        return f"StepValues(step={self.step}, {self.values!r})" if self._values is not None \
+            else f"StepValues(step={self.step}, unread)"
+
+    def check(self, checkpoint: Path | None, scaler: bool = False,
+              applied: str = "nothing from this step was applied") -> None:
+        """Raise :class:`NonFiniteLossError` when a value is NaN/inf. With a loss scaler (fp16),
+        an infinite ‖∇θ‖ under a finite loss is an overflow that the scaler skips, not an error."""
+        values = self.values
+        bad = [k for k, v in values.items() if not math.isfinite(v)]
+        if scaler and bad == ["grad_norm"]:
+            return
+        if bad:
+            raise NonFiniteLossError(finite_message(self.step, values, checkpoint, self.restored_bad,
+                                                    applied), self.step, values, checkpoint)
+
+
+def read_all(items: list[StepValues]) -> None:
+    """Read every unread item's values with ONE host–device synchronisation."""
+    pending = [i for i in items if i._values is None]
+    if not pending:
+        return
+    flat = torch.cat([i.tensor for i in pending]).tolist()  # type: ignore[misc]
+    at = 0
+    for item in pending:
+        n = len(item.names) + 1
+        item._fill(flat[at:at + n])
+        at += n
+
+
+class DeviceGuard:
+    """Stops the optimizer's updates on the device, without reading anything back, from the
+    first step whose values are not all finite: a sticky flag handed to fused Adam as its
+    ``found_inf`` (the mechanism ``torch.amp.GradScaler`` uses to skip steps)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.found_inf = torch.zeros((), device=device)
+
+    def hold(self, optimizer: torch.optim.Optimizer, values: StepValues) -> None:
+        assert values.tensor is not None
+        bad = (~torch.isfinite(values.tensor)).any().float()
+        self.found_inf = torch.maximum(self.found_inf, bad)
+        inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer
+        inner.grad_scale, inner.found_inf = None, self.found_inf
+
+    @staticmethod
+    def release(optimizer: torch.optim.Optimizer) -> None:
+        inner = getattr(optimizer, "optimizer", optimizer)
+        for name in ("grad_scale", "found_inf"):
+            if hasattr(inner, name):
+                delattr(inner, name)
 
 
 @contextlib.contextmanager

@@ -17,7 +17,7 @@ from .atomic import atomic_write_text
 from .checkpoint import BEST, LAST
 from .config import CONFIG_FILE, TrainConfig
 
-__all__ = ["History", "HISTORY_CSV", "HISTORY_JSON"]
+__all__ = ["History", "HISTORY_CSV", "HISTORY_JSON", "history_columns"]
 
 HISTORY_CSV = "history.csv"
 HISTORY_JSON = "history.json"
@@ -129,3 +129,18 @@ def _json_safe(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [_json_safe(v) for v in obj]
     return obj
+
+
+def history_columns(config: TrainConfig, has_val: bool, test_splits: list[str]) -> list[str]:
+    """The columns of a run's history: step, time, lr, the loss parts, ‖∇θ‖, the scores."""
+    from .terms import LOSS_TERMS
+
+    cols = ["step", "seconds", "lr", "total", "fidelity"]
+    for name in config.terms:
+        cols += [name, *LOSS_TERMS[name].parts]
+    cols.append("grad_norm")
+    for split in test_splits:
+        cols += [f"{split}_psnr", f"{split}_ssim"]
+    if has_val:
+        cols += ["val_psnr", "val_ssim"]
+    return cols

@@ -40,20 +40,22 @@ from .checkpoint import (
     seed_all,
     set_rng_state,
 )
-from .config import CONFIG_FILE, RESUMABLE_CHANGES, TrainConfig
+from .config import CONFIG_FILE, TrainConfig, lr_factor
 from .data import KeyedPairs, StepBatchSampler, build_datasets, mix_seed
 from .distributed import barrier, make_accelerator
 from .ema import EMA
 from .evaluation import evaluate
 from .guards import (
+    DeviceGuard,
     NonFiniteLossError,
+    StepValues,
     TrainingInterrupted,
     deferred_signals,
     discriminator_step,
-    finite_message,
+    read_all,
 )
-from .history import History
-from .rundir import open_run_folder
+from .history import History, history_columns
+from .rundir import check_resume_config, open_run_folder
 from .terms import LOSS_TERMS, build_terms, loss_parts
 
 __all__ = ["NonFiniteLossError", "TrainingInterrupted", "train", "train_step"]
@@ -62,13 +64,17 @@ __all__ = ["NonFiniteLossError", "TrainingInterrupted", "train", "train_step"]
 def train_step(model: nn.Module, degraded: Tensor, clean: Tensor, config: TrainConfig,
                terms: dict[str, nn.Module], optimizer: torch.optim.Optimizer, *,
                generator: torch.Generator | None = None, accelerator: Any = None,
-               step: int = 1, checkpoint: Path | None = None) -> tuple[dict[str, float], Tensor]:
+               step: int = 1, checkpoint: Path | None = None,
+               guard: DeviceGuard | None = None) -> tuple[StepValues, Tensor]:
     """One training (micro-)step of ``model`` on a batch; returns the loss values and ``z``.
 
     With ``accelerator`` (inside ``accelerator.accumulate(model)``) the backward pass, the
     clipping and the optimizer follow accelerate (mixed precision, accumulation, DDP); without,
-    plain PyTorch. Raises :class:`NonFiniteLossError` *before* the optimizer step when a loss
-    part or the gradient norm is not finite, so nothing of a bad step is applied.
+    plain PyTorch. Without ``guard`` the values are read (one host sync) and checked *before*
+    the optimizer step: :class:`NonFiniteLossError` when a loss part or the gradient norm is
+    not finite, so nothing of a bad step is applied. With a :class:`DeviceGuard` (and a fused
+    Adam) nothing is read: the guard skips the update on the device, and the caller checks the
+    values later (:func:`~diffloss.training.guards.read_all`).
     """
     syncing = accelerator is None or accelerator.sync_gradients
     restored = model(degraded)                                                  # z = g(y)
@@ -77,59 +83,23 @@ def train_step(model: nn.Module, degraded: Tensor, clean: Tensor, config: TrainC
     if syncing:  # ‖∇θ L‖ (clipped when grad_clip is set); accumulating micro-steps skip it
         clip = accelerator.clip_grad_norm_ if accelerator is not None else nn.utils.clip_grad_norm_
         parts["grad_norm"] = clip(model.parameters(), config.grad_clip or math.inf)
-    stacked = torch.stack([v.detach().float().reshape(()) for v in parts.values()])
-    if accelerator is not None:
-        stacked = accelerator.reduce(stacked, "mean")
-    values = dict(zip(parts, stacked.tolist()))                                 # the one host sync
-    if not all(math.isfinite(v) for v in values.values()):
-        optimizer.zero_grad(set_to_none=True)
-        raise NonFiniteLossError(finite_message(step, values, checkpoint, restored_bad),
-                                 step, values, checkpoint)
-    optimizer.step()                                                            # θ ← Adam(θ, ∇θ L)
+    values = StepValues(step, parts, restored_bad, accelerator)                 # on the device
+    if guard is None:
+        values.check(checkpoint, scaler=_has_scaler(accelerator))               # one host sync
+    else:
+        guard.hold(optimizer, values)                                           # no sync
+    try:
+        optimizer.step()                                                        # θ ← Adam(θ, ∇θ L)
+    finally:
+        if guard is not None:
+            guard.release(optimizer)
     optimizer.zero_grad(set_to_none=True)
     return values, restored
 
 
-def _lr_factor(config: TrainConfig, iterations: int) -> Callable[[int], float]:
-    """Linear warm-up over ``warmup`` steps, then constant or cosine decay to ``min_lr``."""
-    warmup, ratio = config.warmup, config.min_lr / config.lr
-
-    def factor(step: int) -> float:  # step = optimiser steps done so far
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        if config.schedule == "constant":
-            return 1.0
-        progress = min(1.0, (step - warmup) / max(1, iterations - warmup))
-        return ratio + (1 - ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return factor
-
-
-def _columns(config: TrainConfig, has_val: bool, test_splits: list[str]) -> list[str]:
-    cols = ["step", "seconds", "lr", "total", "fidelity"]
-    for name in config.terms:
-        cols += [name, *LOSS_TERMS[name].parts]
-    cols.append("grad_norm")
-    for split in test_splits:
-        cols += [f"{split}_psnr", f"{split}_ssim"]
-    if has_val:
-        cols += ["val_psnr", "val_ssim"]
-    return cols
-
-
-def _check_resume_config(saved: dict[str, Any], config: TrainConfig, path: Path) -> None:
-    def norm(v: Any) -> Any:
-        return list(v) if isinstance(v, tuple) else v
-
-    current = config.to_dict()
-    diffs = [f"{k}: {saved.get(k)!r} → {current[k]!r}" for k in current
-             if k not in RESUMABLE_CHANGES and norm(saved.get(k)) != norm(current[k])]
-    if diffs:
-        raise ValueError(
-            f"cannot resume from {path}: the config differs from the saved one in "
-            f"{'; '.join(diffs)}. Only {', '.join(sorted(RESUMABLE_CHANGES))} may change "
-            "(start a new run in another folder to change the rest)."
-        )
+def _has_scaler(accelerator: Any) -> bool:
+    """fp16 mixed precision: a loss scaler skips steps whose gradient overflowed."""
+    return getattr(accelerator, "scaler", None) is not None
 
 
 def train(config: TrainConfig | dict[str, Any] | str | os.PathLike, progress: bool = True,
@@ -172,7 +142,7 @@ def train(config: TrainConfig | dict[str, Any] | str | os.PathLike, progress: bo
     rank, world = accelerator.process_index, accelerator.num_processes
     state = open_run_folder(out, resume, overwrite, main_process=main_proc)
     if state is not None:
-        _check_resume_config(state["config"], config, out / LAST)
+        check_resume_config(state["config"], config, out / LAST)
     barrier(accelerator)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)  # history.meta["peak_memory_gib"]: this run's
@@ -187,10 +157,18 @@ def train(config: TrainConfig | dict[str, Any] | str | os.PathLike, progress: bo
     # The frozen prior is only moved to the device: accelerator.prepare (DDP) would wrap a
     # module without trainable parameters for nothing.
     terms = {k: t.to(device) for k, t in build_terms(config, prior).items()}
+    stateful = [name for name in terms if LOSS_TERMS[name].stateful]  # the discriminator
+    # Values are read every log_every steps (CUDA: 10); meanwhile a DeviceGuard stops fused
+    # Adam's updates on the device after a NaN. The discriminator's update reads every step;
+    # under fp16, accelerate's GradScaler owns found_inf and skips overflowing steps itself.
+    log_every = config.resolved_log_every(device)
+    deferred = log_every > 1 and not stateful
+    guard = DeviceGuard(device) if deferred and mixed != "fp16" else None
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.betas,
-                                 weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(config, iterations))
-    history = History(columns=_columns(config, val_ds is not None, list(tests)), config=config,
+                                 weight_decay=config.weight_decay,
+                                 fused=True if guard is not None else None)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config, iterations))
+    history = History(columns=history_columns(config, val_ds is not None, list(tests)), config=config,
                       folder=out, meta={
                           "world_size": world, "device": str(device), "mixed_precision": mixed,
                           "iterations": iterations, "train_items": n_train,
@@ -211,7 +189,6 @@ def train(config: TrainConfig | dict[str, Any] | str | os.PathLike, progress: bo
     model, optimizer = accelerator.prepare(model, optimizer)
     raw = accelerator.unwrap_model(model)
     ema = EMA(raw, config.ema) if config.ema is not None else None  # on the device
-    stateful = [name for name in terms if LOSS_TERMS[name].stateful]  # the discriminator
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
@@ -299,9 +276,17 @@ def train(config: TrainConfig | dict[str, Any] | str | os.PathLike, progress: bo
                     history.append_csv(row0)
                     history.write_json()
             model.train()
+            scaler = _has_scaler(accelerator)
+            applied = ("nothing from this step was applied" if not deferred else
+                       "updates stopped on the device from this step on" if guard is not None else
+                       "the loss scaler skipped this step's update")
+            if bar is not None and config.compile_prior and "diffloss" in terms and start == 0:
+                bar.set_postfix_str("compiling the prior: the first step takes longer", refresh=True)
+            pending: list[tuple[dict[str, Any], list[tuple[StepValues, dict[str, float]]]]] = []
             while step < end:
                 step += 1
-                sums: dict[str, float] = {}
+                t_step = time.perf_counter()
+                micro: list[tuple[StepValues, dict[str, float]]] = []
                 for a in range(config.grad_accum):
                     m = (step - 1) * config.grad_accum + a
                     degraded, clean = (x.to(device, non_blocking=True) for x in next(batches))
@@ -309,42 +294,66 @@ def train(config: TrainConfig | dict[str, Any] | str | os.PathLike, progress: bo
                     with accelerator.accumulate(model):
                         vals, restored = train_step(model, degraded, clean, config, terms, optimizer,
                                                     generator=gen, accelerator=accelerator,
-                                                    step=step, checkpoint=last_good)
+                                                    step=step, checkpoint=last_good, guard=guard)
+                    extra: dict[str, float] = {}
                     for name in stateful:  # alternating updates: the discriminator after g
-                        vals.update(discriminator_step(terms[name], restored, clean, vals, step,
-                                                        last_good))
-                    for k, v in vals.items():
-                        sums[k] = v if k == "grad_norm" else sums.get(k, 0.0) + v / config.grad_accum
+                        extra.update(discriminator_step(terms[name], restored, clean, dict(vals),
+                                                        step, last_good))
+                    micro.append((vals, extra))
                 lr = scheduler.get_last_lr()[0]
                 scheduler.step()
                 if ema is not None:
                     ema.update(raw)
+                if step == start + 1:  # includes compiling the prior, when it is compiled
+                    history.meta["first_step_seconds"] = round(time.perf_counter() - t_step, 3)
+                    if bar is not None and config.compile_prior and "diffloss" in terms:
+                        bar.set_postfix_str(f"first step {history.meta['first_step_seconds']:.1f} s "
+                                            "(compiling the prior)", refresh=False)
 
                 row = {c: None for c in history.columns}
-                row.update(step=step, lr=lr, **sums)
+                row.update(step=step, lr=lr, seconds=elapsed())
+                pending.append((row, micro))
+                if bar is not None:
+                    bar.update(1)
                 is_eval = bool(config.eval_every) and (step % config.eval_every == 0
                                                        or step == iterations)
-                if is_eval:
-                    run_eval(step, row)
-                    last_psnr = row["test_psnr"]
-                row["seconds"] = elapsed()
-                history.rows.append(row)
-                if main_proc:
-                    history.append_csv(row)
-                    if is_eval:
-                        history.write_json()
+                saving = step == end or step % save_every == 0
+                if deferred and not (is_eval or saving or step % log_every == 0
+                                     or (signals and world == 1)):
+                    continue  # nothing read back from the device this step
+                # -- read the pending steps' values (one host sync), check, log ----------------
+                read_all([v for _, steps in pending for v, _ in steps])
+                stop = False
+                for row_i, steps in pending:
+                    sums: dict[str, float] = {}
+                    for v, extra in steps:
+                        v.check(last_good, scaler=scaler, applied=applied)
+                        for k, x in {**v, **extra}.items():
+                            sums[k] = x if k == "grad_norm" else sums.get(k, 0.0) + x / config.grad_accum
+                    row_i.update(sums)
+                    if row_i is row:
+                        if is_eval:
+                            run_eval(step, row)
+                            last_psnr = row["test_psnr"]
+                        row["seconds"] = elapsed()
+                    history.rows.append(row_i)
+                    if main_proc:
+                        history.append_csv(row_i)
+                    if callback is not None and main_proc and callback(row_i, history) is False:
+                        stop = True
+                pending.clear()
+                if main_proc and is_eval:
+                    history.write_json()
                 if bar is not None:
-                    post = {"loss": f"{sums['total']:.4f}"}
+                    post = {"loss": f"{row['total']:.4f}"}
                     if last_psnr is not None:
                         post["test_psnr"] = f"{last_psnr:.2f}"
                     bar.set_postfix(post, refresh=False)
-                    bar.update(1)
-                stop = callback is not None and main_proc and callback(row, history) is False
                 stop = stop or bool(signals)  # Ctrl-C / SIGTERM: save last.pt, then stop
                 if world > 1:
                     flag = torch.tensor([1.0 if stop else 0.0], device=device)
                     stop = bool(accelerator.reduce(flag, "sum").item() > 0)
-                if stop or step == end or step % save_every == 0:
+                if stop or saving:
                     save_last(step)
                 if stop:
                     break

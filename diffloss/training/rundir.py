@@ -14,10 +14,10 @@ from typing import Any
 
 from .atomic import remove_stale_temporaries
 from .checkpoint import BEST, LAST, load_checkpoint
-from .config import CONFIG_FILE
+from .config import CONFIG_FILE, RESUMABLE_CHANGES, TrainConfig
 from .history import HISTORY_CSV, HISTORY_JSON
 
-__all__ = ["RUN_FILES", "open_run_folder"]
+__all__ = ["RUN_FILES", "check_resume_config", "open_run_folder"]
 
 RUN_FILES: tuple[str, ...] = (LAST, BEST, CONFIG_FILE, HISTORY_CSV, HISTORY_JSON)
 
@@ -61,3 +61,20 @@ def open_run_folder(out: Path, resume: bool, overwrite: bool,
                 (out / name).unlink()
         remove_stale_temporaries(out, RUN_FILES)
     return None
+
+
+def check_resume_config(saved: dict[str, Any], config: TrainConfig, path: Path) -> None:
+    """A clear error unless ``config`` may resume the run saved with ``saved``."""
+
+    def norm(v: Any) -> Any:
+        return list(v) if isinstance(v, tuple) else v
+
+    current = config.to_dict()
+    diffs = [f"{k}: {saved.get(k)!r} → {current[k]!r}" for k in current
+             if k not in RESUMABLE_CHANGES and norm(saved.get(k)) != norm(current[k])]
+    if diffs:
+        raise ValueError(
+            f"cannot resume from {path}: the config differs from the saved one in "
+            f"{'; '.join(diffs)}. Only {', '.join(sorted(RESUMABLE_CHANGES))} may change "
+            "(start a new run in another folder to change the rest)."
+        )

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from ..device import to_device
+
 if TYPE_CHECKING:
     from .config import TrainConfig
 
@@ -111,7 +113,8 @@ class _DiffLossTerm(nn.Module):
         if self.fraction < 1.0:
             b = restored.shape[0]
             keep = torch.randperm(b, generator=generator)[:max(1, math.ceil(self.fraction * b))]
-            restored, target = restored[keep.to(restored.device)], target[keep.to(target.device)]
+            keep = to_device(keep, restored.device)
+            restored, target = restored[keep], target[keep]
         out = self.diffloss(prior_input(restored, self.mode), target, generator=generator)
         return {"diffloss": scale * out.loss, "nat": out.nat, "sem": out.sem}
 
@@ -125,9 +128,14 @@ def _build_diffloss(config: TrainConfig, prior: Any) -> nn.Module:
         (unet.enable_gradient_checkpointing if config.prior_checkpointing
          else unet.disable_gradient_checkpointing)()
 
+    if config.compile_prior and not getattr(prior, "compiled", True):
+        prior.compile_unet()  # torch.compile; warns and stays eager where it is unavailable
+    # The value checks of DiffLoss read from the device (a host sync per step); the trainer's
+    # prior input is clamped to [0, 1] and its own check catches NaN, so only "raw" keeps them.
     return _DiffLossTerm(DiffLoss(prior, lambda_sem=config.lambda_sem, nat_weight=config.nat_weight,
                                   t_range=config.t_range, prior_size=config.prior_size,
-                                  size_policy=config.size_policy), config.prior_input,
+                                  size_policy=config.size_policy,
+                                  check_values=config.prior_input == "raw"), config.prior_input,
                          fraction=config.diffloss_fraction, every=config.diffloss_every)
 
 
@@ -212,26 +220,21 @@ def parse_loss(loss: str) -> tuple[str, tuple[str, ...]]:
 
 
 def loss_parts(restored: Tensor, target: Tensor, config: TrainConfig, terms: dict[str, nn.Module],
-                generator: torch.Generator) -> tuple[dict[str, Tensor], int]:
-    """``{"total", "fidelity", <term>, <term parts>...}`` and the number of non-finite
-    values in ``restored`` (the extra terms are skipped, as NaN, when it is not finite)."""
+               generator: torch.Generator) -> tuple[dict[str, Tensor], Tensor]:
+    """``{"total", "fidelity", <term>, <term parts>...}`` and the number of non-finite values in
+    ``restored``, all as device scalars: nothing here waits for the device (a NaN in
+    ``restored`` makes the total NaN, which the caller's finiteness check catches)."""
     from ..loss import fidelity_loss
 
     restored = restored.float()
     fid = fidelity_loss(restored, target, config.fidelity)
     parts: dict[str, Tensor] = {"fidelity": fid}
-    bad = int((~torch.isfinite(restored.detach())).sum())
     total = fid
     for name, term in terms.items():
-        if bad:
-            nan = fid.new_full((), float("nan"))
-            parts.update({name: nan, **{p: nan for p in LOSS_TERMS[name].parts}})
-            continue
         values = term(restored, target, generator=generator)
         parts.update(values)
         total = total + config.gamma_for(name) * values[name]
-    if bad:
-        total = fid * float("nan")  # keeps the graph: backward runs, the step is refused
+    bad = (~torch.isfinite(restored.detach())).sum()
     return {"total": total, **parts}, bad
 
 
