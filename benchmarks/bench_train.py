@@ -74,6 +74,17 @@ def random_adm_prior() -> Any:
     return DiffusionPrior(unet, NoiseSchedule.from_diffusers_config(adm.adm_scheduler_config(flags)))
 
 
+def step_times(history: Any, stamps: list[float], warmup: int) -> list[float]:
+    """Seconds per step after ``warmup`` steps. The trainer calls the callback when it reads the
+    step values back (every step on the CPU, every ``log_every`` on CUDA); a batch of callbacks
+    then shares one read, so the time between reads is spread over the steps it covers."""
+    every = history.config.resolved_log_every(torch.device(history.meta["device"]))
+    if every == 1:
+        return [b - a for a, b in zip(stamps, stamps[1:])][max(0, warmup - 1):]
+    reads = [r["seconds"] for r in history.rows if r["step"] % every == 0 and r["step"] > warmup]
+    return [(b - a) / every for a, b in zip(reads, reads[1:])]
+
+
 def run(name: str, config: TrainConfig, prior: Any, warmup: int) -> dict[str, str]:
     """Train ``config`` and time its steps; returns one table row."""
     stamps: list[float] = []
@@ -92,7 +103,7 @@ def run(name: str, config: TrainConfig, prior: Any, warmup: int) -> dict[str, st
         return {"run": name, "s/step": "OOM", "images/s": "OOM", "min–max (s)": "", "steps": "0",
                 "peak mem": "OOM", "final loss": ""}
     total = time.perf_counter() - t0
-    steps = [b - a for a, b in zip(stamps, stamps[1:])][max(0, warmup - 1):]
+    steps = step_times(history, stamps, warmup)
     med = statistics.median(steps)
     per_step = config.batch * config.grad_accum * history.meta["world_size"]
     peak = f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if cuda else "n/a"
@@ -121,7 +132,7 @@ def bare_steps(config: TrainConfig, prior: Any, steps: int) -> list[float]:
     train_ds = build_datasets(config).train
     loader = DataLoader(KeyedPairs(train_ds), num_workers=0,
                         batch_sampler=StepBatchSampler(len(train_ds), config.batch, config.seed))
-    diffloss = DiffLoss(prior, lambda_sem=config.lambda_sem)
+    diffloss = DiffLoss(prior, lambda_sem=config.lambda_sem, check_values=False)  # as the trainer
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     stamps, batches = [time.perf_counter()], iter(loader)
     for step in range(steps):
@@ -145,9 +156,9 @@ def trainer_overhead(prior: Any, args: argparse.Namespace, tmp: str) -> tuple[fl
     ratios = []
     for r in range(args.repeats):
         stamps: list[float] = []
-        train(config, progress=False, overwrite=True, prior=prior,
-              callback=lambda row, h, s=stamps: s.append(time.perf_counter()))
-        trainer = [b - a for a, b in zip(stamps, stamps[1:])][max(0, args.warmup - 1):]
+        history = train(config, progress=False, overwrite=True, prior=prior,
+                        callback=lambda row, h, s=stamps: s.append(time.perf_counter()))
+        trainer = step_times(history, stamps, args.warmup)
         bare = bare_steps(config, prior, args.warmup + args.steps)[args.warmup:]
         ratios.append(statistics.median(trainer) / statistics.median(bare))
         print(f"round {r + 1}: trainer {statistics.median(trainer):.4f} s/step, bare "

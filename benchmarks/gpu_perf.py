@@ -135,17 +135,25 @@ def stage_sync(args, prior, rec: Recorder, work: Path) -> None:
         finally:
             torch.cuda.set_sync_debug_mode(0)
     sync(device)
+    # Synchronising calls of a whole train() between its reads at steps 10 and 20 (steps 11-20
+    # and the read at 20; set-up, evaluation and checkpoint digests are outside the window).
     for every in (1, None):
-        c = run_config(args, work / f"sync_run_{every}", loss="l1+diffloss", iterations=20, log_every=every)
+        c = run_config(args, work / f"sync_run_{every}", loss="l1+diffloss", iterations=25, log_every=every)
+
+        def window(row, history):
+            if row["step"] == 10:
+                torch.cuda.set_sync_debug_mode("warn")
+            elif row["step"] == 20:
+                torch.cuda.set_sync_debug_mode(0)
+
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            torch.cuda.set_sync_debug_mode("warn")
             try:
-                train(c, progress=False, overwrite=True, prior=prior)
+                train(c, progress=False, overwrite=True, prior=prior, callback=window)
             finally:
                 torch.cuda.set_sync_debug_mode(0)
         syncs = [w for w in caught if "synchroniz" in str(w.message)]
-        result[f"train_20_steps_log_every_{every or 'default'}"] = len(syncs)
+        result[f"syncs_steps_11_20_log_every_{every or 'default'}"] = len(syncs)
     rec.put("sync", result)
 
 
@@ -184,9 +192,9 @@ def stage_bench(args, prior, rec: Recorder) -> None:
         ctx = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
         with ctx:
             with torch.no_grad():
-                p(xp, tp)
+                p(xp, tp, compiled=True)
             inp = xp.clone().requires_grad_(True)
-            o = p(inp, tp)
+            o = p(inp, tp, compiled=True)
             (o.eps.float().square().mean() + o.hspace.float().square().mean()).backward()
 
     def naive() -> None:
@@ -309,8 +317,77 @@ def stage_profile(args, prior, rec: Recorder, work: Path) -> None:
         prior.unet.disable_gradient_checkpointing()
 
 
+def report(paths: list[Path]) -> str:
+    """Markdown tables from the JSON records of one or more runs (``--report``)."""
+    data: dict[str, Any] = {}
+    for p in paths:
+        for k, v in json.loads(p.read_text()).items():
+            if k == "sync" and isinstance(data.get(k), dict) and isinstance(v, dict):
+                data[k] = {**data[k], **v}
+            else:
+                data.setdefault(k, v)
+    m = data["machine"]
+    lines = [f"### GPU performance (benchmarks/gpu_perf.py) — {m['device']}", "",
+             f"torch {m['torch']}; prior: {m['prior']}; restorer {m['restorer']} on "
+             f"{m['batch']}×3×{m['size']}²; bf16. Records: {', '.join(f'`{p}`' for p in paths)}.", ""]
+    b = data.get("bench")
+    if isinstance(b, dict):
+        lines += [f"**Step cost** (median of {b['repeats']} alternating repeats; FLOPs counted by "
+                  "`torch.utils.flop_counter`: matmuls, convolutions, attention; MFU against the "
+                  f"card's dense bf16 peak, {b['bf16_peak_flops'] / 1e12:.0f} TFLOP/s):", "",
+                  "| variant | s/step | min–max (s) | first call (s) | peak (GiB) | TFLOP per step | MFU |",
+                  "|---|---|---|---|---|---|---|"]
+        for v in b["variants"].values():
+            mfu = f"{100 * v['mfu']:.1f} %" if v["mfu"] is not None else "—"
+            peak = f"{v['peak_gib']:.2f}" if v["peak_gib"] is not None else "—"
+            lines.append(f"| {v['label']} | {v['s']:.4f} | {v['min']:.4f}–{v['max']:.4f} | "
+                         f"{v['first_call_s']:.1f} | {peak} | {v['flops'] / 1e12:.2f} | {mfu} |")
+        r = b["ratios"]
+        mfu = b["mfu_diffloss_part"]
+        lines += ["", f"Eager: (b−a)/(d) = **{r['(b-a)/d eager']:.2f}**, (b−a)/(c−a) = "
+                  f"**{r['(b-a)/(c-a) eager']:.2f}**. Compiled prior: (b′−a)/(c−a) = "
+                  f"**{r[chr(40) + 'b' + chr(39) + '-a)/(c-a)']:.2f}** (target ≤ 0.4), (b′−a) = "
+                  f"**{r[chr(40) + 'b' + chr(39) + '-a)/d eager']:.2f}** × the eager (d) (target ≤ 0.9), "
+                  f"(b′−a)/(d′) = {r[chr(40) + 'b' + chr(39) + '-a)/d' + chr(39)]:.2f}, (d′)/(d) = "
+                  f"{r['d' + chr(39) + '/d']:.2f}. DiffLoss's own part, "
+                  f"{b['prior_flops_in_b'] / 1e12:.1f} TFLOP per step, runs at "
+                  + (f"{100 * mfu['eager']:.1f} % MFU eager and {100 * mfu['compiled']:.1f} % compiled"
+                     if mfu["eager"] is not None else "(no peak known for this card)")
+                  + f". Compiling cost {b['compile_first_call_s'][chr(98) + chr(39)]:.0f} s at the first call.", ""]
+    rows = [*(data.get("train") or []), *(data.get("cheaper") or []), *(data.get("profile") or [])]
+    if rows:
+        base = next((x["s_per_step"] for x in rows if x.get("loss") == "l1" and "s_per_step" in x), None)
+        full = next((x["s_per_step"] for x in rows if x.get("name") == "eager" and "s_per_step" in x), None)
+        lines += ["**The real `train()`** (synthetic haze, eval off; s/step between the reads at steps "
+                  "10 and 20, after a sync):", "",
+                  "| run | batch | reads | s/step | × L1 | extra cost vs full DiffLoss | first step (s) | peak (GiB) |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for x in rows:
+            if "error" in x:
+                lines.append(f"| {x['name']} | — | — | failed: {x['error'][:120]} | | | | |")
+                continue
+            name = x.get("name", x["loss"])
+            extra = ("—" if x["loss"] == "l1" or base is None or full is None or x["batch"] != rows[0]["batch"]
+                     else f"{(x['s_per_step'] - base) / (full - base):.2f}")
+            times = f"{x['s_per_step'] / base:.2f}" if base and x["batch"] == rows[0]["batch"] else "—"
+            lines.append(f"| {name} ({x['loss']}{', compiled' if x['compiled'] else ''}) | {x['batch']} | "
+                         f"every {x['log_every']} | {x['s_per_step']:.3f} | {times} | {extra} | "
+                         f"{x['first_step_s']} | {x['peak_gib']:.2f} |")
+        lines.append("")
+    sy = data.get("sync")
+    if isinstance(sy, dict):
+        lines += ["**Host–device synchronisations** (`torch.cuda.set_sync_debug_mode`): "
+                  f"guarded `train_step` in mode \"error\": {sy.get('guarded_step')}; synchronising "
+                  "calls of `train()` during steps 11–20 (including the read at step 20): "
+                  f"{sy.get('syncs_steps_11_20_log_every_1', '—')} with `log_every=1`, "
+                  f"{sy.get('syncs_steps_11_20_log_every_default', '—')} with the default (10).", ""]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--report", nargs="+", type=Path, help="print the tables of these gpu_perf.json records")
+    ap.add_argument("--append", action="store_true", help="with --report: append them to RESULTS.md")
     ap.add_argument("--out", default=os.environ.get("OUT", "gpu_out"))
     ap.add_argument("--stage", action="append", choices=["sync", "bench", "train", "cheaper", "profile"])
     ap.add_argument("--rehearse", action="store_true",
@@ -319,6 +396,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
     args = ap.parse_args(argv)
+    if args.report:
+        text = report(args.report)
+        print(text)
+        if args.append:
+            with (ROOT / "benchmarks" / "RESULTS.md").open("a") as fh:
+                fh.write("\n" + text + "\n")
+        return 0
     args.device = "cuda" if torch.cuda.is_available() and not args.rehearse else "cpu"
     if args.rehearse:
         args.prior, args.restorer, args.batch, args.size, args.backend = "tiny-random", "msbdn-small", 4, 64, "eager"

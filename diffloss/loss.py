@@ -135,7 +135,8 @@ class DiffLoss(nn.Module):
             from the same place in ``restored`` and ``target``; ``"resize"`` resizes both
             (bilinear, antialiased) to ``prior_size``×``prior_size``.
         autocast: run the prior in bfloat16 autocast on CUDA (default True there; CPU stays float32).
-        channels_last: use channels-last memory format for the prior on CUDA (default True there).
+        channels_last: run the prior in channels-last memory format (default True: on the CPU its
+            convolutions are about 10 % faster so, on an H100 within the spread of eager timings).
         check_values: check at each call that the images are finite and in [0, 1] (default).
             Those checks read values back from the device, a host–device synchronisation per
             call; the trainer, whose images cannot be out of range (its prior input is clamped)
@@ -233,17 +234,17 @@ class DiffLoss(nn.Module):
         return contextlib.nullcontext()
 
     def _prepare(self, x: Tensor) -> Tensor:
-        use = self.channels_last if self.channels_last is not None else x.device.type == "cuda"
-        if use:
+        if self.channels_last is False:
+            return x
+        if not _is_channels_last(self.prior.unet):
             self.prior.unet.to(memory_format=torch.channels_last)
-            return x.contiguous(memory_format=torch.channels_last)
-        return x
+        return x.contiguous(memory_format=torch.channels_last)
 
     def _branch(self, xt: Tensor, t: Tensor) -> tuple[Tensor | None, Tensor]:
         with self._context(xt.device):
             if self.nat_weight == 0:
                 return None, _at_least_fp32(self.prior.hspace(xt, t))
-            out = self.prior(xt, t)
+            out = self.prior(xt, t, compiled=True)  # the compiled U-Net, if compile_unet() was called
             return _at_least_fp32(out.eps), _at_least_fp32(out.hspace)
 
     # ------------------------------------------------------------------ forward
@@ -308,6 +309,12 @@ def _as_int(value: Any, default: int | None = None) -> int:
         if default is None:
             raise
         return default
+
+
+def _is_channels_last(unet: nn.Module) -> bool:
+    """Whether the U-Net's first 4-D weight is stored channels-last (then all of them are)."""
+    w = next((p for p in unet.parameters() if p.ndim == 4), None)
+    return w is None or w.is_contiguous(memory_format=torch.channels_last)
 
 
 def _at_least_fp32(x: Tensor) -> Tensor:

@@ -167,11 +167,12 @@ class DiffusionPrior(nn.Module):
     # ------------------------------------------------------------------ compilation
     @property
     def compiled(self) -> bool:
-        """Whether ``prior(xt, t)`` runs the ``torch.compile``'d U-Net (:meth:`compile_unet`)."""
+        """Whether DiffLoss's calls run the ``torch.compile``'d U-Net (:meth:`compile_unet`)."""
         return bool(self._compiled)
 
     def compile_unet(self, mode: str | None = None, backend: str = "inductor") -> bool:
-        """Run the full call ``prior(xt, t)`` (ε and h-space) through ``torch.compile(unet)``.
+        """Run DiffLoss's calls ``prior(xt, t, compiled=True)`` (ε and h-space) through
+        ``torch.compile(unet)``; every other call of the prior stays eager.
 
         The U-Net is frozen and DiffLoss shows it fixed shapes, so it is compiled with
         ``dynamic=False``: one graph per (batch, size, dtype, autograd on/off) — DiffLoss uses
@@ -195,8 +196,8 @@ class DiffusionPrior(nn.Module):
             self._compiled = ()
         return self.compiled
 
-    def _run_unet(self, xt: Tensor, t: Tensor) -> Tensor:
-        if self._compiled:
+    def _run_unet(self, xt: Tensor, t: Tensor, compiled: bool) -> Tensor:
+        if compiled and self._compiled:
             from torch._dynamo.exc import TorchDynamoException
 
             try:
@@ -210,15 +211,17 @@ class DiffusionPrior(nn.Module):
                     self._captured.clear()
         return self.unet(xt, t).sample
 
-    def forward(self, xt: Tensor, t: Tensor) -> PriorOutput:
+    def forward(self, xt: Tensor, t: Tensor, *, compiled: bool = False) -> PriorOutput:
         """ε_θ(x_t, t) and h(x_t, t) from ONE U-Net call (forward hook on ``mid_block``).
 
         ``t`` may be on the CPU (then it is checked there, without a host–device sync, and
-        copied to the device asynchronously)."""
+        copied to the device asynchronously). ``compiled=True`` (DiffLoss's calls) runs the
+        compiled U-Net when :meth:`compile_unet` was called; other calls stay eager, so that
+        evaluating or sampling at new image sizes does not recompile."""
         t = self.check_input(xt, t)
         self._captured = []
         try:
-            out = self._run_unet(xt, to_device(t, xt.device))
+            out = self._run_unet(xt, to_device(t, xt.device), compiled)
             hspace = self._captured[0]
         finally:
             self._captured = None

@@ -58,6 +58,10 @@ class Profile:
     #: Recompute the frozen prior's activations in the backward pass instead of storing them
     #: (diffusers' gradient checkpointing): less GPU memory for about one more prior forward.
     prior_checkpointing: bool = False
+    #: ``torch.compile`` the prior's U-Net for DiffLoss (``TrainConfig.compile_prior``): it
+    #: compiles for minutes once, then halves the prior's time and memory (H100, 4×256²;
+    #: benchmarks/RESULTS.md), so it pays only for long runs.
+    compile_prior: bool = False
     #: Learning-rate schedule of the restorer: ``"constant"`` or ``"cosine"`` (to ``min_lr``)
     #: after ``warmup`` linear steps; ``grad_clip`` caps the gradient norm (``None``: off).
     schedule: str = "constant"
@@ -152,8 +156,10 @@ PROFILES: dict[str, Profile] = {
     "paper": Profile(
         name="paper",
         description="the authors' recipe on a large GPU (opt-in): Dense-Haze, the ADM 256 prior, "
-                    "full MSBDN, 8×256² crops, 20,000 steps × 3 seeds × 2 losses, about 40 GiB "
-                    "and 10 GPU-hours on an H200 (benchmarks/RESULTS.md)",
+                    "full MSBDN, 8×256² crops, 20,000 steps × 3 seeds × 2 losses; eager about 40 GiB "
+                    "and 10 GPU-hours on an H200; the prior is compiled, which at 4×256² on an H100 "
+                    "cut the DiffLoss step by 31 % and its memory by 45 % (benchmarks/RESULTS.md; "
+                    "not yet measured at 8×256²)",
         data="dense_haze",
         prior="adm",
         restorer="msbdn",
@@ -166,6 +172,7 @@ PROFILES: dict[str, Profile] = {
         crop=256,
         eval_every=500,
         seeds=(0, 1, 2),
+        compile_prior=True,
     ),
 }
 

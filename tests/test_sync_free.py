@@ -160,7 +160,7 @@ def test_a_nan_between_reads_stops_the_run_at_its_step(tmp_path, prior, monkeypa
 # ------------------------------------------------------------------------- compiled prior
 def _grad(prior: DiffusionPrior, x: torch.Tensor, t: torch.Tensor):
     x = x.clone().requires_grad_(True)
-    out = prior(x, t)
+    out = prior(x, t, compiled=True)
     (out.eps.square().mean() + out.hspace.square().mean()).backward()
     return out.eps.detach(), out.hspace.detach(), x.grad
 
@@ -186,12 +186,14 @@ def test_a_failing_compile_falls_back_to_eager_with_a_warning():
     x, t = torch.randn(1, 3, 16, 16), torch.tensor([10])
     expected = prior(x, t).eps
     prior.compile_unet(backend=broken_backend)
+    prior(x, t)  # calls other than DiffLoss's stay eager: nothing compiles, no warning
+    assert prior.compiled
     with pytest.warns(RuntimeWarning, match="runs eagerly from now on"):
-        out = prior(x, t)
+        out = prior(x, t, compiled=True)
     assert not prior.compiled and torch.allclose(out.eps, expected)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        prior(x, t)  # eager now, no more warnings
+        prior(x, t, compiled=True)  # eager now, no more warnings
 
 
 def test_compile_prior_in_a_run_records_the_first_step(tmp_path, monkeypatch):

@@ -339,6 +339,7 @@ class TrainConfig:
                       warmup=profile.warmup, min_lr=profile.min_lr, grad_clip=profile.grad_clip,
                       gamma=profile.gamma, lambda_sem=profile.lambda_sem, t_range=profile.t_range,
                       prior_checkpointing=profile.prior_checkpointing,
+                      compile_prior=profile.compile_prior,
                       eval_max_size=eval_max_size, **data)
         values.update(changes)
         return cls.from_dict(values)

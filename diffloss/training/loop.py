@@ -81,8 +81,7 @@ def train_step(model: nn.Module, degraded: Tensor, clean: Tensor, config: TrainC
     parts, restored_bad = loss_parts(restored, clean, config, terms, generator)  # fidelity + Σ γ·term
     (accelerator.backward if accelerator is not None else Tensor.backward)(parts["total"])
     if syncing:  # ‖∇θ L‖ (clipped when grad_clip is set); accumulating micro-steps skip it
-        clip = accelerator.clip_grad_norm_ if accelerator is not None else nn.utils.clip_grad_norm_
-        parts["grad_norm"] = clip(model.parameters(), config.grad_clip or math.inf)
+        parts["grad_norm"] = _grad_norm(model, config.grad_clip, accelerator)
     values = StepValues(step, parts, restored_bad, accelerator)                 # on the device
     if guard is None:
         values.check(checkpoint, scaler=_has_scaler(accelerator))               # one host sync
@@ -95,6 +94,19 @@ def train_step(model: nn.Module, degraded: Tensor, clean: Tensor, config: TrainC
             guard.release(optimizer)
     optimizer.zero_grad(set_to_none=True)
     return values, restored
+
+
+def _grad_norm(model: nn.Module, clip: float | None, accelerator: Any) -> Tensor:
+    """‖∇θ L‖₂ over all parameters, clipped to ``clip`` when it is set (a device scalar)."""
+    if clip is not None:
+        clip_ = accelerator.clip_grad_norm_ if accelerator is not None else nn.utils.clip_grad_norm_
+        return clip_(model.parameters(), clip)
+    if accelerator is not None:
+        accelerator.unscale_gradients()  # fp16: the norm of the true gradient (no-op otherwise)
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if hasattr(nn.utils, "get_total_norm"):  # torch >= 2.6: the norm without rescaling the grads
+        return nn.utils.get_total_norm(grads)
+    return nn.utils.clip_grad_norm_(model.parameters(), math.inf)  # pragma: no cover
 
 
 def _has_scaler(accelerator: Any) -> bool:

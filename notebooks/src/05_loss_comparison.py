@@ -85,7 +85,7 @@ try:  # cached, or downloaded once by torchvision's mechanism; offline: a clear 
     have_vgg = True
 except FileNotFoundError as exc:
     have_vgg = False
-    print(str(exc).splitlines()[0])
+    print(exc)
 per_label = "L1 + perceptual" if have_vgg else "L1 + random-VGG (control)"
 print("VGG16 ImageNet weights:", "available" if have_vgg else "not available: random weights as a control")
 
