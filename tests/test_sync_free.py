@@ -204,3 +204,24 @@ def test_compile_prior_in_a_run_records_the_first_step(tmp_path, monkeypatch):
     h = train(cfg(tmp_path, iterations=2, compile_prior=True), progress=False, prior=prior)
     assert prior.compiled and h.meta["first_step_seconds"] > 0
     assert all(r["nat"] > 0 for r in h.rows)
+
+
+def test_under_a_loss_scaler_an_overflowing_gradient_is_not_an_error():
+    """fp16: GradScaler skips a step whose gradient overflowed and lowers its scale; that is
+    normal, not divergence. A non-finite loss still stops the run."""
+    inf = float("inf")
+    v = StepValues(4, {"total": torch.tensor(0.5), "grad_norm": torch.tensor(inf)}, torch.tensor(0))
+    v.check(None, scaler=True)
+    with pytest.raises(NonFiniteLossError, match="non-finite gradient at step 4"):
+        v.check(None, scaler=False)
+    bad = StepValues(5, {"total": torch.tensor(inf), "grad_norm": torch.tensor(inf)}, torch.tensor(0))
+    with pytest.raises(NonFiniteLossError, match="step 5"):
+        bad.check(None, scaler=True)
+
+
+def test_profiles_carry_compile_prior_into_the_config():
+    from diffloss import profiles
+
+    assert profiles.get("paper").compile_prior and not profiles.get("gpu").compile_prior
+    assert TrainConfig.for_profile(profiles.get("paper")).compile_prior is True
+    assert TrainConfig.for_profile(profiles.get("small")).compile_prior is False

@@ -5,9 +5,13 @@ One step, as :func:`train_step` writes it (seed Eq. 8 for the DiffLoss term)::
     z = g(y)                                   restored = model(degraded)
     L = fidelity(z, x) + Σ_k γ_k·term_k(z, x)  loss_parts(restored, clean, config, terms)
     ∇_θ L  (through the frozen prior into g)   backward(L)
-    ‖∇_θ L‖, clipped to grad_clip              clip_grad_norm_(θ, grad_clip)
-    every value finite, or stop                one host sync per step
+    ‖∇_θ L‖, clipped to grad_clip              _grad_norm(model, grad_clip)
+    every value finite, or stop                values.check() (a read) or guard.hold() (none)
     θ ← Adam(θ, ∇_θ L)                         optimizer.step()
+
+On the CPU every step's values are read and checked before Adam runs; on CUDA they are read
+every ``log_every`` steps (each read is a host–device synchronisation), and in between the
+:class:`~diffloss.training.guards.DeviceGuard` stops Adam on the device after a NaN.
 
 Around it :func:`train` does what a run needs: ``accelerate`` for devices, mixed precision,
 gradient accumulation and several processes; batches that are a pure function of the step
@@ -69,12 +73,10 @@ def train_step(model: nn.Module, degraded: Tensor, clean: Tensor, config: TrainC
     """One training (micro-)step of ``model`` on a batch; returns the loss values and ``z``.
 
     With ``accelerator`` (inside ``accelerator.accumulate(model)``) the backward pass, the
-    clipping and the optimizer follow accelerate (mixed precision, accumulation, DDP); without,
-    plain PyTorch. Without ``guard`` the values are read (one host sync) and checked *before*
-    the optimizer step: :class:`NonFiniteLossError` when a loss part or the gradient norm is
-    not finite, so nothing of a bad step is applied. With a :class:`DeviceGuard` (and a fused
-    Adam) nothing is read: the guard skips the update on the device, and the caller checks the
-    values later (:func:`~diffloss.training.guards.read_all`).
+    clipping and the optimizer follow accelerate (mixed precision, accumulation, DDP). Without
+    ``guard`` the values are read and checked *before* the optimizer step (a NaN raises
+    :class:`NonFiniteLossError`, nothing applied); with a :class:`DeviceGuard` (fused Adam)
+    nothing is read, the guard skips bad updates on the device and the caller checks later.
     """
     syncing = accelerator is None or accelerator.sync_gradients
     restored = model(degraded)                                                  # z = g(y)
@@ -123,8 +125,9 @@ def train(config: TrainConfig | dict[str, Any] | str | os.PathLike, progress: bo
     Args:
         config: a :class:`TrainConfig`, a dict of its fields, or a JSON/YAML file.
         progress: show a tqdm progress bar (``tqdm.auto``) with the live loss and test PSNR.
-        callback: called on the main process after every step as ``callback(row, history)``;
-            returning ``False`` stops training there (``last.pt`` is written).
+        callback: called on the main process for every step's row, when the step's values
+            are read (``config.log_every``), as ``callback(row, history)``; ``False`` stops
+            training at that read (``last.pt`` is written).
         resume: continue from ``<out>/last.pt``; the config must match the saved one except
             for :data:`~diffloss.training.config.RESUMABLE_CHANGES`.
         overwrite: start afresh even if ``out`` already holds a run (its files are deleted).
@@ -170,9 +173,8 @@ def train(config: TrainConfig | dict[str, Any] | str | os.PathLike, progress: bo
     # module without trainable parameters for nothing.
     terms = {k: t.to(device) for k, t in build_terms(config, prior).items()}
     stateful = [name for name in terms if LOSS_TERMS[name].stateful]  # the discriminator
-    # Values are read every log_every steps (CUDA: 10); meanwhile a DeviceGuard stops fused
-    # Adam's updates on the device after a NaN. The discriminator's update reads every step;
-    # under fp16, accelerate's GradScaler owns found_inf and skips overflowing steps itself.
+    # Values are read every log_every steps (CUDA: 10), a DeviceGuard stopping fused Adam after a
+    # NaN meanwhile; not with a discriminator (it reads), nor fp16 (GradScaler owns found_inf).
     log_every = config.resolved_log_every(device)
     deferred = log_every > 1 and not stateful
     guard = DeviceGuard(device) if deferred and mixed != "fp16" else None
