@@ -225,3 +225,15 @@ def test_profiles_carry_compile_prior_into_the_config():
     assert profiles.get("paper").compile_prior and not profiles.get("gpu").compile_prior
     assert TrainConfig.for_profile(profiles.get("paper")).compile_prior is True
     assert TrainConfig.for_profile(profiles.get("small")).compile_prior is False
+
+
+def test_resume_with_deferred_reads_is_bit_identical(tmp_path, prior):
+    common = dict(iterations=5, log_every=3, schedule="cosine", grad_accum=2, batch=1)
+    full = train(cfg(tmp_path, "full", **common), progress=False, prior=prior)
+    c = cfg(tmp_path, "parts", **common)
+    part = train(c, progress=False, prior=prior, stop_after=2)  # stops between two reads
+    assert [r["step"] for r in part.rows] == [1, 2]
+    resumed = train(c, progress=False, prior=prior, resume=True)
+    for k, v in full.raw_model.state_dict().items():
+        assert torch.equal(resumed.raw_model.state_dict()[k], v), k
+    assert [r["total"] for r in resumed.rows] == [r["total"] for r in full.rows]

@@ -409,8 +409,10 @@ def _free_port() -> int:
                     reason="DIFFLOSS_SKIP_DISTRIBUTED=1")
 def test_two_processes_gloo_end_with_identical_weights(tmp_path):
     """torchrun, 2 CPU processes (accelerate picks gloo): DDP keeps the replicas equal, and
-    2 ranks × batch 1 match 1 process × batch 2 (same items, averaged gradients)."""
-    c = cfg(tmp_path, "ddp", batch=1, iterations=3, eval_every=0, lr=1e-3)
+    2 ranks × batch 1 match 1 process × batch 2 (same items, averaged gradients). Values are
+    read every 2 steps (the GPU path: a DeviceGuard, fused Adam, reads at the same steps on
+    both ranks)."""
+    c = cfg(tmp_path, "ddp", batch=1, iterations=3, eval_every=0, lr=1e-3, log_every=2)
     c.save(tmp_path / "ddp.json")
     (tmp_path / "rank.py").write_text(textwrap.dedent(RANK_SCRIPT))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
