@@ -237,3 +237,17 @@ def test_resume_with_deferred_reads_is_bit_identical(tmp_path, prior):
     for k, v in full.raw_model.state_dict().items():
         assert torch.equal(resumed.raw_model.state_dict()[k], v), k
     assert [r["total"] for r in resumed.rows] == [r["total"] for r in full.rows]
+
+
+def test_a_refused_step_leaves_no_gradient_behind():
+    c = cfg(Path("unused"), loss="l1")
+    torch.manual_seed(0)
+    net = build_model(c.model)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    hazy, clear = _batch()
+    clear[0, 0, 0, 0] = float("nan")
+    with pytest.raises(NonFiniteLossError, match="nothing from this step was applied"):
+        train_step(net, hazy, clear, c, {}, opt, generator=torch.Generator().manual_seed(0))
+    assert all(p.grad is None for p in net.parameters()) and not opt.state
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())

@@ -1,16 +1,18 @@
-"""Devices and processes: the ``accelerate`` Accelerator of a run, and a barrier that works on
-CPU (gloo) and GPU (NCCL) runs alike."""
+"""Devices and processes: the ``accelerate`` Accelerator of a run, a barrier that works on
+CPU (gloo) and GPU (NCCL) runs alike, and the gradient norm as accelerate sees it."""
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
 import torch
+from torch import Tensor, nn
 
 from .config import TrainConfig
 
-__all__ = ["barrier", "make_accelerator"]
+__all__ = ["barrier", "grad_norm", "has_scaler", "make_accelerator"]
 
 
 def make_accelerator(config: TrainConfig, mixed_precision: str) -> Any:
@@ -41,3 +43,21 @@ def barrier(accelerator: Any) -> None:
         torch.distributed.barrier()
     else:
         accelerator.wait_for_everyone()
+
+
+def grad_norm(model: nn.Module, clip: float | None, accelerator: Any) -> Tensor:
+    """‖∇θ L‖₂ over all parameters, clipped to ``clip`` when it is set (a device scalar)."""
+    if clip is not None:
+        clip_ = accelerator.clip_grad_norm_ if accelerator is not None else nn.utils.clip_grad_norm_
+        return clip_(model.parameters(), clip)
+    if accelerator is not None:
+        accelerator.unscale_gradients()  # fp16: the norm of the true gradient (no-op otherwise)
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if hasattr(nn.utils, "get_total_norm"):  # torch >= 2.6: the norm without rescaling the grads
+        return nn.utils.get_total_norm(grads)
+    return nn.utils.clip_grad_norm_(model.parameters(), math.inf)  # pragma: no cover
+
+
+def has_scaler(accelerator: Any) -> bool:
+    """fp16 mixed precision: accelerate's loss scaler skips steps whose gradient overflowed."""
+    return getattr(accelerator, "scaler", None) is not None

@@ -5,7 +5,7 @@ One step, as :func:`train_step` writes it (seed Eq. 8 for the DiffLoss term)::
     z = g(y)                                   restored = model(degraded)
     L = fidelity(z, x) + Σ_k γ_k·term_k(z, x)  loss_parts(restored, clean, config, terms)
     ∇_θ L  (through the frozen prior into g)   backward(L)
-    ‖∇_θ L‖, clipped to grad_clip              _grad_norm(model, grad_clip)
+    ‖∇_θ L‖, clipped to grad_clip              grad_norm(model, grad_clip)
     every value finite, or stop                values.check() (a read) or guard.hold() (none)
     θ ← Adam(θ, ∇_θ L)                         optimizer.step()
 
@@ -46,7 +46,7 @@ from .checkpoint import (
 )
 from .config import CONFIG_FILE, TrainConfig, lr_factor
 from .data import KeyedPairs, StepBatchSampler, build_datasets, mix_seed
-from .distributed import barrier, make_accelerator
+from .distributed import barrier, grad_norm, has_scaler, make_accelerator
 from .ema import EMA
 from .evaluation import evaluate
 from .guards import (
@@ -83,10 +83,14 @@ def train_step(model: nn.Module, degraded: Tensor, clean: Tensor, config: TrainC
     parts, restored_bad = loss_parts(restored, clean, config, terms, generator)  # fidelity + Σ γ·term
     (accelerator.backward if accelerator is not None else Tensor.backward)(parts["total"])
     if syncing:  # ‖∇θ L‖ (clipped when grad_clip is set); accumulating micro-steps skip it
-        parts["grad_norm"] = _grad_norm(model, config.grad_clip, accelerator)
+        parts["grad_norm"] = grad_norm(model, config.grad_clip, accelerator)
     values = StepValues(step, parts, restored_bad, accelerator)                 # on the device
     if guard is None:
-        values.check(checkpoint, scaler=_has_scaler(accelerator))               # one host sync
+        try:
+            values.check(checkpoint, scaler=has_scaler(accelerator))           # one host sync
+        except NonFiniteLossError:
+            optimizer.zero_grad(set_to_none=True)  # no gradient of a refused step is left over
+            raise
     else:
         guard.hold(optimizer, values)                                           # no sync
     try:
@@ -96,24 +100,6 @@ def train_step(model: nn.Module, degraded: Tensor, clean: Tensor, config: TrainC
             guard.release(optimizer)
     optimizer.zero_grad(set_to_none=True)
     return values, restored
-
-
-def _grad_norm(model: nn.Module, clip: float | None, accelerator: Any) -> Tensor:
-    """‖∇θ L‖₂ over all parameters, clipped to ``clip`` when it is set (a device scalar)."""
-    if clip is not None:
-        clip_ = accelerator.clip_grad_norm_ if accelerator is not None else nn.utils.clip_grad_norm_
-        return clip_(model.parameters(), clip)
-    if accelerator is not None:
-        accelerator.unscale_gradients()  # fp16: the norm of the true gradient (no-op otherwise)
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    if hasattr(nn.utils, "get_total_norm"):  # torch >= 2.6: the norm without rescaling the grads
-        return nn.utils.get_total_norm(grads)
-    return nn.utils.clip_grad_norm_(model.parameters(), math.inf)  # pragma: no cover
-
-
-def _has_scaler(accelerator: Any) -> bool:
-    """fp16 mixed precision: a loss scaler skips steps whose gradient overflowed."""
-    return getattr(accelerator, "scaler", None) is not None
 
 
 def train(config: TrainConfig | dict[str, Any] | str | os.PathLike, progress: bool = True,
@@ -134,12 +120,11 @@ def train(config: TrainConfig | dict[str, Any] | str | os.PathLike, progress: bo
         prior: a :class:`~diffloss.prior.DiffusionPrior` to use instead of loading
             ``config.prior`` (e.g. one loaded once for several runs); its ``source`` (when it
             has one) is recorded as ``config.prior``.
-        stop_after: stop after this step as if interrupted (``last.pt`` written): resuming
-            then gives the same weights as never stopping.
+        stop_after: stop after this step, ``last.pt`` written (resuming = never stopping).
 
     Raises:
-        NonFiniteLossError: a loss part or the gradient became NaN/inf (names the step and the
-            part); nothing of that step is applied and the last good ``last.pt`` is kept.
+        NonFiniteLossError: a loss part or ‖∇θ‖ became NaN/inf (names the step and the part);
+            no update from that step on is applied, the last good ``last.pt`` is kept.
         TrainingInterrupted: Ctrl-C or SIGTERM; ``last.pt`` of the current step was saved.
         CheckpointError: ``last.pt`` is corrupt on resume, or a new checkpoint failed to verify.
         FileExistsError / FileNotFoundError: ``out`` holds a run and neither ``resume`` nor
@@ -290,11 +275,12 @@ def train(config: TrainConfig | dict[str, Any] | str | os.PathLike, progress: bo
                     history.append_csv(row0)
                     history.write_json()
             model.train()
-            scaler = _has_scaler(accelerator)
+            scaler = has_scaler(accelerator)
+            compiling = bar is not None and config.compile_prior and "diffloss" in terms
             applied = ("nothing from this step was applied" if not deferred else
                        "updates stopped on the device from this step on" if guard is not None else
                        "the loss scaler skipped this step's update")
-            if bar is not None and config.compile_prior and "diffloss" in terms and start == 0:
+            if compiling:
                 bar.set_postfix_str("compiling the prior: the first step takes longer", refresh=True)
             pending: list[tuple[dict[str, Any], list[tuple[StepValues, dict[str, float]]]]] = []
             while step < end:
@@ -319,10 +305,9 @@ def train(config: TrainConfig | dict[str, Any] | str | os.PathLike, progress: bo
                 if ema is not None:
                     ema.update(raw)
                 if step == start + 1:  # includes compiling the prior, when it is compiled
-                    history.meta["first_step_seconds"] = round(time.perf_counter() - t_step, 3)
-                    if bar is not None and config.compile_prior and "diffloss" in terms:
-                        bar.set_postfix_str(f"first step {history.meta['first_step_seconds']:.1f} s "
-                                            "(compiling the prior)", refresh=False)
+                    first = history.meta["first_step_seconds"] = round(time.perf_counter() - t_step, 3)
+                    if compiling:
+                        bar.set_postfix_str(f"first step {first:.1f} s (compiling the prior)")
 
                 row = {c: None for c in history.columns}
                 row.update(step=step, lr=lr, seconds=elapsed())
