@@ -94,6 +94,62 @@ def naive_diffloss(prior: DiffusionPrior, z: torch.Tensor, x: torch.Tensor, lamb
     return F.mse_loss(oz.eps, ox.eps) + lambda_sem * F.mse_loss(oz.hspace, ox.hspace)
 
 
+def restorer_step(net: torch.nn.Module, opt: torch.optim.Optimizer, y: torch.Tensor, x: torch.Tensor,
+                  extra=None, gamma: float = 1e-3) -> None:
+    """One training step of the restorer: L1 (+ γ·``extra(out)``), backward, Adam."""
+    out = net(y).clamp(0, 1)
+    loss = F.l1_loss(out, x)
+    if extra is not None:
+        loss = loss + gamma * extra(out)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
+def prior_floor(prior: DiffusionPrior, xp: torch.Tensor, tp: torch.Tensor, bf16: bool,
+                compiled: bool = False) -> None:
+    """The floor (d): one prior forward without autograd, one forward+backward to the input."""
+    ctx = (torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and xp.device.type == "cuda"
+           else torch.autocast("cpu", enabled=False))
+    with ctx:
+        with torch.no_grad():
+            prior(xp, tp, compiled=compiled)
+        inp = xp.clone().requires_grad_(True)
+        o = prior(inp, tp, compiled=compiled)
+        (o.eps.float().square().mean() + o.hspace.float().square().mean()).backward()
+
+
+def time_variants(variants: dict, device: torch.device, warmup: int, repeats: int
+                  ) -> tuple[dict[str, list[float]], dict[str, float], dict[str, float]]:
+    """Per variant: ``warmup`` calls (the first one timed: compilation shows there), one more
+    for its peak CUDA memory alone, then ``repeats`` rounds with the variants alternating so
+    that load from other processes affects them alike. Returns (times, peak GiB, first call)."""
+    first: dict[str, float] = {}
+    peak: dict[str, float] = {}
+    for k, fn in variants.items():
+        for i in range(warmup):
+            sync(device)
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            if i == 0:
+                first[k] = time.perf_counter() - t0
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            fn()
+            sync(device)
+            peak[k] = torch.cuda.max_memory_allocated(device) / 2**30
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(repeats):
+        for k, fn in variants.items():
+            sync(device)
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            times[k].append(time.perf_counter() - t0)
+    return times, peak, first
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--prior", default="tiny", choices=["tiny", "tiny-random", "adm-random"])
@@ -121,22 +177,12 @@ def main(argv: list[str] | None = None) -> int:
     y = torch.rand(args.batch, 3, args.size, args.size, generator=g).to(device)
     x = torch.rand(args.batch, 3, args.size, args.size, generator=g).to(device)
     cuda = device.type == "cuda"
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda and not args.no_bf16 else None
-
-    def step(extra) -> None:
-        out = net(y).clamp(0, 1)
-        loss = F.l1_loss(out, x)
-        if extra is not None:
-            loss = loss + gamma * extra(out)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
 
     def variant_a() -> None:
-        step(None)
+        restorer_step(net, opt, y, x)
 
     def variant_b() -> None:
-        step(lambda out: ours(out, x, generator=g).loss)
+        restorer_step(net, opt, y, x, lambda out: ours(out, x, generator=g).loss, gamma)
 
     # The naive implementation's own copy of the prior, in PyTorch's default memory layout
     # (DiffLoss switches the shared one to channels-last).
@@ -146,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     def variant_c() -> None:
         naive.unet.requires_grad_(True)
         try:
-            step(lambda out: naive_diffloss(naive, out, x, lam, g, size))
+            restorer_step(net, opt, y, x, lambda out: naive_diffloss(naive, out, x, lam, g, size), gamma)
         finally:
             naive.unet.requires_grad_(False)
             naive.unet.zero_grad(set_to_none=True)
@@ -157,33 +203,10 @@ def main(argv: list[str] | None = None) -> int:
     tp = torch.randint(0, prior.schedule.T, (args.batch,), generator=g).to(device)
 
     def variant_d() -> None:
-        ctx = amp if amp is not None else torch.autocast("cpu", enabled=False)
-        with ctx:
-            with torch.no_grad():
-                prior(xp, tp)
-            inp = xp.clone().requires_grad_(True)
-            o = prior(inp, tp)
-            (o.eps.float().square().mean() + o.hspace.float().square().mean()).backward()
+        prior_floor(prior, xp, tp, bf16=not args.no_bf16)
 
     variants = {"a": variant_a, "b": variant_b, "c": variant_c, "d": variant_d}
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    peak: dict[str, float] = {}
-    for k, fn in variants.items():  # warm-up, and peak memory of each variant alone
-        for _ in range(args.warmup):
-            fn()
-        sync(device)
-        if cuda:
-            torch.cuda.reset_peak_memory_stats(device)
-            fn()
-            sync(device)
-            peak[k] = torch.cuda.max_memory_allocated(device) / 2**30
-    for _ in range(args.repeats):
-        for k, fn in variants.items():
-            sync(device)
-            t0 = time.perf_counter()
-            fn()
-            sync(device)
-            times[k].append(time.perf_counter() - t0)
+    times, peak, _ = time_variants(variants, device, args.warmup, args.repeats)
     med = {k: statistics.median(v) for k, v in times.items()}
     r_floor = (med["b"] - med["a"]) / med["d"]
     r_naive = (med["b"] - med["a"]) / (med["c"] - med["a"])

@@ -36,13 +36,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_diffloss import build_prior, build_restorer, naive_diffloss  # noqa: E402
+from bench_diffloss import (  # noqa: E402
+    build_prior,
+    build_restorer,
+    naive_diffloss,
+    prior_floor,
+    restorer_step,
+    sync,
+    time_variants,
+)
 
 from diffloss.loss import DiffLoss  # noqa: E402
 from diffloss.prior import DiffusionPrior  # noqa: E402
@@ -69,11 +76,6 @@ class Recorder:
         self.path.write_text(json.dumps(self.data, indent=1, default=str))
         shown = value[-1] if isinstance(value, list) and value else value  # the newest run
         print(f"== {stage}: {json.dumps(shown, default=str)[:3000]}", flush=True)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 # ----------------------------------------------------------------------------------- train
@@ -179,23 +181,11 @@ def stage_bench(args, prior, rec: Recorder) -> None:
         xp = xp.contiguous(memory_format=torch.channels_last)  # as DiffLoss hands it to the prior
     tp = torch.randint(0, prior.schedule.T, (args.batch,), generator=g)
 
-    def step(extra) -> None:
-        out = net(y).clamp(0, 1)
-        loss = F.l1_loss(out, x)
-        if extra is not None:
-            loss = loss + 1e-3 * extra(out)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    def step(extra=None) -> None:
+        restorer_step(net, opt, y, x, extra)
 
     def floor(p: DiffusionPrior) -> None:
-        ctx = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
-        with ctx:
-            with torch.no_grad():
-                p(xp, tp, compiled=True)
-            inp = xp.clone().requires_grad_(True)
-            o = p(inp, tp, compiled=True)
-            (o.eps.float().square().mean() + o.hspace.float().square().mean()).backward()
+        prior_floor(p, xp, tp, bf16=True, compiled=True)
 
     def naive() -> None:
         prior.unet.requires_grad_(True)
@@ -206,7 +196,7 @@ def stage_bench(args, prior, rec: Recorder) -> None:
             prior.unet.zero_grad(set_to_none=True)
 
     variants = {
-        "a": ("(a) L1 only", lambda: step(None)),
+        "a": ("(a) L1 only", step),
         "b": ("(b) L1 + DiffLoss (eager)", lambda: step(lambda o: ours(o, x, generator=g).loss)),
         "b_compiled": ("(b′) L1 + DiffLoss, prior compiled",
                        lambda: step(lambda o: ours_c(o, x, generator=g).loss)),
@@ -215,35 +205,14 @@ def stage_bench(args, prior, rec: Recorder) -> None:
         "d": ("(d) floor: prior fwd+bwd to input + prior fwd (eager)", lambda: floor(prior)),
         "d_compiled": ("(d′) floor, prior compiled", lambda: floor(compiled)),
     }
-    first: dict[str, float] = {}
-    peak: dict[str, float] = {}
-    for k, (_, fn) in variants.items():  # first call (compilation for the compiled ones), warm-up
-        sync(device)
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        first[k] = time.perf_counter() - t0
-        for _ in range(args.warmup):
-            fn()
-        sync(device)
-        if cuda:
-            torch.cuda.reset_peak_memory_stats(device)
-            fn()
-            sync(device)
-            peak[k] = torch.cuda.max_memory_allocated(device) / 2**30
+    # first call (compilation for the compiled ones) + warm-up, peak memory, alternating repeats
+    times, peak, first = time_variants({k: fn for k, (_, fn) in variants.items()}, device,
+                                       args.warmup + 1, args.repeats)
     flops: dict[str, int] = {}
     for k in ("a", "b", "c", "d"):
         with FlopCounterMode(display=False) as fc:
             variants[k][1]()
         flops[k] = fc.get_total_flops()
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    for _ in range(args.repeats):
-        for k, (_, fn) in variants.items():
-            sync(device)
-            t0 = time.perf_counter()
-            fn()
-            sync(device)
-            times[k].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
     name = torch.cuda.get_device_name(device) if cuda else "cpu"
     peak_f = peak_flops(name)

@@ -30,7 +30,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import hashlib
 import http.client
 import json
 import os
@@ -41,6 +40,9 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import sha256sum  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_URL = (
@@ -130,7 +132,7 @@ def download(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.is_file() and (expected_size is None or out.stat().st_size == expected_size):
-        if sha256 is not None and (digest := _sha256(out)) != sha256.lower():
+        if sha256 is not None and (digest := sha256sum(out)) != sha256.lower():
             raise DownloadError(
                 f"{out} exists but its SHA-256 is {digest}, not {sha256}: delete it (or pass "
                 "another --out) and run again to download it afresh"
@@ -216,7 +218,7 @@ def download(
             f"size mismatch: downloaded {size:,} bytes, expected at least {min_size:,}"
         )
     if sha256 is not None:
-        digest = _sha256(part)
+        digest = sha256sum(part)
         if digest != sha256.lower():
             # Deleted: a kept .part would be "resumed" (as complete) and fail again on every run.
             part.unlink()
@@ -227,14 +229,6 @@ def download(
             )
     os.replace(part, out)
     return out
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def verify_file(
@@ -257,7 +251,7 @@ def verify_file(
         raise DownloadError(
             f"size mismatch: {path} is {size:,} bytes, expected at least {min_size:,} (incomplete download?)"
         )
-    if sha256 is not None and _sha256(path) != sha256.lower():
+    if sha256 is not None and sha256sum(path) != sha256.lower():
         raise DownloadError(f"sha256 mismatch for {path}")
     return path
 

@@ -43,3 +43,22 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def nan_in_diffloss(monkeypatch, part: str, bad_call) -> None:
+    """Make DiffLoss's ``part`` (``"nat"`` or ``"sem"``), and so its loss, NaN on the calls
+    (counted from 1) for which ``bad_call(n)`` is true: a divergence injected at a known step."""
+    from diffloss.loss import DiffLoss
+
+    calls = {"n": 0}
+    original = DiffLoss.forward
+
+    def forward(self, restored, target, generator=None):
+        out = original(self, restored, target, generator)
+        calls["n"] += 1
+        if bad_call(calls["n"]):
+            setattr(out, part, getattr(out, part) * float("nan"))
+            out.loss = self.nat_weight * out.nat + self.lambda_sem * out.sem
+        return out
+
+    monkeypatch.setattr(DiffLoss, "forward", forward)

@@ -18,9 +18,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_tiny_prior
+from conftest import make_tiny_prior, nan_in_diffloss
 
-from diffloss.loss import DiffLoss
 from diffloss.prior import DiffusionPrior
 from diffloss.training import (
     NonFiniteLossError,
@@ -134,18 +133,7 @@ def test_deferred_reads_give_the_same_run_as_reading_every_step(tmp_path, prior)
 
 
 def test_a_nan_between_reads_stops_the_run_at_its_step(tmp_path, prior, monkeypatch):
-    calls = {"n": 0}
-    original = DiffLoss.forward
-
-    def nan_at_three(self, restored, target, generator=None):
-        out = original(self, restored, target, generator)
-        calls["n"] += 1
-        if calls["n"] == 3:  # one bad step; the ones after it are finite again
-            out.sem = out.sem * float("nan")
-            out.loss = self.nat_weight * out.nat + self.lambda_sem * out.sem
-        return out
-
-    monkeypatch.setattr(DiffLoss, "forward", nan_at_three)
+    nan_in_diffloss(monkeypatch, "sem", lambda n: n == 3)  # one bad step, finite after it
     c = cfg(tmp_path, log_every=5, save_every=2)
     with pytest.raises(NonFiniteLossError, match=r"step 3: sem is not finite.*updates stopped on the "
                                                  r"device from this step on") as err:

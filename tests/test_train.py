@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_tiny_prior
+from conftest import make_tiny_prior, nan_in_diffloss
 
 import diffloss
 import diffloss.training.checkpoint as C
@@ -221,20 +221,7 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch)
 
 
 def test_non_finite_diffloss_part_names_step_and_part(tmp_path, prior, monkeypatch):
-    from diffloss.loss import DiffLoss
-
-    calls = {"n": 0}
-    original = DiffLoss.forward
-
-    def nan_after_two(self, restored, target, generator=None):
-        out = original(self, restored, target, generator)
-        calls["n"] += 1
-        if calls["n"] >= 3:
-            out.nat = out.nat * float("nan")
-            out.loss = out.nat + self.lambda_sem * out.sem
-        return out
-
-    monkeypatch.setattr(DiffLoss, "forward", nan_after_two)
+    nan_in_diffloss(monkeypatch, "nat", lambda n: n >= 3)
     c = cfg(tmp_path, loss="l1+diffloss", iterations=4, eval_every=0, save_every=1, val=0)
     with pytest.raises(NonFiniteLossError, match=r"step 3: nat is not finite \(and so diffloss, total\)") as err:
         train(c, progress=False, prior=prior)
