@@ -24,6 +24,7 @@ from .data import Datasets, StepBatchSampler, build_datasets, eval_max_size_for
 from .ema import EMA
 from .evaluation import EvalResult, evaluate, restore
 from .history import History
+from .lock import RunFolderLocked
 from .loop import NonFiniteLossError, TrainingInterrupted, train, train_step
 from .terms import (
     FIDELITIES,
@@ -40,7 +41,7 @@ from .terms import (
 
 __all__ = [
     "EMA", "FIDELITIES", "LOSS_TERMS", "MODELS", "CheckpointError", "Datasets", "EvalResult",
-    "History", "LossTerm", "NonFiniteLossError", "StepBatchSampler", "TrainConfig",
+    "History", "LossTerm", "NonFiniteLossError", "RunFolderLocked", "StepBatchSampler", "TrainConfig",
     "TrainingInterrupted", "build_datasets", "build_model", "build_terms", "eval_max_size_for",
     "evaluate", "gradient_ratio", "load_checkpoint", "load_model", "load_prior", "loss_parts",
     "parse_loss", "prior_input", "register_loss_term", "restore", "save_checkpoint", "train",

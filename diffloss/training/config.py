@@ -15,6 +15,7 @@ import torch
 
 from .atomic import atomic_write_text
 from .build import MODELS
+from .fieldtypes import check_field_types, yaml_loader
 from .terms import LOSS_TERMS, PRIOR_INPUTS, parse_loss
 
 __all__ = ["TrainConfig", "CONFIG_FILE", "DATA", "SCHEDULES", "MIXED_PRECISION",
@@ -168,6 +169,7 @@ class TrainConfig:
     workers: int = 0
 
     def __post_init__(self) -> None:
+        self._check_types()
         self.model = _choice("model", self.model, MODELS)
         self.data = _choice("data", self.data, DATA)
         fidelity, extra = parse_loss(self.loss)
@@ -191,6 +193,11 @@ class TrainConfig:
         if self.vgg_weights is not None and self.vgg_weights.strip().lower() in ("none", "null", ""):
             self.vgg_weights = None
         self._check_numbers()
+
+    def _check_types(self) -> None:
+        """Every field's value has the field's type, before any other check or any file is
+        written (:func:`~diffloss.training.fieldtypes.check_field_types`)."""
+        check_field_types(self)
 
     def _check_numbers(self) -> None:
         """Every number in its valid range: a bad value is one clear ``ValueError`` naming the
@@ -305,7 +312,7 @@ class TrainConfig:
             import yaml
 
             try:
-                values = yaml.safe_load(text) or {}
+                values = yaml.load(text, Loader=yaml_loader()) or {}
             except yaml.YAMLError as exc:
                 raise ValueError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from exc
         else:

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from .config import TrainConfig
 
-__all__ = ["barrier", "grad_norm", "has_scaler", "make_accelerator"]
+__all__ = ["barrier", "fused_adam", "grad_norm", "has_scaler", "make_accelerator"]
 
 
 def make_accelerator(config: TrainConfig, mixed_precision: str) -> Any:
@@ -27,6 +27,12 @@ def make_accelerator(config: TrainConfig, mixed_precision: str) -> Any:
         AcceleratorState._reset_state(reset_partial_state=True)
     return Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=config.grad_accum,
                        cpu=config.cpu or not torch.cuda.is_available())
+
+
+def fused_adam(device: torch.device) -> bool | None:
+    """``fused=`` for ``torch.optim.Adam`` on ``device``: ``True`` where torch has a fused
+    kernel (CUDA, CPU), else ``None`` (torch's default, foreach)."""
+    return True if torch.device(device).type in ("cuda", "cpu") else None
 
 
 def barrier(accelerator: Any) -> None:

@@ -17,7 +17,8 @@ Around it :func:`train` does what a run needs: ``accelerate`` for devices, mixed
 gradient accumulation and several processes; batches that are a pure function of the step
 (:mod:`.data`); evaluations of validation (which alone selects ``best.pt``) and test splits
 (:mod:`.evaluation`); atomic, checksummed checkpoints and a bit-identical resume
-(:mod:`.checkpoint`); the history (:mod:`.history`); Ctrl-C / SIGTERM save ``last.pt`` first.
+(:mod:`.checkpoint`); the history (:mod:`.history`); Ctrl-C / SIGTERM save ``last.pt`` first;
+an exclusive lock on the run folder for the run's life (:mod:`.lock`).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from .checkpoint import (
 )
 from .config import CONFIG_FILE, TrainConfig, lr_factor
 from .data import KeyedPairs, StepBatchSampler, build_datasets, mix_seed
-from .distributed import barrier, grad_norm, has_scaler, make_accelerator
+from .distributed import barrier, fused_adam, grad_norm, has_scaler, make_accelerator
 from .ema import EMA
 from .evaluation import evaluate
 from .guards import (
@@ -59,7 +60,8 @@ from .guards import (
     read_all,
 )
 from .history import History, history_columns
-from .rundir import check_resume_config, open_run_folder
+from .lock import RunLock
+from .rundir import check_resume_config, lock_run_folder, open_run_folder
 from .terms import LOSS_TERMS, build_terms, loss_parts
 
 __all__ = ["NonFiniteLossError", "TrainingInterrupted", "train", "train_step"]
@@ -129,15 +131,23 @@ def train(config: TrainConfig | dict[str, Any] | str | os.PathLike, progress: bo
         CheckpointError: ``last.pt`` is corrupt on resume, or a new checkpoint failed to verify.
         FileExistsError / FileNotFoundError: ``out`` holds a run and neither ``resume`` nor
             ``overwrite`` is set / ``resume`` of a folder without ``last.pt``.
+        RunFolderLocked: another process trains in ``out`` (a ``FileExistsError``).
     """
     if not isinstance(config, TrainConfig):
         config = (TrainConfig.from_dict(config) if isinstance(config, dict)
                   else TrainConfig.load(config))
     if prior is not None and getattr(prior, "source", None) and config.prior != prior.source:
         config = config.replace(prior=str(prior.source))  # provenance: the prior actually used
+    accelerator = make_accelerator(config, config.resolved_mixed_precision())
+    with lock_run_folder(Path(config.out), resume, accelerator.is_main_process) as lock:
+        return _train(config, accelerator, lock, progress, callback, resume, overwrite, prior,
+                      stop_after)  # the run folder is ours until this returns or raises
+
+
+def _train(config: TrainConfig, accelerator: Any, lock: RunLock | None, progress: bool, callback: Any,
+           resume: bool, overwrite: bool, prior: Any, stop_after: int | None) -> History:
     out = Path(config.out)
     mixed = config.resolved_mixed_precision()
-    accelerator = make_accelerator(config, mixed)
     device, main_proc = accelerator.device, accelerator.is_main_process
     rank, world = accelerator.process_index, accelerator.num_processes
     state = open_run_folder(out, resume, overwrite, main_process=main_proc)
@@ -163,9 +173,10 @@ def train(config: TrainConfig | dict[str, Any] | str | os.PathLike, progress: bo
     log_every = config.resolved_log_every(device)
     deferred = log_every > 1 and not stateful
     guard = DeviceGuard(device) if deferred and mixed != "fp16" else None
+    # Fused Adam wherever the device has it, guard or not: log_every never changes the run
+    # (foreach and fused Adam differ in the last bits, which Adam's first steps amplify to ±lr).
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.betas,
-                                 weight_decay=config.weight_decay,
-                                 fused=True if guard is not None else None)
+                                 weight_decay=config.weight_decay, fused=fused_adam(device))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config, iterations))
     history = History(columns=history_columns(config, val_ds is not None, list(tests)), config=config,
                       folder=out, meta={
@@ -176,6 +187,8 @@ def train(config: TrainConfig | dict[str, Any] | str | os.PathLike, progress: bo
                           "best_selection": ("val_psnr" if val_ds is not None else
                                              "none: no validation split, best.pt is not written "
                                              "(report the last checkpoint)")})
+    if lock is not None and lock.stale is not None:
+        history.meta["stale_lock"] = lock.stale  # a crashed run held the folder before
     start, elapsed0, last_good = 0, 0.0, None
     if state is not None:
         model.load_state_dict(state["model"])

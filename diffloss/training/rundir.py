@@ -16,10 +16,24 @@ from .atomic import remove_stale_temporaries
 from .checkpoint import BEST, LAST, load_checkpoint
 from .config import CONFIG_FILE, RESUMABLE_CHANGES, TrainConfig
 from .history import HISTORY_CSV, HISTORY_JSON
+from .lock import RunLock
 
-__all__ = ["RUN_FILES", "check_resume_config", "open_run_folder"]
+__all__ = ["RUN_FILES", "check_resume_config", "lock_run_folder", "open_run_folder"]
 
 RUN_FILES: tuple[str, ...] = (LAST, BEST, CONFIG_FILE, HISTORY_CSV, HISTORY_JSON)
+
+
+def lock_run_folder(out: Path, resume: bool,
+                    main_process: bool = True) -> RunLock | contextlib.nullcontext:
+    """Create ``out`` (unless resuming) and return its exclusive :class:`RunLock`, to hold with
+    ``with``; a ``nullcontext`` (yielding ``None``) where there is nothing to lock: another
+    process of the run, a folder to resume that does not exist or a file at ``out``
+    (:func:`open_run_folder` reports those)."""
+    out = Path(out)
+    if not main_process or (out.exists() and not out.is_dir()) or (resume and not out.exists()):
+        return contextlib.nullcontext()
+    out.mkdir(parents=True, exist_ok=True)
+    return RunLock(out)
 
 
 def open_run_folder(out: Path, resume: bool, overwrite: bool,
