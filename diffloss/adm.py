@@ -776,8 +776,9 @@ def convert_adm_checkpoint(
     ``UNet2DModel.from_pretrained(out_dir)`` and ``DDPMScheduler.from_pretrained(out_dir)`` read it.
 
     Checked before the (slow) conversion: ``out_dir`` is a new folder, an empty one, or a
-    previous conversion (it holds ``config.json``; replaced) -- an existing file there is a
-    ``NotADirectoryError``, a folder of other files a ``FileExistsError``. The folder is written
+    previous conversion (only the files a conversion writes, ``adm_flags.json`` among them;
+    replaced) -- an existing file there is a ``NotADirectoryError``, any other folder (a
+    training run, a foreign model, notes of the user's) a ``FileExistsError``. The folder is written
     under a temporary name next to it and renamed into place at the end, so a failed write (disk
     full: an ``OSError`` naming the folder, no traceback text) leaves nothing half-written.
     """
@@ -835,15 +836,39 @@ def _check_output_dir(out: Path) -> None:
         parent = parent.parent
     if parent.exists() and not parent.is_dir():
         raise NotADirectoryError(f"cannot create the output folder {out}: {parent} is a file")
-    if out.is_dir() and not (out / "config.json").exists():
-        others = sorted(p.name for p in out.iterdir())
-        if others:
-            shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+    if out.is_dir():
+        names = sorted(p.name for p in out.iterdir())
+        if names and not _is_conversion(out, names):
+            shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
             raise FileExistsError(
-                f"output folder {out} already holds other files ({shown}) and no previous "
-                "conversion (config.json); the conversion replaces its folder, so pass a new or "
-                "empty folder"
+                f"output folder {out} holds files that a conversion does not write ({shown}); "
+                "the conversion replaces its whole folder, so nothing was changed. Pass a new or "
+                "empty folder, or one that holds only a previous conversion "
+                f"({', '.join(CONVERSION_FILES)})"
             )
+
+
+#: What :func:`convert_adm_checkpoint` writes; ``adm_flags.json`` marks a folder as its output.
+CONVERSION_FILES: tuple[str, ...] = ("config.json", "diffusion_pytorch_model.safetensors",
+                                     "scheduler_config.json", "adm_flags.json")
+
+
+def _is_conversion(out: Path, names: list[str]) -> bool:
+    """Whether ``out`` (whose entries are ``names``) is a previous conversion, which may be
+    replaced: only the files a conversion writes, its marker ``adm_flags.json`` among them, and
+    a ``config.json`` that describes a ``UNet2DModel``. A training run folder, a foreign model
+    or a folder with notes of the user's own is not."""
+    if "adm_flags.json" not in names or not set(names) <= set(CONVERSION_FILES):
+        return False
+    if not all((out / n).is_file() and not (out / n).is_symlink() for n in names):
+        return False
+    if "config.json" not in names:
+        return True  # a conversion whose config.json was deleted
+    try:
+        config = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and config.get("_class_name") == "UNet2DModel"
 
 
 def _sha256(path: Path, chunk: int = 1 << 22) -> str:

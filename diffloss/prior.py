@@ -285,6 +285,7 @@ class DiffusionPrior(nn.Module):
                     "Write one with DiffusionPrior.save_pretrained(folder) or "
                     "`diffloss convert-adm CKPT.pt FOLDER`."
                 )
+            check_unet_class(_read_json_object(unet_dir / "config.json"), unet_dir)
             try:
                 unet = UNet2DModel.from_pretrained(unet_dir, **kwargs)
             except OSError as exc:  # a truncated weights file, a broken config.json, ...
@@ -305,6 +306,12 @@ class DiffusionPrior(nn.Module):
             unet, sched_cfg = _from_hub(str(name_or_path), **kwargs)
             where = f"{name_or_path} (hub)"
         check_epsilon_prediction(sched_cfg, where)
+        unloaded = [n for n, p in (*unet.named_parameters(), *unet.named_buffers()) if p.is_meta]
+        if unloaded:  # weights the folder does not have for this class
+            raise UnsupportedPriorError(
+                f"cannot use the prior {name_or_path}: {len(unloaded)} of its U-Net's weights are "
+                f"missing from the files (e.g. {unloaded[0]}); the folder does not hold a "
+                "UNet2DModel's weights")
         schedule = NoiseSchedule.from_diffusers_config(sched_cfg) if sched_cfg else NoiseSchedule.linear()
         prior = cls(unet, schedule)
         prior.source = str(name_or_path)
@@ -335,6 +342,25 @@ class DiffusionPrior(nn.Module):
         prior = cls(unet, NoiseSchedule.from_diffusers_config(sched_cfg))
         prior.source = f"adm:{path}"
         return prior
+
+
+class UnsupportedPriorError(ValueError):
+    """A model that :class:`DiffusionPrior` cannot use as a prior (its class or its weights)."""
+
+
+def check_unet_class(config: dict[str, Any], where: Any) -> None:
+    """:class:`UnsupportedPriorError` unless the diffusers ``config`` describes a
+    ``UNet2DModel``: an unconditional, pixel-space U-Net, the kind of model DiffLoss's prior is
+    (seed Eq. 6). Any other class would load with weights left unset (diffusers loads what
+    matches by name and leaves the rest on the ``meta`` device)."""
+    kind = config.get("_class_name", "UNet2DModel")
+    if kind == "UNet2DModel":
+        return
+    hint = (" It is a text-conditioned U-Net, as in latent diffusion (Stable Diffusion): "
+            "latent priors are not supported yet." if kind == "UNet2DConditionModel" else "")
+    raise UnsupportedPriorError(
+        f"{where} holds a {kind}, not a UNet2DModel: DiffusionPrior loads unconditional "
+        f"pixel-space diffusers UNet2DModel priors (or guided-diffusion ADM checkpoints).{hint}")
 
 
 def check_epsilon_prediction(sched_cfg: dict[str, Any] | None, where: Any) -> None:
@@ -446,8 +472,12 @@ def _from_hub(repo_id: str, **kwargs: Any) -> tuple[UNet2DModel, dict[str, Any] 
     errors = []
     for sub in (None, "unet"):
         try:
+            check_unet_class(dict(UNet2DModel.load_config(repo_id, subfolder=sub, **kwargs)),
+                             f"{repo_id} (hub{f', {sub}/' if sub else ''})")
             unet = UNet2DModel.from_pretrained(repo_id, subfolder=sub, **kwargs)
             break
+        except UnsupportedPriorError:
+            raise
         except (OSError, ValueError, EnvironmentError) as err:  # noqa: UP024 (diffusers raises both)
             errors.append(err)
             if _hub_unreachable(err):

@@ -292,11 +292,50 @@ def test_output_that_is_a_file_or_a_foreign_folder_is_refused(tmp_path, adm_ref,
     foreign = tmp_path / "photos"
     foreign.mkdir()
     (foreign / "holiday.jpg").write_bytes(b"x")
-    with pytest.raises(FileExistsError, match=r"photos already holds other files \(holiday.jpg\)"):
+    with pytest.raises(FileExistsError, match=r"photos holds files that a conversion does not "
+                                              r"write \(holiday.jpg\)"):
         convert_adm_checkpoint(ckpt, foreign, cfg)
     assert a_file.read_text() == "mine" and (foreign / "holiday.jpg").exists()
     assert cli.main(["convert-adm", str(ckpt), str(a_file), "--flags", str(flags)]) == 1
     assert capsys.readouterr().err.startswith("error: output ")
+
+
+@pytest.mark.parametrize("files", [
+    # a training run folder (it holds a config.json too): the converter deleted it, exit 0
+    {"config.json": '{"model": "msbdn-small"}', "last.pt": "w", "history.csv": "step\n"},
+    # a foreign diffusers model with the user's notes
+    {"config.json": '{"_class_name": "UNet2DModel"}', "my_model.safetensors": "w",
+     "notes.txt": "mine"},
+    # a conversion the user added a file to
+    {"config.json": '{"_class_name": "UNet2DModel"}', "adm_flags.json": "{}", "notes.txt": "mine"},
+    # the conversion's marker beside another model class
+    {"config.json": '{"_class_name": "UNet2DConditionModel"}', "adm_flags.json": "{}"},
+])
+def test_a_folder_that_is_not_a_previous_conversion_is_never_replaced(tmp_path, adm_ref, capsys,
+                                                                      files) -> None:
+    ckpt, flags = _write_adm(tmp_path, adm_ref)
+    out = tmp_path / "out"
+    out.mkdir()
+    for name, text in files.items():
+        (out / name).write_text(text)
+    assert cli.main(["convert-adm", str(ckpt), str(out), "--flags", str(flags)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: output folder") and "nothing was changed" in err
+    assert len(err.strip().splitlines()) == 1
+    assert {p.name: p.read_text() for p in out.iterdir()} == files
+
+
+def test_a_previous_conversion_is_replaced(tmp_path, adm_ref) -> None:
+    ckpt, flags = _write_adm(tmp_path, adm_ref)
+    cfg = read_adm_flags(flags)
+    out = convert_adm_checkpoint(ckpt, tmp_path / "prior", cfg)
+    first = (out / "diffusion_pytorch_model.safetensors").read_bytes()
+    (out / "scheduler_config.json").unlink()  # even an incomplete one
+    assert convert_adm_checkpoint(ckpt, out, cfg) == out
+    assert (out / "diffusion_pytorch_model.safetensors").read_bytes() == first
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ("config.json", "diffusion_pytorch_model.safetensors", "scheduler_config.json",
+         "adm_flags.json"))
 
 
 def test_disk_full_while_saving_leaves_nothing_half_written(tmp_path, adm_ref, monkeypatch) -> None:

@@ -13,6 +13,7 @@ import huggingface_hub.constants
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import make_tiny_prior
 from diffusers import DDPMScheduler, UNet2DModel
 from torch import nn
 
@@ -541,3 +542,52 @@ def test_train_tiny_cli_is_seeded_and_records_its_command(api_run, tmp_path, cap
     a = DiffusionPrior.from_pretrained(tmp_path / "cli").state_dict()
     b = DiffusionPrior.from_pretrained(api_out).state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ------------------------------------------------- models the loader cannot use (issue 20, 4)
+def _tiny_conditional_unet():
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(8, 16), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=8,
+        attention_head_dim=2, norm_num_groups=4)
+
+
+@pytest.mark.parametrize("subfolder", ["", "unet"])
+def test_a_conditional_unet_is_refused_at_load_with_a_message(tmp_path, subfolder, capsys):
+    """It used to load with its attention weights left on the meta device, and DiffLoss then
+    failed with 'Tensor on device meta'."""
+    from diffloss import cli
+
+    folder = tmp_path / "sd"
+    _tiny_conditional_unet().save_pretrained(folder / subfolder)
+    with pytest.raises(ValueError, match=r"holds a UNet2DConditionModel, not a UNet2DModel.*"
+                                         r"text-conditioned.*not supported yet"):
+        DiffusionPrior.from_pretrained(folder)
+    code = cli.main(["train", "--prior", str(folder), "--out", str(tmp_path / "run"), "--cpu",
+                     "--iters", "1", "--no-progress", "--max-size", "64", "--crop", "32", "--train-items", "4",
+                     "--val", "0", "--eval-every", "0", "--loss", "l1+diffloss"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+    assert "UNet2DConditionModel" in err
+
+
+def test_weights_left_unloaded_are_refused(tmp_path, monkeypatch):
+    """Whatever the reason, a U-Net with parameters on the meta device is never handed out."""
+    from diffusers import UNet2DModel
+
+    folder = tmp_path / "p"
+    make_tiny_prior().save_pretrained(folder)
+    real = UNet2DModel.from_pretrained
+
+    def partly_loaded(*args, **kwargs):
+        unet = real(*args, **kwargs)
+        unet.conv_in.weight = torch.nn.Parameter(torch.empty(unet.conv_in.weight.shape,
+                                                             device="meta"))
+        return unet
+
+    monkeypatch.setattr(UNet2DModel, "from_pretrained", partly_loaded)
+    with pytest.raises(ValueError, match=r"1 of its U-Net's weights are missing.*conv_in.weight"):
+        DiffusionPrior.from_pretrained(folder)

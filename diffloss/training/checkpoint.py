@@ -191,14 +191,24 @@ def model_from_state(state: dict[str, Any], ema: bool | None = None,
     from .build import build_model
     from .config import TrainConfig
 
-    model = build_model(TrainConfig.from_dict(state["config"]).model)
+    name = TrainConfig.from_dict(state["config"]).model
+    model = build_model(name)
     use_ema = state.get("ema") is not None if ema is None else ema
-    if use_ema:
-        if state.get("ema") is None:
-            raise ValueError(f"{source} has no EMA weights (the run had ema=None)")
-        model.load_state_dict(state["ema"]["shadow"])
-    else:
-        model.load_state_dict(state["model"])
+    if use_ema and state.get("ema") is None:
+        raise ValueError(f"{source} has no EMA weights (the run had ema=None)")
+    weights = state["ema"]["shadow"] if use_ema else state["model"]
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in weights]
+    unexpected = [k for k in weights if k not in expected]
+    shapes = [k for k in expected if k in weights and tuple(weights[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or shapes:  # load_state_dict would print hundreds of lines
+        first = (missing or unexpected or shapes)[0]
+        raise CheckpointError(
+            f"{source}: its weights do not fit the network its config names (model={name!r}): "
+            f"{len(missing)} missing, {len(unexpected)} unexpected and {len(shapes)} mis-shaped "
+            f"tensors (first: {first}). The config was edited, or the weights come from another "
+            "run; use the checkpoint its run wrote.")
+    model.load_state_dict(weights)
     return model.eval()
 
 

@@ -53,10 +53,13 @@ class RunLock:
 
     Raises :class:`RunFolderLocked` (a ``FileExistsError``) when another live process holds it.
     ``stale`` is the record of a previous holder that died without releasing (else ``None``).
+    ``remove_if_empty``: remove the folder on release when it is empty (it was made for a run
+    that failed before writing anything).
     """
 
-    def __init__(self, folder: str | os.PathLike) -> None:
+    def __init__(self, folder: str | os.PathLike, remove_if_empty: bool = False) -> None:
         self.path = Path(folder) / LOCK_FILE
+        self.remove_if_empty = remove_if_empty  # a folder made for a run that wrote nothing
         self.stale: dict[str, Any] | None = None
         self._fd: int | None = None
 
@@ -113,6 +116,9 @@ class RunLock:
         fcntl.flock(self._fd, fcntl.LOCK_UN)
         os.close(self._fd)
         self._fd = None
+        if self.remove_if_empty:
+            with contextlib.suppress(OSError):  # not empty: the run wrote its files
+                self.path.parent.rmdir()
 
     def __enter__(self) -> RunLock:
         return self.acquire()

@@ -32,8 +32,9 @@ def lock_run_folder(out: Path, resume: bool,
     out = Path(out)
     if not main_process or (out.exists() and not out.is_dir()) or (resume and not out.exists()):
         return contextlib.nullcontext()
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    return RunLock(out)
+    return RunLock(out, remove_if_empty=created)
 
 
 def open_run_folder(out: Path, resume: bool, overwrite: bool,
