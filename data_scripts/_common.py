@@ -348,6 +348,17 @@ class Source:
                 f"{self.path} is corrupt: member {rel!r} cannot be extracted ({exc})."
             ) from None
 
+    def read(self, rel: str) -> bytes:
+        """The bytes of file ``rel`` (zip: CRC checked)."""
+        if self._zip is None:
+            return (self.path / rel).read_bytes()
+        try:
+            return self._zip.read(rel)
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
+            raise ArchiveError(
+                f"{self.path} is corrupt: member {rel!r} cannot be extracted ({exc})."
+            ) from None
+
     def close(self) -> None:
         if self._zip is not None:
             self._zip.close()
@@ -419,6 +430,44 @@ class Subset:
     expected: int
 
 
+#: Formats the trainer's decoder (torchvision.io) cannot read: converted to PNG while preparing.
+CONVERT_TO_PNG = (".bmp", ".tif", ".tiff")
+#: Pillow modes a PNG stores exactly (8-bit grey, grey + alpha, palette, RGB, RGBA; 16-bit grey).
+_PNG_MODES = ("1", "L", "LA", "P", "RGB", "RGBA", "I;16")
+
+
+def convert_to_png(data: bytes, name: str, target: Path) -> Path:
+    """Write the BMP/TIFF image ``data`` (named ``name`` in messages) to ``target`` as a PNG,
+    losslessly: the PNG is read back and its pixels compared with the source's. An image that
+    a PNG cannot hold exactly (several frames or pages, CMYK, 16-bit colour, floating point)
+    is an :class:`ArchiveError` that says how to convert it by hand."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if getattr(im, "n_frames", 1) > 1:
+                raise ArchiveError(f"{name}: holds {im.n_frames} images (pages or frames); "
+                                   "save the one you mean as a PNG by hand.")
+            im.load()
+            if im.mode not in _PNG_MODES:
+                raise ArchiveError(
+                    f"{name}: pixel mode {im.mode} cannot be stored exactly in a PNG this "
+                    "project reads; convert it to 8-bit RGB PNG by hand (e.g. with Pillow) and "
+                    "pass the folder again.")
+            pixels = im.tobytes()
+            target.parent.mkdir(parents=True, exist_ok=True)
+            im.save(target, format="PNG")
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise ArchiveError(f"{name}: cannot be read as an image ({exc}).") from None
+    with Image.open(target) as back:
+        if back.tobytes() != pixels:
+            raise ArchiveError(f"{name}: the PNG written for it differs from the source; "
+                               "convert it by hand.")
+    return target
+
+
 def _is_image(rel: str) -> bool:
     return PurePosixPath(rel).suffix.lower() in IMAGE_EXTENSIONS
 
@@ -479,6 +528,8 @@ def prepare_pairs(
     name without extension (unpaired files are listed and skipped), the pair count is compared
     with ``subset.expected`` (a warning with the found count when they differ), and the pairs
     are copied into a temporary folder renamed into place at the end (:func:`atomic_dir`).
+    BMP and TIFF files, which the trainer cannot decode, are converted to PNG on the way,
+    losslessly (:func:`convert_to_png`); one that cannot be leaves nothing in place.
     A subset already in place is left alone unless ``force``. Returns an exit status:
     0 when every subset is in place, 1 otherwise (with a message that says what is missing).
     """
@@ -529,11 +580,20 @@ def prepare_pairs(
                 warn(f"{dataset} {subset.dest}: found {len(common):,} pairs, expected {subset.expected:,}.")
             log(f"{dataset} {subset.dest}: {len(common):,} pairs from {source.path}:{prefix}")
             try:
+                converted = 0
                 with atomic_dir(root / subset.dest) as tmp:
                     for stem in common:
                         for side in subset.pair:
                             rel = by_stem[side][stem]
-                            source.copy(rel, tmp / side / PurePosixPath(rel).name, link=link)
+                            name = PurePosixPath(rel)
+                            if name.suffix.lower() in CONVERT_TO_PNG:  # torchvision cannot read it
+                                convert_to_png(source.read(rel), f"{source.path}:{rel}",
+                                               tmp / side / (name.stem + ".png"))
+                                converted += 1
+                            else:
+                                source.copy(rel, tmp / side / name.name, link=link)
+                if converted:
+                    log(f"  {converted:,} BMP/TIFF image(s) converted to PNG (lossless, checked)")
             except ArchiveError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return 1

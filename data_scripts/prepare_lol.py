@@ -8,7 +8,9 @@ stable direct link, so this script starts from the archive (zip) or folder you d
 It finds the folders named ``our485`` and ``eval15`` that hold ``low/`` and ``high/`` wherever
 they sit, pairs images by file name, checks the counts (485 train pairs, 15 test pairs; a
 warning with the found count when they differ), and copies them into a temporary folder that
-is renamed into place at the end. Already prepared subsets are left alone (``--force`` redoes
+is renamed into place at the end. BMP and TIFF
+files, which the trainer's decoder cannot read, are converted to PNG on the way (losslessly,
+checked pixel by pixel); one that a PNG cannot hold exactly stops the script, nothing written. Already prepared subsets are left alone (``--force`` redoes
 them). ``diffloss.PairedImageDataset("data/lol", "lol", "train" | "test")`` reads the result.
 """
 

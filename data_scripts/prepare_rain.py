@@ -9,7 +9,9 @@ script starts from the archives (zip) or folders you downloaded. It accepts both
 circulation: ``train/Rain13K/{input,target}`` (Restormer) or ``train/{input,target}`` (MPRNet)
 for the training set, and a ``Rain100H/{input,target}`` folder for the test set. Images are
 paired by file name, counts are checked (a warning with the found count when they differ),
-and each subset is copied into a temporary folder renamed into place at the end. Already
+and each subset is copied into a temporary folder renamed into place at the end. BMP and TIFF
+files, which the trainer's decoder cannot read, are converted to PNG on the way (losslessly,
+checked pixel by pixel); one that a PNG cannot hold exactly stops the script, nothing written. Already
 prepared subsets are left alone (``--force`` redoes them).
 ``diffloss.PairedImageDataset("data/rain", "rain", "train" | "test")`` reads the result.
 """

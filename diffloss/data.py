@@ -11,6 +11,7 @@ train on the left 75 % only; the right 22 % of each is the in-distribution test 
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import zlib
 from dataclasses import dataclass
@@ -153,6 +154,7 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp")
 #: Image extensions found in the wild that ``torchvision.io`` cannot decode: reported, not skipped.
 _UNSUPPORTED_EXTENSIONS: tuple[str, ...] = (".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".pnm", ".heic")
 _PROBLEM_LINES = 20
+logger = logging.getLogger("diffloss.data")
 
 
 class ImageFileError(ValueError):
@@ -238,6 +240,10 @@ def _check_png(data: bytes, path: Path) -> bool:
                 has_plte = True
             elif kind == b"tRNS":
                 has_trns = True
+            elif kind == b"acTL" and length >= 4 and int.from_bytes(body[0:4], "big") > 1:
+                raise ImageFileError(
+                    f"{path}: an animated PNG ({int.from_bytes(body[0:4], 'big')} frames); only "
+                    "its first frame would be read. Save the frame you mean as a still PNG.")
             elif kind[:1].isupper():  # a critical chunk this decoder does not know
                 raise bad(f"unknown critical chunk {name}")
         pos = end + 4
@@ -293,11 +299,14 @@ def _decode_raw(path: Path) -> Tensor:
     PNGs are checked by :func:`_check_png` first (a damaged PNG would crash torchvision).
     Conversions (documented in :func:`load_image`): grayscale and palette images become RGB,
     a fully opaque alpha channel (or ``tRNS`` transparency) is dropped, a transparent one is an
-    error.
+    error. The EXIF orientation (cameras store pixels as the sensor saw them, with a tag that
+    says how to turn them upright) is applied, as image viewers do.
     """
     try:
         mtime = path.stat().st_mtime_ns
         raw = path.read_bytes()
+        if not raw:
+            raise ImageFileError(f"{path}: the file is empty (0 bytes); replace it with a good copy")
         has_trns = False
         if raw[:4] == _PNG_SIGNATURE[:4]:  # what torchvision takes for a PNG
             key = (str(path), len(raw), mtime)
@@ -305,11 +314,11 @@ def _decode_raw(path: Path) -> Tensor:
                 _PNG_CHECKED[key] = _check_png(raw, path)
             has_trns = _PNG_CHECKED[key]
         data = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
-        img = decode_image(data, mode=ImageReadMode.UNCHANGED)
+        img = decode_image(data, mode=ImageReadMode.UNCHANGED, apply_exif_orientation=True)
         if img.ndim != 3:
             raise ImageFileError(f"{path}: animated or multi-frame images are not supported")
         if has_trns and img.shape[0] in (1, 3):  # palette/grey/RGB transparency: make it alpha
-            img = decode_image(data, mode=ImageReadMode.RGB_ALPHA)
+            img = decode_image(data, mode=ImageReadMode.RGB_ALPHA, apply_exif_orientation=True)
         channels = img.shape[0]
         if channels in (2, 4):
             alpha = img[-1]
@@ -322,7 +331,7 @@ def _decode_raw(path: Path) -> Tensor:
                 )
         if channels in (1, 2):
             # Grayscale (or a palette PNG, which UNCHANGED returns as indices): let libpng expand.
-            img = decode_image(data, mode=ImageReadMode.RGB)
+            img = decode_image(data, mode=ImageReadMode.RGB, apply_exif_orientation=True)
         elif channels == 4:
             img = img[:3]
         elif channels != 3:
@@ -358,6 +367,8 @@ def load_image(path: str | Path) -> Tensor:
       (palette entries are looked up).
     - An **alpha** channel that is fully opaque is dropped. Transparent pixels have no defined
       colour, so an image with any alpha below full scale raises :class:`ImageFileError`.
+    - The **EXIF orientation** is applied (a photo stored sideways with Orientation = 6 is
+      returned upright), as viewers show it. **Animated** images raise :class:`ImageFileError`.
 
     Raises :class:`ImageFileError` (a ``ValueError``) naming the file when it cannot be decoded.
     """
@@ -365,19 +376,32 @@ def load_image(path: str | Path) -> Tensor:
 
 
 def _probe_size(path: Path) -> tuple[int, int]:
-    """(H, W) from the file header only (Pillow reads no pixel data); raises ImageFileError."""
+    """(H, W) as :func:`load_image` returns it (EXIF orientation applied), from the file header
+    only (Pillow reads no pixel data); raises ImageFileError (also for animated images)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
             fmt = im.format
             w, h = im.size
+            animated = getattr(im, "n_frames", 1) > 1
+            if fmt == "PNG":  # getexif() would decode the whole PNG to find a late eXIf
+                exif = Image.Exif()
+                if im.info.get("exif"):  # an eXIf chunk before the image data
+                    exif.load(im.info["exif"])
+            else:
+                exif = im.getexif()
+            if exif.get(0x0112, 1) in (5, 6, 7, 8):  # EXIF orientation: turned by 90°
+                w, h = h, w
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise ImageFileError(f"{path}: unreadable or corrupt image ({_short(exc)})") from exc
     if fmt not in ("PNG", "JPEG", "WEBP", "MPO"):
         raise ImageFileError(
             f"{path}: the file is {fmt}, which torchvision.io cannot decode; convert it to PNG"
         )
+    if animated:
+        raise ImageFileError(f"{path}: an animated image; only its first frame would be read. "
+                             "Save the frame you mean as a still image.")
     return h, w
 
 
@@ -436,18 +460,39 @@ def _layout_dirs(
 
 
 def _list_images(folder: Path, layout: str) -> list[Path]:
+    """The images of ``folder``. Every entry the loader will not use is reported, never
+    skipped silently: broken links, empty image files and formats torchvision cannot decode
+    are errors (one message listing them all); other files and sub-folders are named in a
+    warning. Hidden entries (``.DS_Store``, ``.ipynb_checkpoints``) are ignored."""
     if not folder.is_dir():
         raise FileNotFoundError(
             f"Folder not found: {folder}. Expected layout for {layout!r}: {LAYOUT_HELP[layout]}"
         )
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    files = [p for p in entries if p.is_file()]
+    problems = []
+    dangling = [p.name for p in entries if p.is_symlink() and not p.exists()]
+    if dangling:
+        problems.append(f"{len(dangling)} broken link(s), whose target does not exist (restore "
+                        f"or delete them): {_name_list(dangling)}")
+    empty = [p.name for p in files if p.suffix.lower() in IMAGE_EXTENSIONS and p.stat().st_size == 0]
+    if empty:
+        problems.append(f"{len(empty)} empty file(s) of 0 bytes (an interrupted copy? copy them "
+                        f"again): {_name_list(empty)}")
     unsupported = [p.name for p in files if p.suffix.lower() in _UNSUPPORTED_EXTENSIONS]
     if unsupported:
-        raise ImageFileError(
-            f"{folder}: {len(unsupported)} image(s) in a format torchvision.io cannot decode "
-            f"(convert them to PNG): {_name_list(unsupported)}"
-        )
+        problems.append(f"{len(unsupported)} image(s) in a format torchvision.io cannot decode "
+                        f"(convert them to PNG): {_name_list(unsupported)}")
+    if problems:
+        raise ImageFileError(f"{folder}: " + "; ".join(problems))
     images = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
+    unused = [p.name + ("/" if p.is_dir() else "") for p in entries
+              if p not in images and not (p.is_symlink() and not p.exists())]
+    if unused:
+        logger.warning("%s: %d entr%s that %s not an image (%s) %s not used: %s", folder,
+                       len(unused), "y" if len(unused) == 1 else "ies",
+                       "is" if len(unused) == 1 else "are", ", ".join(IMAGE_EXTENSIONS),
+                       "is" if len(unused) == 1 else "are", _name_list(unused))
     if not images:
         raise FileNotFoundError(
             f"No images ({', '.join(IMAGE_EXTENSIONS)}) in {folder}. "

@@ -450,3 +450,87 @@ def test_synthetic_haze_train_and_test_images_are_disjoint() -> None:
 def test_synthetic_haze_crop_too_large() -> None:
     with pytest.raises(ValueError, match=r"crop 100×100 is larger than image"):
         SyntheticHaze("train", crop=100, max_size=64)
+
+
+# ------------------------------------------------------------------------------------------
+# files the loader will not use as given (issue 20, cases 5 and 6)
+# ------------------------------------------------------------------------------------------
+
+
+def test_an_animated_png_is_refused_not_reduced_to_its_first_frame(tmp_path: Path) -> None:
+    from PIL import Image
+
+    a = rand_u8(3, 12, 16).permute(1, 2, 0).numpy()
+    frames = [Image.fromarray(a), Image.fromarray(255 - a)]
+    path = tmp_path / "anim.png"
+    frames[0].save(path, save_all=True, append_images=frames[1:])
+    with pytest.raises(ImageFileError, match=r"anim\.png: an animated PNG \(2 frames\)"):
+        load_image(path)
+    deg, clean = make_folders(tmp_path, n=1)
+    (deg / "img0.png").write_bytes(path.read_bytes())
+    for verify in ("header", "full"):
+        with pytest.raises(ValueError, match=r"img0\.png: an animated"):
+            PairedImageDataset((deg, clean), "folders", verify=verify)
+    Image.fromarray(a).save(tmp_path / "still.png")  # one frame: fine
+    assert load_image(tmp_path / "still.png").shape == (3, 12, 16)
+
+
+def _jpeg_with_orientation(path: Path, upright: np.ndarray, orientation: int) -> None:
+    """Store ``upright`` (H×W×3) the way a camera does: pixels turned, an EXIF tag to undo it."""
+    from PIL import Image
+
+    stored = {1: upright, 6: np.rot90(upright, 1), 8: np.rot90(upright, -1),
+              3: np.rot90(upright, 2)}[orientation]  # 6: viewers turn 90° clockwise to show it
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(np.ascontiguousarray(stored)).save(path, exif=exif, quality=100, subsampling=0)
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_exif_orientation_is_applied_as_viewers_do(tmp_path: Path, orientation: int) -> None:
+    upright = np.zeros((16, 24, 3), np.uint8)
+    upright[:4, :8] = 255  # a white block at the top left of the upright picture
+    _jpeg_with_orientation(tmp_path / "cam.jpg", upright, orientation)
+    img = load_image(tmp_path / "cam.jpg")
+    assert img.shape == (3, 16, 24)
+    assert float(img[:, :4, :8].mean()) > 0.9 and float(img[:, 4:, 8:].mean()) < 0.1
+
+
+def test_a_rotated_square_photo_pairs_with_its_upright_partner(tmp_path: Path) -> None:
+    """Square images used to pair silently misaligned (the sizes match either way)."""
+    g = np.random.default_rng(0)
+    upright = g.integers(0, 256, (24, 24, 3)).astype(np.uint8)
+    upright = np.kron(upright[::4, ::4], np.ones((4, 4, 1), np.uint8))  # blocky: JPEG keeps it
+    deg, clean = tmp_path / "deg", tmp_path / "clean"
+    deg.mkdir()
+    clean.mkdir()
+    _jpeg_with_orientation(deg / "a.jpg", upright, 6)
+    write_png(clean / "a.png", torch.from_numpy(upright).permute(2, 0, 1).contiguous())
+    rect = np.zeros((16, 24, 3), np.uint8)
+    _jpeg_with_orientation(deg / "b.jpg", rect, 6)  # header check: stored 24×16, shown 16×24
+    write_png(clean / "b.png", torch.from_numpy(rect).permute(2, 0, 1).contiguous())
+    ds = PairedImageDataset((deg, clean), "folders", verify="header")
+    d, c, name = ds[0]
+    assert name == "a" and float((d - c).abs().mean()) < 0.03
+
+
+def test_every_file_the_loader_will_not_use_is_reported(tmp_path: Path, caplog) -> None:
+    import logging
+    import os
+
+    deg, clean = make_folders(tmp_path, n=2)
+    (deg / "notes.txt").write_text("mine")
+    (deg / "sub").mkdir()
+    (deg / ".DS_Store").write_bytes(b"x")  # hidden: ignored
+    with caplog.at_level(logging.WARNING, logger="diffloss.data"):
+        PairedImageDataset((deg, clean), "folders")
+    assert "2 entries that are not an image" in caplog.text and "notes.txt, sub/" in caplog.text
+    assert ".DS_Store" not in caplog.text
+    (clean / "img5.png").write_bytes(b"")
+    os.symlink(tmp_path / "gone.png", clean / "img6.png")
+    with pytest.raises(ImageFileError, match=r"1 broken link\(s\).*img6\.png; 1 empty file\(s\) "
+                                             r"of 0 bytes.*img5\.png"):
+        PairedImageDataset((deg, clean), "folders")
+    with pytest.raises(ImageFileError, match=r"x\.png: the file is empty \(0 bytes\)"):
+        (tmp_path / "x.png").write_bytes(b"")
+        load_image(tmp_path / "x.png")

@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import pytest
 import torch
 from torchvision.io import encode_png
@@ -401,3 +402,44 @@ def test_prepare_scripts_need_a_source(tmp_path: Path, capsys) -> None:
     assert "pass --source" in capsys.readouterr().err
     assert lol.main(["--root", str(tmp_path), "--source", str(tmp_path / "missing.zip")]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_bmp_and_tiff_are_converted_to_png_losslessly(tmp_path: Path, capsys) -> None:
+    """They used to be copied as they were, and the trainer then refused them."""
+    from PIL import Image
+
+    src = tmp_path / "download"
+    g = np.random.default_rng(0)
+    pixels = {}
+    for i in range(3):
+        for side, ext in (("low", ".bmp"), ("high", ".tif")):
+            arr = g.integers(0, 256, (12, 16, 3)).astype(np.uint8)
+            path = src / "our485" / side / f"{i + 1}{ext}"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(arr).save(path)
+            pixels[(side, i + 1)] = arr
+    fake_pairs(src, "eval15", ("low", "high"), 15)
+    root = tmp_path / "data"
+    assert lol.main(["--root", str(root), "--source", str(zip_folder(src, tmp_path / "l.zip"))]) == 0
+    assert "6 BMP/TIFF image(s) converted to PNG" in capsys.readouterr().out  # 3 pairs
+    ds = PairedImageDataset(root / "lol", "lol", "train")
+    for (side, i), arr in pixels.items():
+        png = root / "lol/our485" / side / f"{i}.png"
+        assert np.array_equal(np.asarray(Image.open(png)), arr)
+    assert len(ds) == 3 and sorted(p.suffix for p in (root / "lol/our485/low").iterdir()) == [".png"] * 3
+
+
+def test_an_image_a_png_cannot_hold_stops_the_script_with_nothing_written(tmp_path: Path,
+                                                                         capsys) -> None:
+    from PIL import Image
+
+    src = tmp_path / "download"
+    fake_pairs(src, "eval15", ("low", "high"), 15)
+    fake_pairs(src, "our485", ("low", "high"), 2)
+    (src / "our485/high/2.png").unlink()
+    Image.new("CMYK", (16, 12)).save(src / "our485/high/2.tif")
+    root = tmp_path / "data"
+    assert lol.main(["--root", str(root), "--source", str(src)]) == 1
+    err = capsys.readouterr().err
+    assert "2.tif: pixel mode CMYK cannot be stored exactly in a PNG" in err
+    assert not (root / "lol/our485").exists()
