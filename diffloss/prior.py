@@ -592,6 +592,19 @@ def evaluate_loss(unet: UNet2DModel, schedule: NoiseSchedule, x0: Tensor, n_t: i
     return total / count
 
 
+def _check_prior_output(out: Path) -> None:
+    """``out`` may be written by :func:`train_tiny`: a new or empty folder, or one that holds
+    only a prior's files (replaced). Anything else is refused with a message."""
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"output {out} is an existing file, not a folder: pass a folder "
+                                 "path for the prior (it is created)")
+    mine = {"config.json", "diffusion_pytorch_model.safetensors", SCHEDULER_CONFIG, PROVENANCE}
+    others = sorted(p.name for p in out.iterdir() if p.name not in mine) if out.is_dir() else []
+    if others:
+        raise FileExistsError(f"output folder {out} holds files that are not a prior's "
+                              f"({', '.join(others[:6])}); pass a new or empty folder")
+
+
 def train_tiny(out: str | os.PathLike, steps: int = 2500, batch_size: int = 16, size: int = 32,
                width: int = 24, lr: float = 2e-3, seed: int = 0, ema_decay: float = 0.995,
                n_eval: int = 96, progress: bool = True, command: str | None = None) -> dict[str, Any]:
@@ -604,6 +617,7 @@ def train_tiny(out: str | os.PathLike, steps: int = 2500, batch_size: int = 16, 
 
     from .data import sample_images
 
+    _check_prior_output(Path(out))  # before training, not after: no work is lost
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     schedule = NoiseSchedule.linear()

@@ -591,3 +591,18 @@ def test_weights_left_unloaded_are_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(UNet2DModel, "from_pretrained", partly_loaded)
     with pytest.raises(ValueError, match=r"1 of its U-Net's weights are missing.*conv_in.weight"):
         DiffusionPrior.from_pretrained(folder)
+
+
+def test_train_tiny_prior_refuses_a_bad_output_before_training(tmp_path, capsys):
+    """It used to train first and then fail on a file in the way (the work lost)."""
+    a_file = tmp_path / "taken.pt"
+    a_file.write_text("mine")
+    foreign = tmp_path / "run"
+    foreign.mkdir()
+    (foreign / "last.pt").write_text("w")
+    for out, message in ((a_file, "is an existing file"), (foreign, "not a prior's (last.pt)")):
+        assert cli.main(["train-tiny-prior", "--out", str(out), "--steps", "1",
+                         "--no-progress"]) == 1
+        captured = capsys.readouterr()
+        assert message in captured.err and "train-tiny" not in captured.err + captured.out
+    assert a_file.read_text() == "mine" and (foreign / "last.pt").read_text() == "w"
