@@ -1,6 +1,7 @@
 # DiffLoss tutorial: every target sets itself up (idempotent) and runs from a fresh clone.
 #   make demo   execute every chapter in notebooks/ in order (default profile), writing figures/
 #   make test   ruff + pytest (unit tests and nbval over the notebooks, DIFFLOSS_PROFILE=ci)
+#   make test-kernels  the numerics-heavy tests under ATEN_CPU_CAPABILITY=default (CI runs it too)
 #   make lab    JupyterLab on the chapters
 
 PYTHON ?= python3
@@ -10,14 +11,23 @@ STAMP  := $(VENV)/.diffloss-installed
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup demo test lint unit nbval lab notebooks bench clean
+.PHONY: setup demo test test-kernels lint unit nbval lab notebooks bench clean
+
+# The numerics-heavy tests (two training runs compared, losses and gradients against references),
+# run again by .ci/run under a second set of torch CPU kernels: readers' CPUs differ (AVX-512,
+# AVX2, ...) and a comparison must agree by design, not by the kernels of one machine.
+NUMERICS_TESTS := tests/test_sync_free.py tests/test_train.py tests/test_loss.py \
+	tests/test_schedule.py tests/test_losses_compare.py tests/test_metrics.py
+ALT_CPU_CAPABILITY ?= default
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@echo "setting up $(VENV) (pip install -e .[dev]; log in $(VENV)/install.log)"
+	@$(BIN)/python -m pip install --quiet --upgrade pip > $(VENV)/install.log 2>&1 && \
+		$(BIN)/python -m pip install --quiet -e ".[dev]" >> $(VENV)/install.log 2>&1 || \
+		{ cat $(VENV)/install.log; exit 1; }
 	@touch $(STAMP)
 
 demo: setup
@@ -38,6 +48,10 @@ nbval: setup
 
 test: lint setup
 	DIFFLOSS_PROFILE=ci $(BIN)/python -m pytest tests --nbval-lax --nbval-current-env notebooks
+
+test-kernels: setup
+	ATEN_CPU_CAPABILITY=$(ALT_CPU_CAPABILITY) DIFFLOSS_PROFILE=ci $(BIN)/python -m pytest -q \
+		-p no:cacheprovider $(NUMERICS_TESTS)
 
 lab: setup
 	$(BIN)/jupyter lab notebooks/

@@ -472,9 +472,11 @@ def _from_hub(repo_id: str, **kwargs: Any) -> tuple[UNet2DModel, dict[str, Any] 
     errors = []
     for sub in (None, "unet"):
         try:
-            check_unet_class(dict(UNet2DModel.load_config(repo_id, subfolder=sub, **kwargs)),
-                             f"{repo_id} (hub{f', {sub}/' if sub else ''})")
             unet = UNet2DModel.from_pretrained(repo_id, subfolder=sub, **kwargs)
+            # its config.json is in the cache now: read the class it was saved as
+            config = UNet2DModel.load_config(repo_id, subfolder=sub,
+                                             **{**kwargs, "local_files_only": True})
+            check_unet_class(dict(config), f"{repo_id} (hub{f', {sub}/' if sub else ''})")
             break
         except UnsupportedPriorError:
             raise

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from diffusers import UNet2DModel
@@ -62,3 +64,10 @@ def nan_in_diffloss(monkeypatch, part: str, bad_call) -> None:
         return out
 
     monkeypatch.setattr(DiffLoss, "forward", forward)
+
+
+def pytest_report_header(config) -> str:
+    """Which torch CPU kernels run the suite (``ATEN_CPU_CAPABILITY`` picks them): a test that
+    passes only under one set compares by luck (``make test-kernels`` runs another)."""
+    return (f"torch {torch.__version__}, CPU kernels: {torch.backends.cpu.get_cpu_capability()} "
+            f"(ATEN_CPU_CAPABILITY={os.environ.get('ATEN_CPU_CAPABILITY', 'unset')})")
