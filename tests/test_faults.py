@@ -458,7 +458,7 @@ def test_a_damaged_png_names_the_file_and_never_crashes(tmp_path) -> None:
 
 
 def test_png_check_accepts_valid_variants_and_catches_every_single_byte_flip(tmp_path) -> None:
-    from diffloss.data import _check_png
+    from diffloss.data.images import _check_png
 
     def pil_png(arr: np.ndarray, mode: str | None = None, **kw) -> bytes:
         im = Image.fromarray(arr)

@@ -8,6 +8,7 @@ import re
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,3 +94,40 @@ def test_committed_notebooks_are_executed_in_order_without_errors():
         assert counts == list(range(1, len(code) + 1)), f"{nb_path.name}: not executed top to bottom"
         errors = [o for c in code for o in c.get("outputs", []) if o.get("output_type") == "error"]
         assert not errors, f"{nb_path.name}: error outputs"
+
+
+def _relative_imports(folder: Path) -> dict[str, set[str]]:
+    """module → the sibling modules it imports (module level, local and TYPE_CHECKING alike)."""
+    import ast
+
+    graph = {}
+    for path in folder.glob("*.py"):
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module:
+                deps.add(node.module.split(".")[0])
+        graph[path.stem] = deps
+    return graph
+
+
+@pytest.mark.parametrize("package", ["training", "data"])
+def test_no_import_circle_and_small_modules(package):
+    """One concept a module: no module of the package over 450 lines (400 in training/), and
+    no two modules that import each other, directly or through others."""
+    folder = ROOT / "diffloss" / package
+    limit = 400 if package == "training" else 450
+    for path in folder.glob("*.py"):
+        assert len(path.read_text().splitlines()) <= limit, path
+    graph = _relative_imports(folder)
+
+    def reach(start: str) -> set[str]:
+        seen, todo = set(), [start]
+        while todo:
+            for dep in graph.get(todo.pop(), ()):
+                if dep not in seen:
+                    seen.add(dep)
+                    todo.append(dep)
+        return seen
+
+    circles = sorted(m for m in graph if m != "__init__" and m in reach(m))
+    assert not circles, f"modules in an import circle: {circles}"

@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
+from .config import eval_max_size_for
+
 if TYPE_CHECKING:
     from .config import TrainConfig
 
@@ -123,15 +125,6 @@ def build_datasets(config: TrainConfig) -> Datasets:
     if config.eval_max_size:
         whole = Downscaled(whole, config.eval_max_size)
     return Datasets(Subset(train_full, kept), Subset(whole, held), {"test": test_ds})
-
-
-def eval_max_size_for(profile: str, device: str | torch.device) -> int | None:
-    """The longer side test images are scored at: full size on a GPU; on a CPU 128 px in the
-    ``ci`` profile and 256 px otherwise (a full 1600×1200 Dense-Haze image through MSBDN takes
-    minutes on two cores)."""
-    if torch.device(device).type == "cuda":
-        return None
-    return 128 if profile == "ci" else 256
 
 
 class StepBatchSampler:

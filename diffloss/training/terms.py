@@ -13,19 +13,20 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ..device import to_device
 
-if TYPE_CHECKING:
-    from .config import TrainConfig
-
 __all__ = ["FIDELITIES", "LOSS_TERMS", "PRIOR_INPUTS", "LossTerm", "build_terms",
            "gradient_ratio", "loss_parts", "parse_loss", "prior_input", "register_loss_term",
            "valid_losses"]
+
+#: A :class:`~diffloss.training.config.TrainConfig`. Not imported: ``config.py`` imports this
+#: module (to check ``loss`` names), so importing it back would make an import circle.
+Config = Any
 
 #: The pixel fidelity terms (the first part of ``loss``).
 FIDELITIES: tuple[str, ...] = ("l1", "mse")
@@ -50,7 +51,7 @@ class LossTerm:
 
     name: str
     parts: tuple[str, ...]
-    build: Callable[[TrainConfig, Any], nn.Module]
+    build: Callable[[Config, Any], nn.Module]
     needs_prior: bool = False
     description: str = ""
     default_gamma: float = 1e-3
@@ -119,7 +120,7 @@ class _DiffLossTerm(nn.Module):
         return {"diffloss": scale * out.loss, "nat": out.nat, "sem": out.sem}
 
 
-def _build_diffloss(config: TrainConfig, prior: Any) -> nn.Module:
+def _build_diffloss(config: Config, prior: Any) -> nn.Module:
     from ..loss import DiffLoss
 
     unet = getattr(prior, "unet", None)
@@ -151,7 +152,7 @@ class _PerceptualTerm(nn.Module):
         return {"perceptual": self.loss(restored, target)}
 
 
-def _build_perceptual(config: TrainConfig, prior: Any) -> nn.Module:
+def _build_perceptual(config: Config, prior: Any) -> nn.Module:
     from ..loss import PerceptualLoss
 
     return _PerceptualTerm(PerceptualLoss(weights=config.vgg_weights))
@@ -174,7 +175,7 @@ class _AdversarialTerm(nn.Module):
         return self.loss.discriminator_step(restored, target, check=check)
 
 
-def _build_adversarial(config: TrainConfig, prior: Any) -> nn.Module:
+def _build_adversarial(config: Config, prior: Any) -> nn.Module:
     from ..loss import AdversarialLoss
 
     return _AdversarialTerm(AdversarialLoss(channels=config.disc_channels, lr=config.lr,
@@ -219,7 +220,7 @@ def parse_loss(loss: str) -> tuple[str, tuple[str, ...]]:
     return names[0], tuple(names[1:])
 
 
-def loss_parts(restored: Tensor, target: Tensor, config: TrainConfig, terms: dict[str, nn.Module],
+def loss_parts(restored: Tensor, target: Tensor, config: Config, terms: dict[str, nn.Module],
                generator: torch.Generator) -> tuple[dict[str, Tensor], Tensor]:
     """``{"total", "fidelity", <term>, <term parts>...}`` and the number of non-finite values in
     ``restored``, all as device scalars: nothing here waits for the device (a NaN in
@@ -238,7 +239,7 @@ def loss_parts(restored: Tensor, target: Tensor, config: TrainConfig, terms: dic
     return {"total": total, **parts}, bad
 
 
-def build_terms(config: TrainConfig, prior: Any = None) -> dict[str, nn.Module]:
+def build_terms(config: Config, prior: Any = None) -> dict[str, nn.Module]:
     """The extra terms of ``config.loss`` as modules, by name (``prior``: for DiffLoss)."""
     if prior is None and any(LOSS_TERMS[t].needs_prior for t in config.terms):
         from .build import load_prior
