@@ -67,8 +67,9 @@ def _add_train(sub: Any) -> None:
     from .training import TrainConfig
 
     p = sub.add_parser(
-        "train", help="train a restoration network (MSBDN) with L1/MSE and optionally DiffLoss",
-        description="Train a restoration network (MSBDN) with L1/MSE and optionally DiffLoss "
+        "train", help="train a restoration network (MSBDN, IAT) with L1/MSE and optionally DiffLoss",
+        description="Train a restoration network (MSBDN for haze and rain, IAT for low light; "
+                    "--task picks) with L1/MSE and optionally DiffLoss "
                     "(or a perceptual / adversarial term, for comparison). Flags override the "
                     "values of --config (JSON or YAML). Ctrl-C saves last.pt before stopping.")
     p.add_argument("--config", type=Path, help="JSON/YAML file with TrainConfig fields")
@@ -134,8 +135,9 @@ def _add_evaluate(sub: Any) -> None:
     p = sub.add_parser(
         "evaluate", help="score a trained checkpoint (PSNR/SSIM) on a dataset's test split(s)",
         description="Score a run folder's best.pt (or last.pt, or a .pt file) on the test "
-                    "split(s) of the run's own data, or of --data/--root. PSNR/SSIM on RGB in "
-                    "[0, 1], mean of per-image values; the hazy input is scored as the baseline.")
+                    "split(s) of the run's own data, or of --data/--root. PSNR/SSIM in [0, 1], "
+                    "mean of per-image values, by the task's convention (RGB; the Y channel for "
+                    "deraining); the degraded input is scored as the baseline.")
     p.add_argument("checkpoint", type=Path, help="a run folder or a .pt checkpoint")
     p.add_argument("--which", choices=("best", "last"), default="best",
                    help="checkpoint of a run folder (best falls back to last without best.pt)")
@@ -155,6 +157,7 @@ def _run_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
 
     from .training import TrainConfig, build_datasets, evaluate, load_checkpoint
     from .training.checkpoint import checkpoint_path, model_from_state
+    from .training.tasks import TASKS
 
     path = args.checkpoint
     if not path.exists():
@@ -173,13 +176,18 @@ def _run_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         config = config.replace(**changes, val=0 if args.data else config.val)
     except ValueError as exc:
         parser.error(str(exc))
-    report: dict[str, Any] = {"checkpoint": str(ckpt), "data": config.data, "splits": {}}
+    task = TASKS[str(config.task)]
+    report: dict[str, Any] = {"checkpoint": str(ckpt), "task": task.name, "data": config.data,
+                              "metric_space": task.metric_space, "splits": {}}
+    print(f"task {task.name}: PSNR/SSIM on {task.metric_space}"
+          + (" (the Y channel of YCbCr, as deraining papers report)" if task.y_channel else ""))
     for split, ds in build_datasets(config).tests.items():
-        res = evaluate(model, ds, tile=args.tile, overlap=args.overlap, device=device)
-        hazy = evaluate(nn.Identity(), ds, device="cpu")
-        report["splits"][split] = {"restored": res.to_dict(), "input": hazy.to_dict()}
+        res = evaluate(model, ds, tile=args.tile, overlap=args.overlap, device=device,
+                       y_channel=task.y_channel)
+        degraded = evaluate(nn.Identity(), ds, device="cpu", y_channel=task.y_channel)
+        report["splits"][split] = {"restored": res.to_dict(), "input": degraded.to_dict()}
         print(f"{split}: {len(res.per_image)} images | restored PSNR {res.psnr:.2f} dB, SSIM "
-              f"{res.ssim:.4f} | input PSNR {hazy.psnr:.2f} dB, SSIM {hazy.ssim:.4f}")
+              f"{res.ssim:.4f} | input PSNR {degraded.psnr:.2f} dB, SSIM {degraded.ssim:.4f}")
     if args.json:
         from .training.atomic import atomic_write_text
 

@@ -107,6 +107,19 @@ def test_y_channel_matches_skimage() -> None:
     assert ssim(pred, target, y_channel=True).item() == pytest.approx(sk_s, abs=TOL)
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_y_channel_psnr_matches_skimage_to_a_millionth_of_a_db(seed) -> None:
+    """Deraining's metric (Rain100H): PSNR of the BT.601 luma, as scikit-image's rgb2ycbcr
+    computes it, on random images in float64."""
+    g = torch.Generator().manual_seed(seed)
+    target = torch.rand(3, 40, 56, generator=g, dtype=torch.float64)
+    pred = (target + 0.1 * torch.randn(3, 40, 56, generator=g, dtype=torch.float64)).clamp(0, 1)
+    y_p = color.rgb2ycbcr(pred.permute(1, 2, 0).numpy())[..., 0] / 255.0
+    y_t = color.rgb2ycbcr(target.permute(1, 2, 0).numpy())[..., 0] / 255.0
+    sk = peak_signal_noise_ratio(y_t, y_p, data_range=1.0)
+    assert psnr(pred, target, y_channel=True).item() == pytest.approx(sk, abs=1e-6)
+
+
 def test_data_range_255() -> None:
     pred, target = _natural_pairs()[1]
     p255, t255 = pred * 255, target * 255

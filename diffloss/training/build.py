@@ -9,17 +9,19 @@ from torch import nn
 __all__ = ["MODELS", "build_model", "load_prior"]
 
 #: ``TrainConfig.model`` values.
-MODELS: tuple[str, ...] = ("msbdn", "msbdn-small")
+MODELS: tuple[str, ...] = ("msbdn", "msbdn-small", "iat")
 
 
 def build_model(name: str) -> nn.Module:
-    """``"msbdn"`` → ``MSBDN()``, ``"msbdn-small"`` → ``MSBDN.small()`` (seed torch first)."""
+    """``"msbdn"`` → ``MSBDN()``, ``"msbdn-small"`` → ``MSBDN.small()``, ``"iat"`` → ``IAT()``
+    (seed torch first)."""
+    from ..models.iat import IAT
     from ..models.msbdn import MSBDN
 
     key = str(name).strip().lower()
     if key not in MODELS:
         raise ValueError(f"unknown model {name!r}. Valid values: {', '.join(MODELS)}")
-    return MSBDN() if key == "msbdn" else MSBDN.small()
+    return {"msbdn": MSBDN, "msbdn-small": MSBDN.small, "iat": IAT}[key]()
 
 
 def load_prior(spec: str) -> Any:

@@ -16,6 +16,7 @@ import torch
 from .atomic import atomic_write_text
 from .build import MODELS
 from .fieldtypes import check_field_types, yaml_loader
+from .tasks import TASKS, task_of_layout
 from .terms import LOSS_TERMS, PRIOR_INPUTS, parse_loss
 
 __all__ = ["TrainConfig", "CONFIG_FILE", "DATA", "SCHEDULES", "MIXED_PRECISION",
@@ -45,10 +46,16 @@ def _choice(name: str, value: Any, valid: Sequence[str]) -> str:
 class TrainConfig:
     """Every setting of a training run. Saved as ``config.json`` next to the checkpoints.
 
-    Model and data:
-        model: ``"msbdn"`` (the paper's network, 31.35 M parameters) or ``"msbdn-small"``.
-        data: ``"synthetic"`` (haze on the bundled images; offline) or a folder layout,
-            ``"dense_haze"``, ``"lol"`` or ``"rain"``, read from ``root``.
+    Task, model and data:
+        task: ``"dehaze"``, ``"lowlight"`` or ``"derain"`` (:data:`~diffloss.training.tasks.TASKS`):
+            the synthetic degradation of ``data="synthetic"``, the real dataset's layout, the
+            default ``model`` and the metric convention (Y-channel PSNR/SSIM for deraining).
+            Default: the task of ``data``'s layout, else ``"dehaze"``.
+        model: ``"msbdn"`` (MSBDN-DFF, the paper's dehazing network, 31.35 M parameters),
+            ``"msbdn-small"`` or ``"iat"`` (IAT, 91 k parameters, low light); default: the
+            task's (``msbdn-small`` for haze and rain, ``iat`` for low light).
+        data: ``"synthetic"`` (the task's degradation on the bundled images; offline) or the
+            task's real dataset, ``"dense_haze"``, ``"lol"`` or ``"rain"``, read from ``root``.
         root: the data folder for a layout (``data_scripts/`` write ``data/<layout>``).
         crop: side of the square training crops.
         augment: random flips / 90° rotations of the training crops (layouts only; the
@@ -117,7 +124,8 @@ class TrainConfig:
         workers: DataLoader worker processes.
     """
 
-    model: str = "msbdn-small"
+    task: str | None = None
+    model: str | None = None
     data: str = "synthetic"
     root: str | None = None
     crop: int = 64
@@ -170,8 +178,16 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self._check_types()
-        self.model = _choice("model", self.model, MODELS)
         self.data = _choice("data", self.data, DATA)
+        if self.task is None:
+            self.task = task_of_layout(self.data) or "dehaze"
+        self.task = _choice("task", self.task, tuple(TASKS))
+        task = TASKS[self.task]
+        if self.data not in ("synthetic", task.layout):
+            other = task_of_layout(self.data)
+            raise ValueError(f"data={self.data!r} is the {other} dataset, but task={self.task!r}: "
+                             f"pass data={task.layout!r} (or 'synthetic'), or task={other!r}")
+        self.model = _choice("model", self.model if self.model is not None else task.model, MODELS)
         fidelity, extra = parse_loss(self.loss)
         self.loss = "+".join((fidelity, *extra))
         self.schedule = _choice("schedule", self.schedule, SCHEDULES)
@@ -188,8 +204,9 @@ class TrainConfig:
             raise ValueError(f"betas must be two numbers (beta1, beta2), got {self.betas!r}")
         self.betas = (float(self.betas[0]), float(self.betas[1]))
         if self.data != "synthetic" and not self.root:
-            raise ValueError(f"data={self.data!r} needs root, the folder that holds the layout "
-                             "(e.g. data/ after running data_scripts/)")
+            raise ValueError(f"data={self.data!r} needs root, the folder that holds "
+                             f"{task.dataset}: put it in place with `{task.prepare}`, then pass "
+                             "root='data' (--root data)")
         if self.vgg_weights is not None and self.vgg_weights.strip().lower() in ("none", "null", ""):
             self.vgg_weights = None
         self._check_numbers()

@@ -75,7 +75,7 @@ class Downscaled(Dataset):
 class Datasets(NamedTuple):
     """A run's data: ``train`` crops, ``val`` (selects ``best.pt``; ``None`` when there is no
     validation split) and the test splits by name: ``"test"``, the main one (its PSNR/SSIM are
-    the ``test_*`` columns of the history), and, for synthetic haze, ``"ood"``: whole scenes
+    the ``test_*`` columns of the history), and, for synthetic data, ``"ood"``: whole scenes
     never seen in training (``ood_*`` columns). Items are ``(degraded, clean, name)``."""
 
     train: Dataset
@@ -89,22 +89,26 @@ def build_datasets(config: TrainConfig) -> Datasets:
     ``train`` yields ``crop``-sized pairs; ``val`` and the test splits are evaluated image by
     image. No test image takes part in training or model selection.
     """
-    from ..data import PairedImageDataset, SyntheticHaze
+    from ..data import PairedImageDataset, synthetic_dataset
 
-    if config.data == "synthetic":
+    if config.data == "synthetic":  # the task's degradation on the bundled images
         n_val = 8 if config.val is None else config.val
-        train_ds: Dataset = SyntheticHaze("train", crop=config.crop, n=config.train_items,
-                                          seed=config.data_seed, max_size=config.max_size)
+
+        def synthetic(split: str, **kw: object) -> Dataset:
+            return synthetic_dataset(str(config.task), split, **kw)
+
+        train_ds: Dataset = synthetic("train", crop=config.crop, n=config.train_items,
+                                      seed=config.data_seed, max_size=config.max_size)
         val_ds: Dataset | None = None
         if n_val:
-            # Crops of the *training* regions (no test pixel), with their own windows and haze.
-            val_ds = SyntheticHaze("train", crop=config.crop, n=n_val,
-                                   seed=config.data_seed + 7919, max_size=config.max_size)
+            # Crops of the *training* regions (no test pixel), with their own windows and draws.
+            val_ds = synthetic("train", crop=config.crop, n=n_val, seed=config.data_seed + 7919,
+                               max_size=config.max_size)
         tests: dict[str, Dataset] = {
-            # Held-out bands of the training photos, never cropped for training, own haze draws.
-            "test": SyntheticHaze("id_test", seed=config.data_seed, max_size=config.max_size),
+            # Held-out bands of the training photos, never cropped for training, own draws.
+            "test": synthetic("id_test", seed=config.data_seed, max_size=config.max_size),
             # Whole scenes that training never sees.
-            "ood": SyntheticHaze("ood_test", seed=config.data_seed, max_size=config.eval_max_size),
+            "ood": synthetic("ood_test", seed=config.data_seed, max_size=config.eval_max_size),
         }
         return Datasets(train_ds, val_ds, tests)
 

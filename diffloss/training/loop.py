@@ -62,6 +62,7 @@ from .guards import (
 from .history import History, history_columns
 from .lock import RunLock
 from .rundir import check_resume_config, lock_run_folder, open_run_folder
+from .tasks import TASKS
 from .terms import LOSS_TERMS, build_terms, loss_parts
 
 __all__ = ["NonFiniteLossError", "TrainingInterrupted", "train", "train_step"]
@@ -181,6 +182,7 @@ def _train(config: TrainConfig, accelerator: Any, lock: RunLock | None, progress
     history = History(columns=history_columns(config, val_ds is not None, list(tests)), config=config,
                       folder=out, meta={
                           "world_size": world, "device": str(device), "mixed_precision": mixed,
+                          "metric_space": TASKS[str(config.task)].metric_space,
                           "iterations": iterations, "train_items": n_train,
                           "val_items": 0 if val_ds is None else len(val_ds),  # type: ignore[arg-type]
                           "test_items": {k: len(d) for k, d in tests.items()},  # type: ignore[arg-type]
@@ -228,7 +230,7 @@ def _train(config: TrainConfig, accelerator: Any, lock: RunLock | None, progress
             scores = {}
             for split, ds in (*tests.items(), *((("val", val_ds),) if val_ds is not None else ())):
                 res = evaluate(eval_model, ds, tile=config.eval_tile, overlap=config.eval_overlap,
-                               device=device)
+                               device=device, y_channel=TASKS[str(config.task)].y_channel)
                 row.update({f"{split}_psnr": res.psnr, f"{split}_ssim": res.ssim})
                 history.evals.append({"step": step, "split": split, **res.to_dict()})
                 scores[split] = res

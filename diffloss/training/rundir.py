@@ -85,6 +85,10 @@ def check_resume_config(saved: dict[str, Any], config: TrainConfig, path: Path) 
         return list(v) if isinstance(v, tuple) else v
 
     current = config.to_dict()
+    try:  # fields added since the run was saved take their defaults (e.g. task)
+        saved = type(config).from_dict(saved).to_dict()
+    except (ValueError, TypeError):
+        pass
     diffs = [f"{k}: {saved.get(k)!r} → {current[k]!r}" for k in current
              if k not in RESUMABLE_CHANGES and norm(saved.get(k)) != norm(current[k])]
     if diffs:
