@@ -240,11 +240,16 @@ class Assets:
     prior: str
     prior_dir: Path | None
     fallback: tuple[str, ...] = ()
+    #: The task (``TrainConfig.task``) whose data this is.
+    task: str = "dehaze"
 
     @property
     def label(self) -> str:
         """A short description for figure titles and stamps."""
-        data = "Dense-Haze" if self.data == "dense_haze" else "synthetic haze"
+        from .training.tasks import TASKS
+
+        task = TASKS[self.task]
+        data = task.dataset if self.data != "synthetic" else f"synthetic {task.degradation}"
         prior = "ADM-256 prior" if self.prior == "adm" else "tiny prior"
         return f"{data}, {prior}" + (" (fallback: " + "; ".join(self.fallback) + ")"
                                      if self.fallback else "")
@@ -263,24 +268,37 @@ def repo_root(start: Path | None = None) -> Path:
     return here
 
 
-def require_assets(profile: Profile | None = None, root: Path | None = None) -> Assets:
-    """Check that ``profile``'s dataset and prior are on disk, or stop with the command that
-    fetches them (:class:`MissingAssetError`). With ``DIFFLOSS_ALLOW_FALLBACK=1`` a missing
-    Dense-Haze becomes synthetic haze and a missing ADM prior the tiny prior, recorded in
+#: The sub-folders of ``data/<layout>`` that a prepared real dataset has.
+REAL_DATA_FOLDERS: dict[str, tuple[str, ...]] = {
+    "dense_haze": ("train", "test"), "lol": ("our485", "eval15"),
+    "rain": ("train/Rain13K", "test/Rain100H")}
+
+
+def require_assets(profile: Profile | None = None, root: Path | None = None,
+                   task: str = "dehaze") -> Assets:
+    """Check that ``profile``'s dataset (for ``task``: Dense-Haze, LOL or Rain13K → Rain100H)
+    and prior are on disk, or stop with the command that fetches them
+    (:class:`MissingAssetError`). With ``DIFFLOSS_ALLOW_FALLBACK=1`` a missing dataset becomes
+    the task's synthetic data and a missing ADM prior the tiny prior, recorded in
     :attr:`Assets.fallback` — never silently."""
+    from .training.tasks import TASKS
+
     profile = profile or current()
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}. Valid values: {', '.join(TASKS)}")
+    spec = TASKS[task]
     root = Path(root) if root is not None else repo_root()
     allow = os.environ.get(FALLBACK_VAR, "").strip() in ("1", "true", "yes")
     data, data_root, prior, prior_dir = "synthetic", None, "tiny", None
     missing: list[tuple[str, str]] = []
     fallback: list[str] = []
-    if profile.data == "dense_haze":
-        folder = root / "data" / "dense_haze"
-        if (folder / "train").is_dir() and (folder / "test").is_dir():
-            data, data_root = "dense_haze", root / "data"
+    if profile.data == "dense_haze":  # the profile wants the task's real dataset
+        folder = root / "data" / spec.layout
+        if all((folder / sub).is_dir() for sub in REAL_DATA_FOLDERS[spec.layout]):
+            data, data_root = spec.layout, root / "data"
         else:
-            missing.append((f"Dense-Haze ({folder})", DENSE_HAZE_COMMAND))
-            fallback.append("synthetic haze instead of Dense-Haze")
+            missing.append((f"{spec.dataset} ({folder})", spec.prepare))
+            fallback.append(f"synthetic {spec.degradation} instead of {spec.dataset}")
     if profile.prior == "adm":
         folder = root / ADM_PRIOR_DIR
         if (folder / "config.json").exists() or (folder / "unet" / "config.json").exists():
@@ -294,5 +312,5 @@ def require_assets(profile: Profile | None = None, root: Path | None = None) -> 
         raise MissingAssetError(
             f"The {profile.name!r} profile needs {what}, which is missing. From the repository "
             f"root ({root}) run {commands}. Or choose another profile (DIFFLOSS_PROFILE=small), "
-            f"or set {FALLBACK_VAR}=1 to run this profile on synthetic haze / the tiny prior.")
-    return Assets(data, data_root, prior, prior_dir, tuple(fallback) if missing else ())
+            f"or set {FALLBACK_VAR}=1 to run this profile on synthetic data / the tiny prior.")
+    return Assets(data, data_root, prior, prior_dir, tuple(fallback) if missing else (), task)

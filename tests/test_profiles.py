@@ -81,3 +81,27 @@ def test_train_iters_override(monkeypatch):
     monkeypatch.setenv(profiles.ITERS_VAR, "-2")
     with pytest.raises(ValueError, match=profiles.ITERS_VAR):
         profiles.current()
+
+
+@pytest.mark.parametrize("task,layout,folders,command,model", [
+    ("lowlight", "lol", ("our485", "eval15"), "prepare_lol.py", "iat"),
+    ("derain", "rain", ("train/Rain13K", "test/Rain100H"), "prepare_rain.py", "msbdn"),
+])
+def test_the_gpu_profile_takes_each_tasks_real_dataset(tmp_path, monkeypatch, task, layout,
+                                                       folders, command, model):
+    from diffloss.training import TrainConfig
+
+    monkeypatch.delenv(profiles.FALLBACK_VAR, raising=False)
+    (tmp_path / profiles.ADM_PRIOR_DIR).mkdir(parents=True)
+    (tmp_path / profiles.ADM_PRIOR_DIR / "config.json").write_text("{}")
+    with pytest.raises(profiles.MissingAssetError, match=rf"data_scripts/{command} --root data"):
+        profiles.require_assets(profiles.get("gpu"), root=tmp_path, task=task)
+    for sub in folders:
+        (tmp_path / "data" / layout / sub).mkdir(parents=True)
+    assets = profiles.require_assets(profiles.get("gpu"), root=tmp_path, task=task)
+    assert (assets.data, assets.task, assets.fallback) == (layout, task, ())
+    c = TrainConfig.for_profile(profiles.get("gpu"), assets, device="cuda")
+    assert (c.task, c.data, c.model, c.workers, c.val) == (task, layout, model, 2, 5)
+    monkeypatch.setenv(profiles.FALLBACK_VAR, "1")
+    fallback = profiles.require_assets(profiles.get("gpu"), root=tmp_path / "empty", task=task)
+    assert fallback.data == "synthetic" and "synthetic" in fallback.label

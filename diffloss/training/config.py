@@ -345,17 +345,21 @@ class TrainConfig:
     @classmethod
     def for_profile(cls, profile: Any, assets: Any = None, device: str = "cpu",
                     **changes: Any) -> TrainConfig:
-        """The run that a :class:`~diffloss.profiles.Profile` describes: its network, crops,
-        batches, steps, learning-rate schedule and DiffLoss knobs, on the data of ``assets``
-        (:func:`~diffloss.profiles.require_assets`; synthetic haze when ``None``), with test
+        """The run that a :class:`~diffloss.profiles.Profile` describes: its network (the
+        task's, IAT for low light), crops, batches, steps, learning-rate schedule and DiffLoss
+        knobs, on the data of ``assets`` (:func:`~diffloss.profiles.require_assets`, which names
+        the task; synthetic haze when ``None``; real datasets stream through 2 workers), with test
         images scored at :func:`~diffloss.training.data.eval_max_size_for` ``(profile, device)``.
         ``changes`` override any field (e.g. ``loss``, ``seed``, ``out``)."""
         eval_max_size = eval_max_size_for(profile.name, device)
-        if assets is not None and assets.data == "dense_haze":
-            data: dict[str, Any] = dict(data="dense_haze", root=str(assets.data_root), val=5)
+        task = TASKS[getattr(assets, "task", "dehaze")]
+        if assets is not None and assets.data != "synthetic":  # the task's real dataset,
+            data: dict[str, Any] = dict(data=assets.data, root=str(assets.data_root), val=5,
+                                        workers=2)  # decoded in 2 workers (bench_loader.py)
         else:
             data = dict(data="synthetic", max_size=eval_max_size)
-        values = dict(model=profile.restorer, crop=profile.crop, batch=profile.batch_size,
+        model = profile.restorer if task.model.startswith("msbdn") else task.model  # IAT
+        values = dict(task=task.name, model=model, crop=profile.crop, batch=profile.batch_size,
                       grad_accum=profile.grad_accum, iterations=profile.train_iters,
                       eval_every=profile.eval_every, lr=profile.lr, schedule=profile.schedule,
                       warmup=profile.warmup, min_lr=profile.min_lr, grad_clip=profile.grad_clip,
