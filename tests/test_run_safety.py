@@ -134,7 +134,7 @@ def test_the_same_process_cannot_take_a_held_lock_twice(tmp_path):
     ({"seed": True}, r"seed must be an integer, got True \(bool\)"),
     ({"gamma": [1.0]}, r"gamma must be a number or null \(None\), got \[1.0\]"),
     ({"t_range": [0, "x"]}, r"t_range must be a list of 2 values"),
-    ({"model": 3}, r"model must be a string, got 3 \(int\)"),
+    ({"loss": 3}, r"loss must be a string, got 3 \(int\)"),
 ])
 def test_config_values_of_the_wrong_type_are_refused_naming_each_field(values, message):
     with pytest.raises(ValueError, match=message):

@@ -98,7 +98,7 @@ def test_config_errors_name_the_valid_options(tmp_path):
         TrainConfig(schedule="step")
     with pytest.raises(ValueError, match="needs root"):
         TrainConfig(data="dense_haze")
-    with pytest.raises(ValueError, match="unknown config key.*'lr_rate'.*Valid keys: model"):
+    with pytest.raises(ValueError, match="unknown config key.*'lr_rate'.*Valid keys: task, model"):
         TrainConfig.from_dict({"lr_rate": 1.0})
     (tmp_path / "bad.yaml").write_text("loss: l2\n")
     with pytest.raises(ValueError, match=r"bad.yaml: unknown loss 'l2'"):
