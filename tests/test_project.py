@@ -131,3 +131,51 @@ def test_no_import_circle_and_small_modules(package):
 
     circles = sorted(m for m in graph if m != "__init__" and m in reach(m))
     assert not circles, f"modules in an import circle: {circles}"
+
+
+def test_every_code_fence_in_the_chapters_prose_is_closed():
+    """CommonMark (markdown-it, as JupyterLab renders): a fence closed by a line that is not a
+    closing fence (such as "```#") runs to the end of the cell and swallows the headings,
+    exercises and solutions after it into one code block."""
+    from markdown_it import MarkdownIt
+
+    md = MarkdownIt("commonmark")
+    problems = []
+    for path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        for i, cell in enumerate(json.loads(path.read_text())["cells"]):
+            if cell["cell_type"] != "markdown":
+                continue
+            lines = "".join(cell["source"]).splitlines()
+            for token in md.parse("\n".join(lines)):
+                if token.type != "fence":
+                    continue
+                last = lines[token.map[1] - 1].strip() if token.map[1] <= len(lines) else ""
+                closed = last.startswith(token.markup) and set(last) <= set(token.markup[0])
+                # a fence line inside the block: a closing attempt that did not close ("```#"),
+                # so the block ran on into the next fence's opening
+                inner = [ln for ln in token.content.splitlines()
+                         if ln.lstrip().startswith(token.markup[:3])]
+                if not closed or inner:
+                    problems.append(f"{path.name} cell {i}: the fence at line {token.map[0] + 1} "
+                                    f"is not closed where it should be ({inner[:1] or 'at the end'})")
+    assert not problems, problems
+
+
+def test_no_file_of_the_package_is_ignored_by_git():
+    """A .gitignore pattern such as ``data/`` once hid the ``diffloss/data/`` package: every
+    test passed here and the clone CI makes lacked it."""
+    import subprocess
+
+    files = [str(p.relative_to(ROOT)) for folder in ("diffloss", "tests", "tools", "benchmarks",
+                                                     "data_scripts", "notebooks")
+             for p in (ROOT / folder).rglob("*")
+             if p.is_file() and p.suffix != ".pyc"
+             and not any(part.startswith((".", "__pycache__")) for part in p.parts[-4:])]
+    try:
+        res = subprocess.run(["git", "check-ignore", "--no-index", *files], cwd=ROOT,
+                             capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        pytest.skip("git is not available")
+    if res.returncode == 128:
+        pytest.skip("not a git checkout")
+    assert res.stdout.strip() == "", f"ignored by .gitignore: {res.stdout.split()}"

@@ -425,7 +425,8 @@ plt.show()
 # diffloss = DiffLoss(DiffusionPrior.tiny())          # or your pretrained prior
 # out = restoration_loss(restored, clean, fidelity="l1", gamma=1e-3, diffloss=diffloss)
 # out.total.backward()
-# ```#
+# ```
+#
 # ## Exercises
 #
 # The solutions work on a small version of section 5's setting (`motorcycle_left` at 64 px, 30
