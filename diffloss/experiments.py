@@ -1,0 +1,100 @@
+"""Paired-seed comparisons of losses: the protocol the chapters use, in one place.
+
+For every seed, each loss trains from the same initial weights on the same batches (the
+trainer's batches are a pure function of the seed and the step), so the difference between two
+runs of one seed is the loss alone. Results are reported seed by seed, as paired differences
+(:func:`~diffloss.diagnostics.paired_differences`), and put into words by :func:`verdict`, which
+only speaks of an effect that has the same sign in every seed, exceeds the seeds' spread and is
+at least a stated minimum size (:data:`MIN_EFFECT`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from .diagnostics import paired_differences
+from .training import History, TrainConfig, evaluate, train
+from .training.tasks import TASKS
+
+__all__ = ["MIN_EFFECT", "input_scores", "paired_scores", "run_paired", "verdict"]
+
+#: The smallest paired difference worth a word: 0.1 dB of PSNR, 0.005 of SSIM.
+MIN_EFFECT: dict[str, float] = {"psnr": 0.1, "ssim": 0.005}
+
+
+def run_paired(base: TrainConfig, losses: Mapping[str, Mapping[str, Any]], seeds: Sequence[int],
+               out_dir: str | Path, prior: Any = None,
+               log: Callable[[str], None] | None = print) -> dict[tuple[str, int], History]:
+    """Train ``base`` once per (loss, seed): ``losses`` maps a label to the config changes of
+    that loss (e.g. ``{"loss": "l1+diffloss", "gamma": 3.0}``). Runs go to
+    ``out_dir/<loss>_seed<k>`` (started afresh). Returns the histories by ``(label, seed)``."""
+    histories: dict[tuple[str, int], History] = {}
+    for seed in seeds:
+        for label, changes in losses.items():
+            name = f"{changes.get('loss', base.loss)}_seed{seed}"
+            cfg = base.replace(seed=seed, out=str(Path(out_dir) / name), **changes)
+            t0 = time.perf_counter()
+            h = train(cfg, overwrite=True, prior=prior, progress=False)
+            histories[label, seed] = h
+            if log is not None:
+                f = h.final
+                log(f"seed {seed}, {label:>13}: {time.perf_counter() - t0:4.0f} s | final PSNR "
+                    + ", ".join(f"{s} {f[f'{s}_psnr']:.2f} dB" for s in ("test", "ood", "val")
+                                if f.get(f"{s}_psnr") is not None))
+    return histories
+
+
+def paired_scores(histories: Mapping[tuple[str, int], History], losses: Sequence[str],
+                  seeds: Sequence[int], split: str, which: str = "final") -> dict[str, Any]:
+    """Per loss the seeds' PSNR/SSIM on ``split`` (``which``: the ``"final"`` step's, or the
+    ``"best"`` checkpoint's, chosen on validation), and the paired differences of every loss
+    against the first one."""
+    def value(h: History, metric: str) -> float:
+        row = h.final if which == "final" else (h.best or h.final)
+        return float(row[f"{split}_{metric}"])
+
+    out: dict[str, Any] = {label: {m: [value(histories[label, s], m) for s in seeds]
+                                   for m in ("psnr", "ssim")} for label in losses}
+    first = losses[0]
+    out["paired_difference"] = {
+        label: {m: paired_differences(out[first][m], out[label][m]) for m in ("psnr", "ssim")}
+        for label in losses[1:]}
+    return out
+
+
+def input_scores(tests: Mapping[str, Any], task: str) -> dict[str, dict[str, float]]:
+    """PSNR/SSIM of the degraded inputs themselves on each test split, by ``task``'s metric
+    convention: the baseline every restoration is compared with."""
+    y = TASKS[task].y_channel
+    return {split: {"psnr": r.psnr, "ssim": r.ssim} for split, r in
+            ((s, evaluate(nn.Identity(), ds, device="cpu", y_channel=y)) for s, ds in tests.items())}
+
+
+def verdict(d: Mapping[str, Any], unit: str = "", higher_is_better: bool = True,
+            minimum: float = 0.0) -> str:
+    """A paired difference (:func:`~diffloss.diagnostics.paired_differences`) in words:
+
+    - "better/worse in every seed" when every seed has the same sign, the mean exceeds the
+      seeds' standard deviation and is at least ``minimum``;
+    - "same sign in every seed, below the minimum effect" when the seeds agree but the mean is
+      smaller than ``minimum``;
+    - otherwise "no consistent difference".
+    """
+    per_seed = list(d["per_seed"])
+    signs = [v > 0 for v in per_seed]
+    same_sign = len(signs) > 1 and (all(v > 0 for v in per_seed) or all(v < 0 for v in per_seed))
+    spread = f" ± {d['sd']:.3f}" if d.get("sd") is not None else ""
+    numbers = f"{d['mean']:+.3f}{unit}{spread}"
+    signs_text = "".join("+" if s else "−" for s in signs)
+    if same_sign and d["sd"] is not None and abs(d["mean"]) > d["sd"]:
+        if abs(d["mean"]) >= minimum:
+            word = "better" if (d["mean"] > 0) == higher_is_better else "worse"
+            return f"{word} in every seed ({numbers})"
+        return (f"same sign in every seed, below the minimum effect of {minimum:g}{unit} "
+                f"({numbers})")
+    return f"no consistent difference ({numbers}, signs {signs_text})"
