@@ -102,8 +102,9 @@ def _list_images(folder: Path, layout: str) -> list[Path]:
     if problems:
         raise ImageFileError(f"{folder}: " + "; ".join(problems))
     images = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
+    used = {p.name for p in images}  # a set: folders hold 13,712 files (Rain13K)
     unused = [p.name + ("/" if p.is_dir() else "") for p in entries
-              if p not in images and not (p.is_symlink() and not p.exists())]
+              if p.name not in used and not (p.is_symlink() and not p.exists())]
     if unused:
         logger.warning("%s: %d entr%s that %s not an image (%s) %s not used: %s", folder,
                        len(unused), "y" if len(unused) == 1 else "ies",
