@@ -95,14 +95,16 @@ class SyntheticPairs(Dataset):
 
     #: Name of the degradation, for messages.
     kind = "synthetic"
+    #: The model's parameters: a dataclass with ``draw(rng, ranges)`` (e.g. ``RainParams``).
+    params_cls: Any = None
 
     def __init__(self, split: str = "train", crop: int | tuple[int, int] | None = 128,
                  n: int | None = None, seed: int = 0, max_size: int | None = None, *,
-                 flip: bool = True) -> None:
+                 ranges: dict[str, tuple[float, float]] | None = None, flip: bool = True) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {', '.join(map(repr, SPLITS))}, got {split!r}")
         split = "test" if split == "ood_test" else split
-        self.split, self.seed = split, int(seed)
+        self.split, self.seed, self.ranges = split, int(seed), ranges
         self.flip = bool(flip) and split == "train"
         self.crop = _as_hw(crop) if split == "train" else None
         self.samples = sample_images("test" if split == "test" else "train", max_size)
@@ -155,8 +157,9 @@ class SyntheticPairs(Dataset):
         return ItemParams(index, self.samples[k].name, box, flipped, self.draw(rng))
 
     def draw(self, rng: np.random.Generator) -> Any:
-        """The degradation's parameters for one item, drawn from ``rng``."""
-        raise NotImplementedError
+        """The degradation's parameters for one item, drawn from ``rng`` within ``ranges``
+        (:attr:`params_cls`'s defaults where a range is not given)."""
+        return self.params_cls.draw(rng, self.ranges)
 
     def degrade(self, clean: Tensor, p: Any, k: int, rng: np.random.Generator) -> Tensor:
         """The degraded version of the window ``clean`` of photo ``k`` with parameters ``p``;
@@ -263,15 +266,7 @@ class SyntheticLowLight(SyntheticPairs):
     :data:`~diffloss.data.lowlight.LOWLIGHT_RANGES`). Split geometry: :class:`SyntheticPairs`."""
 
     kind = "low light"
-
-    def __init__(self, split: str = "train", crop: int | tuple[int, int] | None = 128,
-                 n: int | None = None, seed: int = 0, max_size: int | None = None, *,
-                 ranges: dict[str, tuple[float, float]] | None = None, flip: bool = True) -> None:
-        super().__init__(split, crop, n, seed, max_size, flip=flip)
-        self.ranges = ranges
-
-    def draw(self, rng: np.random.Generator) -> LowLightParams:
-        return LowLightParams.draw(rng, self.ranges)
+    params_cls = LowLightParams
 
     def degrade(self, clean: Tensor, p: LowLightParams, k: int, rng: np.random.Generator) -> Tensor:
         return add_low_light(clean, p, rng)
@@ -286,15 +281,7 @@ class SyntheticRain(SyntheticPairs):
     :class:`SyntheticPairs`."""
 
     kind = "rain"
-
-    def __init__(self, split: str = "train", crop: int | tuple[int, int] | None = 128,
-                 n: int | None = None, seed: int = 0, max_size: int | None = None, *,
-                 ranges: dict[str, tuple[float, float]] | None = None, flip: bool = True) -> None:
-        super().__init__(split, crop, n, seed, max_size, flip=flip)
-        self.ranges = ranges
-
-    def draw(self, rng: np.random.Generator) -> RainParams:
-        return RainParams.draw(rng, self.ranges)
+    params_cls = RainParams
 
     def degrade(self, clean: Tensor, p: RainParams, k: int, rng: np.random.Generator) -> Tensor:
         scale = min(self.samples[k].image.shape[-2:])
