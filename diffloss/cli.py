@@ -148,6 +148,9 @@ def _add_evaluate(sub: Any) -> None:
     p.add_argument("--overlap", type=int, default=32, help="tile overlap (pixels)")
     p.add_argument("--cpu", action="store_true", help="run on the CPU even when CUDA is there")
     p.add_argument("--json", type=Path, help="also write the per-image results to this file")
+    p.add_argument("--lpips", choices=("alex", "vgg", "squeeze"), nargs="?", const="alex",
+                   help="also report LPIPS with this pretrained backbone (default alex; needs "
+                        "torchvision's ImageNet weights, downloaded once; an error offline)")
     p.set_defaults(run=_run_evaluate)
 
 
@@ -163,6 +166,14 @@ def _run_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     if not path.exists():
         raise CommandError(f"no such run folder or checkpoint: {path}")
     device = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
+    lpips = None
+    if args.lpips:  # before any work: offline this stops at once, with what to do
+        from .lpips import LPIPSUnavailable, load_lpips
+
+        try:
+            lpips = load_lpips(args.lpips, device=device)
+        except LPIPSUnavailable as exc:
+            raise CommandError(str(exc)) from exc
     ckpt = checkpoint_path(path, args.which)
     state = load_checkpoint(ckpt)  # read and verified once: the weights and the run's config
     model = model_from_state(state, source=ckpt).to(device)
@@ -183,11 +194,17 @@ def _run_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
           + (" (the Y channel of YCbCr, as deraining papers report)" if task.y_channel else ""))
     for split, ds in build_datasets(config).tests.items():
         res = evaluate(model, ds, tile=args.tile, overlap=args.overlap, device=device,
-                       y_channel=task.y_channel)
-        degraded = evaluate(nn.Identity(), ds, device="cpu", y_channel=task.y_channel)
+                       y_channel=task.y_channel, lpips=lpips)
+        degraded = evaluate(nn.Identity(), ds, device="cpu", y_channel=task.y_channel,
+                            lpips=lpips)
         report["splits"][split] = {"restored": res.to_dict(), "input": degraded.to_dict()}
-        print(f"{split}: {len(res.per_image)} images | restored PSNR {res.psnr:.2f} dB, SSIM "
-              f"{res.ssim:.4f} | input PSNR {degraded.psnr:.2f} dB, SSIM {degraded.ssim:.4f}")
+
+        def scores(r: Any) -> str:
+            text = f"PSNR {r.psnr:.2f} dB, SSIM {r.ssim:.4f}"
+            return text + (f", LPIPS ({args.lpips}) {r.lpips:.4f}" if r.lpips is not None else "")
+
+        print(f"{split}: {len(res.per_image)} images | restored {scores(res)} | "
+              f"input {scores(degraded)}")
     if args.json:
         from .training.atomic import atomic_write_text
 

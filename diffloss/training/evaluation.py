@@ -85,6 +85,7 @@ class EvalResult:
     per_image: list[dict[str, Any]]
     seconds: float
     space: str = "RGB"
+    lpips: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -92,14 +93,16 @@ class EvalResult:
 
 def evaluate(model: nn.Module, dataset: Dataset, tile: int | None = None, overlap: int = 32,
              device: torch.device | str | None = None, max_items: int | None = None,
-             amp: bool = False, y_channel: bool = False) -> EvalResult:
+             amp: bool = False, y_channel: bool = False,
+             lpips: Callable[[Tensor, Tensor], Tensor] | None = None) -> EvalResult:
     """PSNR/SSIM of ``model`` on ``dataset`` items ``(degraded, clean[, name])``, image by image.
 
     Full resolution through the model's own padding (or :func:`restore` tiles), eval mode,
     ``torch.no_grad``, fp32 unless ``amp`` (bf16 autocast on CUDA). The output is clamped to
     [0, 1] before scoring. ``y_channel``: score the Y channel of YCbCr (BT.601, as MATLAB's
-    ``rgb2ycbcr``; deraining's convention) instead of RGB. The model's train/eval mode is
-    restored afterwards.
+    ``rgb2ycbcr``; deraining's convention) instead of RGB. ``lpips``: also score LPIPS (on RGB,
+    as papers report it) with this metric, e.g. :func:`diffloss.lpips.load_lpips`. The model's
+    train/eval mode is restored afterwards.
     """
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
@@ -117,12 +120,16 @@ def evaluate(model: nn.Module, dataset: Dataset, tile: int | None = None, overla
                 name = item[2] if len(item) > 2 else str(i)
                 pred = restore(model, degraded[None].to(dev), tile=tile, overlap=overlap)
                 target = clean[None].to(dev)
-                rows.append({"name": name, "psnr": float(psnr(pred, target, y_channel=y_channel)),
-                             "ssim": float(ssim(pred, target, y_channel=y_channel))})
+                row = {"name": name, "psnr": float(psnr(pred, target, y_channel=y_channel)),
+                       "ssim": float(ssim(pred, target, y_channel=y_channel))}
+                if lpips is not None:
+                    row["lpips"] = float(lpips(pred.clamp(0, 1), target)[0])
+                rows.append(row)
     finally:
         model.train(was_training)
     def mean(key: str) -> float:
         return float(np.mean([r[key] for r in rows])) if rows else float("nan")
 
     return EvalResult(psnr=mean("psnr"), ssim=mean("ssim"), per_image=rows,
-                      seconds=time.perf_counter() - t0, space="Y" if y_channel else "RGB")
+                      seconds=time.perf_counter() - t0, space="Y" if y_channel else "RGB",
+                      lpips=mean("lpips") if lpips is not None else None)
