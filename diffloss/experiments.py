@@ -21,7 +21,7 @@ from .diagnostics import paired_differences
 from .training import History, TrainConfig, evaluate, train
 from .training.tasks import TASKS
 
-__all__ = ["MIN_EFFECT", "input_scores", "paired_scores", "run_paired", "verdict"]
+__all__ = ["MIN_EFFECT", "input_scores", "paired_scores", "portable_config", "run_paired", "verdict"]
 
 #: The smallest paired difference worth a word: 0.1 dB of PSNR, 0.005 of SSIM.
 MIN_EFFECT: dict[str, float] = {"psnr": 0.1, "ssim": 0.005}
@@ -98,3 +98,16 @@ def verdict(d: Mapping[str, Any], unit: str = "", higher_is_better: bool = True,
         return (f"same sign in every seed, below the minimum effect of {minimum:g}{unit} "
                 f"({numbers})")
     return f"no consistent difference ({numbers}, signs {signs_text})"
+
+
+def portable_config(config: TrainConfig, root: str | Path | None = None) -> dict[str, Any]:
+    """``config.to_dict()`` with its run folder relative to the repository (``root``), so that a
+    committed results file names no path of the machine that made it."""
+    from .viz import repo_root
+
+    d = config.to_dict()
+    if d.get("out"):
+        out, base = Path(d["out"]), Path(root) if root is not None else repo_root()
+        if out.is_absolute() and out.resolve().is_relative_to(base.resolve()):
+            d["out"] = out.resolve().relative_to(base.resolve()).as_posix()
+    return d

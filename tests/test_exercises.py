@@ -2,13 +2,17 @@
 
 The chapters (``notebooks/src/NN_*.py``) end with exercises whose worked solutions are hidden in
 ``<details><summary>Solution</summary> ... </details>`` markdown blocks, each with a
-self-contained ```python block. This test extracts every such block and runs it in a fresh
-namespace, one thread, with the figures of any plot going to a temporary folder.
+self-contained ```python block, followed by "Expected output:" and a ```text block with what
+it prints. This test extracts every such block, runs it in a fresh namespace, one thread, with
+the figures of any plot going to a temporary folder, and compares what it printed with the
+expected output shown to the reader.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import re
 import time
 from pathlib import Path
@@ -19,12 +23,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = sorted((ROOT / "notebooks" / "src").glob("[0-9][0-9]_*.py"))
 #: Chapters that must have 2-3 exercises, each with a solution.
-CHAPTERS_WITH_EXERCISES = ("01", "02", "03")
+CHAPTERS_WITH_EXERCISES = ("01", "02", "03", "04", "05")
 #: A solution must stay fast enough for CI on 2 CPU cores (seconds; the aim is well under 20).
 TIME_LIMIT_S = 60
 
 DETAILS = re.compile(r"<details>\s*<summary>\s*Solution\s*</summary>(.*?)</details>", re.S)
 PYTHON = re.compile(r"```python\n(.*?)```", re.S)
+EXPECTED = re.compile(r"Expected output:\s*```text\n(.*?)```", re.S)
 EXERCISE = re.compile(r"\*\*Exercise (\d+)\.(\d+)\b")
 
 
@@ -47,6 +52,36 @@ def solutions(src: Path) -> list[str]:
         assert code, f"{src.name}: a solution without a ```python block"
         blocks.append("\n".join(code))
     return blocks
+
+
+def expected_outputs(src: Path) -> list[str | None]:
+    """The "Expected output:" text of every solution block, in order (None where missing)."""
+    return [(m.group(1) if (m := EXPECTED.search(details)) else None)
+            for details in DETAILS.findall(markdown(src))]
+
+
+NUMBER = re.compile(r"[-+−]?\d+(?:\.\d+)?(?:e[-+]\d+)?")
+
+
+def same_output(printed: str, expected: str) -> bool:
+    """The printed text equals the expected one, numbers within two units of their last shown
+    digit or 0.1 % (CPU kernels differ in the last bits; a changed result does not pass)."""
+    a, b = printed.strip().replace("−", "-"), expected.strip().replace("−", "-")
+    if NUMBER.split(a) != NUMBER.split(b):  # the words and layout around the numbers
+        return False
+    for x, y in zip(NUMBER.finditer(a), NUMBER.finditer(b)):
+        mantissa, _, exponent = y.group(0).partition("e")
+        unit = 10.0 ** (-len(mantissa.partition(".")[2]) + float(exponent or 0))
+        if abs(float(x.group(0)) - float(y.group(0))) > max(2 * unit, 1e-3 * abs(float(y.group(0)))):
+            return False
+    return True
+
+
+def test_same_output_tolerates_last_digits_only():
+    assert same_output("PSNR 31.86 dB\nTrue", "PSNR 31.87 dB\nTrue")
+    assert not same_output("PSNR 31.56 dB", "PSNR 31.86 dB")
+    assert not same_output("pulls: False", "pulls: True")
+    assert same_output("ρ 9.70e-03", "ρ 9.71e-03") and not same_output("ρ 9.7e-03", "ρ 9.7e-02")
 
 
 CASES = [pytest.param(src, i, id=f"{src.stem[:2]}-solution-{i + 1}")
@@ -77,11 +112,17 @@ def test_solution_runs(src, index, tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    expected = expected_outputs(src)[index]
+    assert expected is not None, f"{src.name} solution {index + 1} shows no expected output"
     start = time.perf_counter()
+    printed = io.StringIO()
     try:
-        exec(compile(code, f"{src.name}:solution-{index + 1}", "exec"), {"__name__": "__solution__"})
+        with contextlib.redirect_stdout(printed):
+            exec(compile(code, f"{src.name}:solution-{index + 1}", "exec"), {"__name__": "__solution__"})
     finally:
         torch.set_num_threads(threads)
         plt.close("all")
     elapsed = time.perf_counter() - start
     assert elapsed < TIME_LIMIT_S, f"{src.name} solution {index + 1} took {elapsed:.0f} s"
+    assert same_output(printed.getvalue(), expected), (
+        f"{src.name} solution {index + 1} printed\n{printed.getvalue()}\nbut shows\n{expected}")

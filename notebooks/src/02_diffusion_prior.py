@@ -49,6 +49,7 @@ from diffloss.data import add_haze, depth_map, sample_images
 from diffloss.prior import PROVENANCE, TINY_PRIOR_DIR, load_profile_prior, random_crops, scheduler_config
 from diffloss.profiles import repo_root, require_assets
 from diffloss.viz import image_grid, make_grid, save_figure
+from diffloss.widgets import frame_viewer
 
 profile = current_profile()
 # This chapter needs the profile's prior only (its images are the photographs bundled with the
@@ -352,6 +353,43 @@ print(f"a uniform t in 0..{T - 1} lands at t > 500 with probability {(T - 1 - 50
 #   The tiny prior sees 32×32 patches of four photographs; a faded, hazy-looking patch is
 #   natural to it.
 #
+# **See it.** Move the slider over $t$: each row is one degradation of the first held-out crop,
+# showing $x_t$ (the clean image noised), $z_t$ (the degraded image under the *same* noise) and
+# the difference of the prior's predictions $|\epsilon_\theta(z_t,t)-\epsilon_\theta(x_t,t)|$
+# (mean over colour channels; each frame scaled to its own largest difference, so that you see
+# *where* the prior disagrees at every $t$; the table above gives *how much*). The frames are
+# computed once, here; the static figure below shows four of them for GitHub.
+
+# %%
+view_ts = [0, 10, 25, 50, 100, 200, 300, 500, 700, 999]
+x1 = batch[:1]  # the first held-out crop, clean, in [-1, 1]
+eps1 = torch.randn(x1.shape, generator=torch.Generator().manual_seed(5)).to(device)
+rows: dict[int, list[torch.Tensor]] = {}
+with torch.no_grad():
+    for t in view_ts:
+        tt = torch.tensor([t], device=device)
+        xt = prior.schedule.q_sample(x1, tt, eps1)
+        e_x = prior.eps(xt, tt)
+        rows[t] = []
+        for j in range(len(kinds)):
+            z = batch[(j + 1) * B:(j + 1) * B + 1]
+            zt = prior.schedule.q_sample(z, tt, eps1)
+            rows[t].append(((xt + 1) / 2, (zt + 1) / 2, (prior.eps(zt, tt) - e_x).abs().mean(1, keepdim=True)))
+scale = {t: max(float(d.max()) for _, _, d in r) + 1e-12 for t, r in rows.items()}
+frames = {t: torch.cat([torch.cat([a[0], b[0], (d[0] / scale[t]).expand(3, -1, -1)], dim=-1)
+                        for a, b, d in r], dim=-2).clamp(0, 1).cpu() for t, r in rows.items()}
+frame_viewer(frames, "t", value=50,
+             title=f"rows: {', '.join(kinds)} | columns: x_t, z_t, |eps(z_t) - eps(x_t)| ({prior_label})")
+
+# %%
+shown_ts = [10, 50, 200, 700]
+fig = image_grid([frames[t] for t in shown_ts],
+                 [f"t = {t}: $x_t$ | $z_t$ | " + r"$|\Delta\epsilon_\theta|$" for t in shown_ts],
+                 ncols=len(shown_ts), size=2.6)
+save_figure(fig, "02_eps_difference_vs_t")
+plt.show()
+
+# %% [markdown]
 # ## 5. The semantic signal: h-space
 #
 # The middle block's output is a low-resolution, many-channel feature map:
@@ -473,11 +511,35 @@ plt.show()
 # tolerant of additive noise than pixel space (the U-Net's job is to see through noise), and from
 # medium $t$ on more tolerant of blur; for haze the gain stays small (the smallest of the three
 # from medium $t$ on).
-# Haze moves an image furthest in h-space too (last line) — the semantic term, like the naturalness
-# term, says "similar" to a hazy version. As for $\epsilon_\theta$, the signal fades with $t$:
+# In absolute terms, though, haze moves an image **furthest** in h-space (the "ratio" columns and
+# the last line): the semantic term does register a hazy version as different, more than a
+# blurred or noisy one — but haze also moves the pixels most, and h-space shrinks that distance
+# the least. As for $\epsilon_\theta$, the signal fades with $t$:
 # all distances shrink by about an order of magnitude between $t=200$ and $t=500$ (the factors
 # printed) and are orders of magnitude smaller still at $t=900$, where every input is mostly the same noise.
 #
+# **Both rankings, printed.** The summary below rests on two different orderings, which are easy
+# to confuse: the *share* of a difference that the prior rejects (the right panel), and
+# $L_\text{nat}$ itself (the left panel), which is that share times $\text{SNR}_t$ times the size
+# of the difference. And for h-space: the distances, and their gain over pixel space.
+
+# %%
+def order(values: dict[str, float], reverse: bool = True) -> str:
+    return " > ".join(k for k in sorted(values, key=values.get, reverse=reverse))
+
+
+for i in (0, nat_ts.index(50)):
+    t = nat_ts[i]
+    print(f"t = {t:>3}: share rejected: {order({k: float(share[k][i]) for k in nat})}")
+    print(f"t = {t:>3}: L_nat:          {order({k: float(nat[k][i]) for k in nat})}")
+print("L_nat(hazy) is the smallest at every t:",
+      all(min(nat, key=lambda k: float(nat[k][i])) == "hazy" for i in range(len(nat_ts))))
+print(f"h-space at t = {t_show}: distance to the own degraded version, ratio to other images: "
+      f"{order({k: float(ratio[t_show][j]) for j, k in enumerate(degr)})}")
+print(f"h-space at t = {t_show}: gain in tolerance over pixels: "
+      f"{order({k: float(ratio['pixels'][j] / ratio[t_show][j]) for j, k in enumerate(degr)})}")
+
+# %% [markdown]
 # ## What we have
 #
 # - `DiffusionPrior` returns $\epsilon_\theta$ and $h$ from one call of a frozen diffusers U-Net;
@@ -486,13 +548,18 @@ plt.show()
 # - The tiny prior has learned something real about natural images: it finds the noise in
 #   held-out crops far more easily than in structure-free ones, and its DDPM samples have natural
 #   colours and textures. But it is small: no objects.
-# - $L_\text{nat}$ ranks differences the way a judge of naturalness should (noise > blur > real
-#   content > haze), most clearly at small and medium $t$; its size is dominated by
-#   $\text{SNR}_t$ at small $t$, and at large $t$ it vanishes (for noise and blur it is then just a
-#   pixel MSE scaled by $\text{SNR}_t$).
+# - The **share** of a difference that the prior rejects ranks the differences the way a judge of
+#   naturalness should (noise > blur > real content > haze), most clearly at small and medium
+#   $t$. $L_\text{nat}$ itself does not rank them that way (the lines above): it also scales with
+#   $\text{SNR}_t$ and with the size of the difference, so a large real change of content (the
+#   other image) can outweigh a blur. At large $t$ it vanishes (for noise and blur it is then
+#   just a pixel MSE scaled by $\text{SNR}_t$).
 # - $h$ keeps image identity through degradations; its distances also vanish at large $t$.
-# - Both signals are weakest exactly for haze, the degradation of the paper's main experiment —
-#   with this prior. Chapters 04–05 measure whether it still helps a dehazing network.
+# - Haze is where the prior helps least, in the sense the lines above print: the smallest share
+#   rejected, the smallest $L_\text{nat}$ at every $t$, and in h-space, from medium $t$ on, the
+#   smallest gain over pixels — even though the h-space distance to a hazy version is the
+#   largest of the three degradations.
+#   Chapters 04–05 measure whether it still helps a dehazing network.
 #
 # ## Exercises
 #
@@ -533,6 +600,14 @@ plt.show()
 #     assert torch.allclose(e_z - e_x, rhs, atol=1e-9)
 # ```
 #
+# Expected output:
+#
+# ```text
+# t = 10: identity holds: True
+# t = 200: identity holds: True
+# t = 700: identity holds: True
+# ```
+#
 # </details>
 #
 # **Exercise 2.2 — the prior as a denoiser.** The prior's clean estimate $\hat x_0(x_t)$ is a
@@ -564,6 +639,16 @@ plt.show()
 #     gains.append(a - b)
 #     print(f"{t:>4} | {a:21.1f} | {b:7.1f} | {a - b:+.1f}")
 # assert all(gain > 0 for gain in gains) and gains[0] < min(gains[1:])
+# ```
+#
+# Expected output:
+#
+# ```text
+#    t | PSNR of x0_hat: prior | eps = 0 | gain (dB)
+#   10 |                  36.8 |    32.6 | +4.2
+#   50 |                  30.3 |    21.3 | +8.9
+#  200 |                  24.4 |    10.9 | +13.6
+#  500 |                  17.2 |     6.1 | +11.1
 # ```
 #
 # The prior wins at every $t$, least at small $t$, where there is little noise to remove, and by
@@ -607,6 +692,15 @@ plt.show()
 #     print(f"{t:>4} | " + " | ".join(f"{shares[k][-1]:11.4f}" for k in versions))
 # for i in range(3):
 #     assert shares["dark"][i] < shares["other image"][i] < shares["noisy"][i]
+# ```
+#
+# Expected output:
+#
+# ```text
+#    t |        dark |        hazy |       noisy | other image
+#   10 |      0.0012 |      0.0010 |      0.0960 |      0.0053
+#  100 |      0.0221 |      0.0148 |      0.7698 |      0.0762
+#  300 |      0.0528 |      0.0389 |      0.9594 |      0.1735
 # ```
 #
 # Like haze, darkening is a smooth, low-frequency change that the prior mostly keeps as image
