@@ -2,7 +2,7 @@
 #   make demo   execute every chapter in notebooks/ in order (default profile), writing figures/
 #   make test   ruff + pytest (unit tests and nbval over the notebooks, DIFFLOSS_PROFILE=ci)
 #   make test-kernels  the numerics-heavy tests under ATEN_CPU_CAPABILITY=default (CI runs it too)
-#   make lab    JupyterLab on the chapters
+#   make lab    JupyterLab on the chapters (127.0.0.1, as root too; prints the URL; LAB_PORT=8888)
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -54,7 +54,7 @@ test-kernels: setup
 		-p no:cacheprovider $(NUMERICS_TESTS)
 
 lab: setup
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/python tools/lab.py
 
 # Rebuild notebooks/NN_*.ipynb (unexecuted) from notebooks/src/NN_*.py; run `make demo` after.
 notebooks: setup

@@ -63,6 +63,20 @@ def _field_parser(hint: Any) -> tuple[Callable[[str], Any], int | None]:
     return convert, None
 
 
+def _checked_loss(text: str) -> str:
+    """A ``--loss`` value, checked when the command line is parsed (usage error otherwise)."""
+    from .training.terms import parse_loss
+
+    try:
+        fidelity, extra = parse_loss(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return "+".join((fidelity, *extra))
+
+
+_checked_loss.__name__ = "loss"
+
+
 def _add_train(sub: Any) -> None:
     from .training import TrainConfig
 
@@ -77,20 +91,32 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--overwrite", action="store_true", help="start over even if OUT holds a run")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    from .training.fielddocs import FIELD_CHOICES, FIELD_EXAMPLES, field_docs
+
     hints = typing.get_type_hints(TrainConfig)
     aliases = {v: k for k, v in ALIASES.items()}
+    docs = field_docs()
     for f in dataclasses.fields(TrainConfig):
         convert, nargs = _field_parser(hints[f.name])
         flags = [f"--{f.name.replace('_', '-')}"]
         if f.name in aliases:
             flags.append(f"--{aliases[f.name]}")
+        text = docs[f.name] + ("" if "default" in docs[f.name].lower() else f" (default {f.default!r})")
+        text = text.replace("%", "%%")
         if hints[f.name] is bool:  # --cpu / --no-cpu
             p.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
-                           help=f"(default {f.default!r})")
+                           help=text)
             continue
+        if f.name in FIELD_CHOICES:  # one of a few names: listed in --help, others refused
+            p.add_argument(*flags, dest=f.name, type=str.lower, choices=FIELD_CHOICES[f.name],
+                           default=None, help=text)
+            continue
+        if f.name in FIELD_EXAMPLES:
+            convert = _checked_loss
+            text += f"; one of {{{','.join(FIELD_EXAMPLES[f.name])}}} or more terms joined by +"
         metavar = f.name.upper() if nargs is None else ("A", "B")
         p.add_argument(*flags, dest=f.name, type=convert, nargs=nargs, default=None, metavar=metavar,
-                       help=f"(default {f.default!r})")
+                       help=text)
     p.set_defaults(run=_run_train)
 
 
@@ -260,15 +286,19 @@ def _add_train_tiny_prior(sub: Any) -> None:
         description="Train the tiny unconditional diffusion prior that ships with the package "
                     "on crops of the bundled training images; writes a diffusers folder.")
     p.add_argument("--out", required=True, help="output folder (a diffusers folder)")
-    p.add_argument("--steps", type=int, default=2500)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--size", type=int, default=32)
-    p.add_argument("--width", type=int, default=24)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=2500, help="Adam steps (default 2500)")
+    p.add_argument("--batch-size", type=int, default=16, help="crops per step (default 16)")
+    p.add_argument("--size", type=int, default=32,
+                   help="side of the square training crops, the prior's sample_size (default 32)")
+    p.add_argument("--width", type=int, default=24,
+                   help="channels of the U-Net's first block; deeper blocks use multiples "
+                        "(default 24)")
+    p.add_argument("--lr", type=float, default=2e-3, help="Adam's learning rate (default 2e-3)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="initialisation, crops and noise draws (default 0)")
     p.add_argument("--n-eval", type=int, default=96,
-                   help="crops per split for the held-out/training loss")
-    p.add_argument("--no-progress", action="store_true")
+                   help="crops per split for the held-out/training loss (default 96)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=_run_train_tiny_prior)
 
 

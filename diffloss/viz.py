@@ -146,6 +146,56 @@ def image_grid(images: Sequence[Tensor], titles: Sequence[str] | None = None, nc
     return fig
 
 
+def side_by_side(images: Sequence[Tensor], gap: int = 3, fill: float = 1.0) -> Tensor:
+    """3×H×W images joined left to right, each padded at the bottom to the tallest, with a
+    ``gap``-pixel ``fill`` margin between them: one panel for several narrow strips (the
+    in-distribution test bands), so that a figure's rows are not thin strips in white space."""
+    import torch
+
+    if not images:
+        raise ValueError("side_by_side needs at least one image")
+    h = max(im.shape[-2] for im in images)
+    parts = []
+    for i, im in enumerate(images):
+        pad = im.new_full((im.shape[0], h - im.shape[-2], im.shape[-1]), fill)
+        parts.append(torch.cat([im, pad], dim=-2))
+        if i < len(images) - 1:
+            parts.append(im.new_full((im.shape[0], h, gap), fill))
+    return torch.cat(parts, dim=-1)
+
+
+def comparison_rows(split: str, items: Sequence[tuple], outputs: dict[str, Sequence[Tensor]],
+                    rows: int = 2, strips: int = 4,
+                    input_label: str = "hazy") -> tuple[list[Tensor], list[str]]:
+    """Images and titles for :func:`image_grid`: per row the degraded input, each label's
+    restoration and the ground truth, titled with PSNR. ``items`` are ``(degraded, clean, name)``
+    and ``outputs[label][i]`` restores item ``i``. Wide images get one row each (the first
+    ``rows``); narrow strips (taller than twice their width) are joined side by side, the first
+    ``strips`` of them in one row, titled with their mean PSNR."""
+    from .metrics import psnr
+
+    def score(img: Tensor, clean: Tensor) -> float:
+        return float(psnr(img[None].clamp(0, 1), clean[None]))
+
+    narrow = items[0][0].shape[-2] > 2 * items[0][0].shape[-1]
+    groups = [list(range(min(strips, len(items))))] if narrow else \
+        [[i] for i in range(min(rows, len(items)))]
+    images: list[Tensor] = []
+    titles: list[str] = []
+    for group in groups:
+        names = ", ".join(str(items[i][2]) for i in group) if len(group) <= 2 else \
+            f"{len(group)} bands"
+        columns = [(f"{split}: {names}\n{input_label}", [items[i][0] for i in group])]
+        columns += [(label, [outputs[label][i] for i in group]) for label in outputs]
+        for title, imgs in columns:
+            mean = sum(score(im, items[i][1]) for im, i in zip(imgs, group)) / len(group)
+            images.append(side_by_side(imgs) if narrow else imgs[0])
+            titles.append(f"{title} ({mean:.1f} dB{', mean' if len(group) > 1 else ''})")
+        images.append(side_by_side([items[i][1] for i in group]) if narrow else items[group[0]][1])
+        titles.append("ground truth")
+    return images, titles
+
+
 def make_grid(images: Tensor, nrow: int = 8, value_range: tuple[float, float] = (-1.0, 1.0)) -> Tensor:
     """torchvision's ``make_grid`` on a B×3×H×W batch, mapped to [0, 1]."""
     from torchvision.utils import make_grid as tv_make_grid

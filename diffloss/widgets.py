@@ -64,7 +64,8 @@ def frame_viewer(frames: Mapping[Hashable, bytes | Tensor], description: str, ti
     """A widget that shows ``frames[key]`` for the key the control selects.
 
     ``frames`` maps each knob value to PNG bytes or an image tensor in [0, 1] (encoded once here).
-    Numeric keys get an ``IntSlider``/``SelectionSlider``; other keys ``ToggleButtons``.
+    Numeric keys get a ``SelectionSlider`` (in the frames' order, floats shown to 3 digits);
+    other keys ``ToggleButtons``.
     ``value``: the initial key (default the first).
     """
     import ipywidgets as widgets
@@ -77,9 +78,10 @@ def frame_viewer(frames: Mapping[Hashable, bytes | Tensor], description: str, ti
     start = keys[0] if value is None else value
     if start not in pngs:
         raise ValueError(f"initial value {start!r} is not one of the frames' keys {keys}")
-    if all(isinstance(k, int) for k in keys):
-        control = widgets.SelectionSlider(options=keys, value=start, description=description,
-                                          continuous_update=True)
+    if all(isinstance(k, (int, float)) and not isinstance(k, bool) for k in keys):
+        labels = [str(k) if isinstance(k, int) else f"{k:.3g}" for k in keys]
+        control = widgets.SelectionSlider(options=list(zip(labels, keys)), value=start,
+                                          description=description, continuous_update=True)
     else:
         control = widgets.ToggleButtons(options=keys, value=start, description=description)
     image = widgets.Image(value=pngs[start], format="png")

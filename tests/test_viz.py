@@ -82,3 +82,28 @@ def test_image_grid_keeps_its_signature(figures):
     assert min(t.get_fontsize() for t in _texts(fig)) >= viz.MIN_FONT_SIZE
     viz.save_figure(fig, "grid")
     assert (figures / "grid.png").exists()
+
+
+def test_side_by_side_joins_strips_into_one_panel():
+    a, b = torch.zeros(3, 10, 4), torch.zeros(3, 7, 5)
+    panel = viz.side_by_side([a, b], gap=2)
+    assert panel.shape == (3, 10, 4 + 2 + 5)
+    assert bool((panel[:, :, 4:6] == 1).all()) and bool((panel[:, 7:, 6:] == 1).all())
+    assert bool((panel[:, :7, 6:] == 0).all())
+    with pytest.raises(ValueError):
+        viz.side_by_side([])
+
+
+def test_comparison_rows_join_narrow_strips_and_keep_wide_images_apart():
+    g = torch.Generator().manual_seed(0)
+    strips = [(torch.rand(3, 30, 10, generator=g), torch.rand(3, 30, 10, generator=g), f"s{i}")
+              for i in range(5)]
+    outs = {"A": [x for _, x, _ in strips], "B": [h for h, _, _ in strips]}
+    images, titles = viz.comparison_rows("test", strips, outs, strips=3)
+    assert len(images) == 4 and images[0].shape == (3, 30, 3 * 10 + 2 * 3)  # one row of 3 strips
+    assert titles[1] == "A (inf dB, mean)" and titles[-1] == "ground truth"
+    assert titles[0].startswith("test: 3 bands\nhazy (")
+    wide = [(torch.rand(3, 10, 30, generator=g), torch.rand(3, 10, 30, generator=g), f"w{i}")
+            for i in range(3)]
+    images, titles = viz.comparison_rows("ood", wide, {"A": [h for h, _, _ in wide]}, rows=2)
+    assert len(images) == 2 * 3 and images[0].shape == (3, 10, 30)

@@ -5,14 +5,18 @@ Each ``notebooks/src/NN_name.py`` is a jupytext percent-format script: cells sep
 reads it with jupytext and writes
 ``notebooks/NN_name.ipynb`` (unexecuted) with two cells in front: the title with an
 "Open in Colab" badge, and a cell that installs the package on Colab only. The repository
-URL comes from one place, ``pyproject.toml``'s ``[project.urls] Repository``.
+URL comes from one place, ``pyproject.toml``'s ``[project.urls] Repository``; every build also
+points the README's Colab badges at it.
 
     python tools/build_notebooks.py            # all chapters
     python tools/build_notebooks.py 01         # chapters whose name starts with 01
+    python tools/build_notebooks.py --keep-outputs   # markdown (or repository URL) changes only:
+                                                     # keep the executed outputs
 """
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -69,7 +73,10 @@ def parse_percent(text: str) -> list[tuple[str, str]]:
     return [(c.cell_type, c.source) for c in jupytext.reads(text, fmt="py:percent").cells]
 
 
-def build(src: Path) -> Path:
+def build(src: Path, keep_outputs: bool = False) -> Path:
+    """Write ``notebooks/<src>.ipynb`` from the percent-format source. ``keep_outputs``: for a
+    markdown-only edit, carry the executed outputs over from the existing notebook; refused when
+    any code cell differs (then the chapter must be re-executed)."""
     name = src.stem + ".ipynb"
     cells = parse_percent(src.read_text())
     if not cells or cells[0][0] != "markdown" or not cells[0][1].startswith("# "):
@@ -88,15 +95,45 @@ def build(src: Path) -> Path:
     for i, cell in enumerate(nb.cells):
         cell["id"] = f"c{i:02d}"
     out = ROOT / "notebooks" / name
+    if keep_outputs:  # the install cell (the first code cell, no output off Colab) may differ
+        old_code = [c for c in nbformat.read(out, as_version=4).cells if c.cell_type == "code"]
+        new_code = [c for c in nb.cells if c.cell_type == "code"]
+        if [c.source for c in old_code[1:]] != [c.source for c in new_code[1:]]:
+            raise SystemExit(f"{name}: code cells changed since it was executed; re-execute it "
+                             "instead of --keep-outputs")
+        for old, new in zip(old_code, new_code):
+            new.outputs, new.execution_count = old.outputs, old.execution_count
     nbformat.write(nb, out)
     return out
 
 
+COLAB_LINK = re.compile(r"https://colab\.research\.google\.com/github/([^/\s)]+/[^/\s)]+)/blob/")
+
+
+def readme_with_repository(text: str, url: str) -> str:
+    """``text`` with every Colab link pointed at the repository ``url`` (``[project.urls]``)."""
+    owner_repo = url.rstrip("/").removeprefix("https://github.com/")
+    return COLAB_LINK.sub(f"https://colab.research.google.com/github/{owner_repo}/blob/", text)
+
+
+def update_readme() -> bool:
+    """Point the README's Colab badges at ``[project.urls] Repository``; True if it changed."""
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    new = readme_with_repository(text, repository_url())
+    if new != text:
+        readme.write_text(new)
+    return new != text
+
+
 def main(argv: list[str]) -> int:
-    prefixes = argv or [""]
+    keep = "--keep-outputs" in argv
+    prefixes = [a for a in argv if a != "--keep-outputs"] or [""]
     for src in sorted(SRC.glob("*.py")):
         if any(src.stem.startswith(p) for p in prefixes):
-            print("built", build(src).relative_to(ROOT))
+            print("built", build(src, keep_outputs=keep).relative_to(ROOT))
+    if update_readme():
+        print("README.md: Colab badges now point at", repository_url())
     return 0
 
 

@@ -95,10 +95,10 @@ class TrainConfig:
             (shown in the progress bar, recorded as ``history.meta["first_step_seconds"]``).
 
     Optimisation:
-        iterations: optimiser steps (``epochs``, if set, overrides it: ``ceil(epochs·N / B_global)``).
+        iterations, epochs: optimiser steps; ``epochs``, if set, overrides it (``ceil(epochs·N / B)``).
         lr, betas, weight_decay: Adam (1e-4, the MSBDN/DiffLoss setting).
-        schedule: ``"constant"`` or ``"cosine"`` (to ``min_lr``), after ``warmup`` linear steps.
-        batch: images per process and micro-step; ``grad_accum`` micro-steps per optimiser step.
+        schedule, warmup, min_lr: ``"constant"`` or ``"cosine"`` (to ``min_lr``), after ``warmup`` steps.
+        batch, grad_accum: images per process and micro-step; ``grad_accum`` micro-steps per step.
         grad_clip: clip the global gradient norm (``None``: no clipping).
         ema: decay of an exponential moving average of the weights (``None``: off); evaluation
             and ``best.pt`` then use the EMA weights.

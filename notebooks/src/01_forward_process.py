@@ -39,6 +39,14 @@ schedule
 #
 # Images live in $[-1, 1]$ for the diffusion model. We apply `q_step` to a real bundled image,
 # step by step, and look at a few of the intermediate $x_t$.
+#
+# **Notation: two meanings of "0".** In the papers (Ho et al. 2020), $x_0$ is the clean image and
+# the noisy samples are $x_1,\dots,x_T$. Code (diffusers, this package) numbers the *timesteps*
+# $0,\dots,T-1$ instead: the sample at code timestep $t$ has had $t+1$ steps of noise, with
+# $\bar\alpha_t=\prod_{s\le t}(1-\beta_s)$, so at $t=0$ it already carries one step
+# ($\bar\alpha_0 = 1-\beta_0 < 1$). In these chapters $x_0$ always means the **clean image**, and
+# $x_t$ the noisy sample at code timestep $t$: $x_t$ at $t = 0$ is *not* $x_0$. The figure below
+# shows both.
 
 # %%
 x0 = sample_image("astronaut", max_size=96)[None] * 2 - 1  # 1×3×96×96 in [-1, 1]
@@ -49,7 +57,8 @@ for t in range(schedule.T):
     x = schedule.q_step(x, torch.tensor([t]), torch.randn(x.shape, generator=g))
     if t in show_at:
         frames[t] = x[0]
-fig = image_grid([x0[0]] + [frames[t] for t in show_at], ["x0"] + [f"t = {t}" for t in show_at],
+fig = image_grid([x0[0]] + [frames[t] for t in show_at],
+                 ["clean image $x_0$"] + [f"$t$ = {t}" + (" (one step)" if t == 0 else "") for t in show_at],
                  value_range=(-1, 1), size=1.6)
 save_figure(fig, "01_forward_steps")
 plt.show()
@@ -119,14 +128,14 @@ print("Monte Carlo agrees with Eq. (2) within 5 standard errors at every t:",
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
 ts = torch.arange(schedule.T)
 for p in pixels:
-    axes[0].plot(ts, schedule.alphas_cumprod.sqrt() * p, lw=1, label=f"x0 = {p:+.1f}")
+    axes[0].plot(ts, schedule.alphas_cumprod.sqrt() * p, lw=1, label=f"$x_0$ = {p:+.1f}")
 for t, em, *_ in rows:
     axes[0].scatter([t] * len(em), em, s=12, color="k", zorder=3)
-axes[0].set(title="mean of x_t: closed form (lines), Monte Carlo (dots)", xlabel="t")
+axes[0].set(title="mean of $x_t$: closed form (lines), Monte Carlo (dots)", xlabel="$t$")
 axes[0].legend()
-axes[1].plot(ts, 1 - schedule.alphas_cumprod, color="C3", label="1 - abar_t")
+axes[1].plot(ts, 1 - schedule.alphas_cumprod, color="C3", label=r"$1-\bar\alpha_t$")
 axes[1].scatter([r[0] for r in rows], [r[3] for r in rows], s=14, color="k", zorder=3, label="Monte Carlo")
-axes[1].set(title="variance of x_t", xlabel="t")
+axes[1].set(title="variance of $x_t$", xlabel="$t$")
 axes[1].legend()
 fig.tight_layout()
 save_figure(fig, "01_monte_carlo")
@@ -180,8 +189,9 @@ for s in (NoiseSchedule.linear(), NoiseSchedule.cosine()):
 #   =\sqrt{\bar\alpha_{t-1}}\,\frac{1-\alpha_t}{1-\bar\alpha_t}=\frac{\beta_t\sqrt{\bar\alpha_{t-1}}}{1-\bar\alpha_t}=c_1 .$$
 #
 # The variance $\tilde\beta_t$ follows the same way (Exercise 1.1). With 0-based indices as in
-# diffusers, $\bar\alpha_{t-1}$ at $t=0$ is $\bar\alpha_{-1}=1$: the step back from $x_0$ itself is
-# exact, $\tilde\beta_0=0$. In code, again from $\beta$ alone:
+# diffusers, $\bar\alpha_{t-1}$ at $t=0$ is $\bar\alpha_{-1}=1$: the step back from the first
+# noisy sample (code timestep 0, one step of noise) lands on the clean image $x_0$ exactly,
+# $\tilde\beta_0=0$. In code, again from $\beta$ alone:
 
 # %%
 def q_posterior_scratch(x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor, betas: torch.Tensor):
@@ -255,8 +265,8 @@ fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
 for s in (lin, cos):
     axes[0].plot(ts_all, s.alphas_cumprod, label=s.name)
     axes[1].plot(ts_all, s.snr(ts_all).log(), label=s.name)
-axes[0].set(title="abar_t (signal kept)", xlabel="t")
-axes[1].set(title="log SNR = log(abar_t / (1 - abar_t))", xlabel="t")
+axes[0].set(title=r"$\bar\alpha_t$ (signal kept)", xlabel="$t$")
+axes[1].set(title=r"$\log\mathrm{SNR}_t = \log\left(\bar\alpha_t / (1-\bar\alpha_t)\right)$", xlabel="$t$")
 for ax in axes:
     ax.legend()
 fig.tight_layout()

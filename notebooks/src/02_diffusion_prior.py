@@ -275,9 +275,9 @@ for k, v in nat.items():
     style = dict(ls="--", color="0.4") if k == "other image" else {}
     axes[0].plot(x_axis, v, marker="o", ms=3, label=k, **style)
     axes[1].plot(x_axis, v / (snr * pixel_mse[k]), marker="o", ms=3, label=k, **style)  # "share", below
-axes[0].set(xscale="log", yscale="log", xlabel="t + 1", ylabel="MSE(eps(z_t), eps(x_t))",
-            title="L_nat: same noise, same t")
-axes[1].set(xscale="log", yscale="log", xlabel="t + 1", ylabel="L_nat / (SNR_t * MSE(z, x))",
+axes[0].set(xscale="log", yscale="log", xlabel="$t + 1$", ylabel=r"$\mathrm{MSE}(\epsilon_\theta(z_t), \epsilon_\theta(x_t))$",
+            title=r"$\mathcal{L}_\mathrm{nat}$: same noise, same $t$")
+axes[1].set(xscale="log", yscale="log", xlabel="$t + 1$", ylabel=r"$\mathcal{L}_\mathrm{nat} / (\mathrm{SNR}_t \cdot \mathrm{MSE}(z, x))$",
             title="share of the difference the prior rejects")
 axes[1].axhline(1, color="0.6", lw=0.8)
 for ax in axes:

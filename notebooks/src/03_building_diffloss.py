@@ -33,6 +33,7 @@ from diffloss.data import SyntheticHaze
 from diffloss.loss import NoGradDiffLoss
 from diffloss.prior import load_profile_prior
 from diffloss.viz import image_grid, save_figure
+from diffloss.widgets import figure_png, frame_viewer
 
 plt.rcParams["figure.dpi"] = 72  # inline figures stay light; save_figure writes figures/ at 90 dpi
 profile = current_profile()
@@ -202,6 +203,32 @@ print("the frozen prior received no gradient:", all(p.grad is None for p in prio
 # The maps also show *where* the gradient goes: onto edges and texture where $z$ and $x$
 # differ (the hazy background, hardly the near foreground where the haze is thin), and it
 # weakens quickly as $t$ grows (see the maximum over each map).
+#
+# **Move $t$ yourself.** The slider runs over more timesteps than the figure: each frame shows
+# $|z-x|$ beside $|\partial L/\partial z|$ at that $t$ (same seeded $\epsilon$), the map scaled to
+# its own maximum, which the caption under the slider's picture gives. Precomputed here, so
+# moving it is instant.
+
+# %%
+slider_t = [5, 20, 50, 100, 200, 300, 500, 700, 900]
+diff_map = (z - x).abs().mean(1)[0].cpu()
+
+
+def gradient_frame(t: int) -> bytes:
+    grad, _ = diffloss_grad(DiffLoss, t)
+    m = grad.abs().sum(1)[0].cpu()
+    fig, axes = plt.subplots(1, 2, figsize=(6.4, 2.6))
+    axes[0].imshow(diff_map.numpy(), cmap="magma")
+    axes[0].set_title("|z − x|")
+    axes[1].imshow((m / m.max() if m.max() > 0 else m).numpy(), cmap="magma", vmin=0, vmax=1)
+    axes[1].set_title(f"|∂L/∂z| at t = {t} (max {float(m.max()):.1e})")
+    for ax in axes:
+        ax.axis("off")
+    return figure_png(fig)
+
+
+frame_viewer({t: gradient_frame(t) for t in slider_t}, "t", value=100,
+             title="where DiffLoss pushes the hazy image, by timestep")
 
 # %% [markdown]
 # ## 4. Which $t$ carries the signal?
@@ -251,20 +278,20 @@ mean_dl = torch.trapezoid(dl_norm.double(), ts) / (T - 1)
 share = torch.cat([torch.zeros(1), torch.cumulative_trapezoid(dl_norm.double(), ts)]) / (mean_dl * (T - 1))
 fig, axes = plt.subplots(1, 3, figsize=(12, 3.7))
 t1 = [t + 1 for t in t_grid]  # a log axis for t: everything happens at small t
-axes[0].plot(t1, nat_norm, "o-", label="‖∂L_nat/∂z‖")
-axes[0].plot(t1, sem_norm, "s-", label="‖∂L_sem/∂z‖")
-axes[0].plot(t1, LAMBDA * sem_norm, "s--", color="C1", alpha=0.5, label=f"λ·‖∂L_sem/∂z‖, λ = {LAMBDA:g}")
-axes[0].axhline(l1_norm, color="k", ls=":", label="‖∂L1/∂z‖")
-axes[0].set(xscale="log", yscale="log", xlabel="t + 1", title=f"gradient norm (mean of {draws} noise draws)")
+axes[0].plot(t1, nat_norm, "o-", label=r"$\Vert\partial\mathcal{L}_\mathrm{nat}/\partial z\Vert$")
+axes[0].plot(t1, sem_norm, "s-", label=r"$\Vert\partial\mathcal{L}_\mathrm{sem}/\partial z\Vert$")
+axes[0].plot(t1, LAMBDA * sem_norm, "s--", color="C1", alpha=0.5, label=r"$\lambda\Vert\partial\mathcal{L}_\mathrm{sem}/\partial z\Vert$" + f", λ = {LAMBDA:g}")
+axes[0].axhline(l1_norm, color="k", ls=":", label=r"$\Vert\partial\mathcal{L}_1/\partial z\Vert$")
+axes[0].set(xscale="log", yscale="log", xlabel="$t + 1$", title=f"gradient norm (mean of {draws} noise draws)")
 axes[0].legend()
-axes[1].plot(t1, cos_nat, "o-", label="L_nat")
-axes[1].plot(t1, cos_sem, "s-", label="L_sem")
+axes[1].plot(t1, cos_nat, "o-", label=r"$\mathcal{L}_\mathrm{nat}$")
+axes[1].plot(t1, cos_sem, "s-", label=r"$\mathcal{L}_\mathrm{sem}$")
 axes[1].axhline(0, color="k", lw=0.5)
-axes[1].set(xscale="log", xlabel="t + 1", title="cos(−∂L/∂z, x − z): does the\nstep point towards x?")
+axes[1].set(xscale="log", xlabel="$t + 1$", title=r"$\cos(-\partial\mathcal{L}/\partial z,\ x - z)$: does the" + "\nstep point towards $x$?")
 axes[1].legend()
 axes[2].plot(t1, share, "o-", color="C3")
-axes[2].set(xscale="log", xlabel="τ + 1", ylim=(0, 1.02),
-            title="share of the uniform-t mean of\n‖∂L_DiffLoss/∂z‖ from t ≤ τ")
+axes[2].set(xscale="log", xlabel=r"$\tau + 1$", ylim=(0, 1.02),
+            title="share of the uniform-$t$ mean of\n" + r"$\Vert\partial\mathcal{L}_\mathrm{DiffLoss}/\partial z\Vert$ from $t \leq \tau$")
 fig.tight_layout()
 save_figure(fig, "03_grad_norm_vs_t")
 plt.show()
@@ -366,7 +393,7 @@ print(f"DiffLoss alone: {curves[3][-1] - curves[3][0]:+.2f} dB after {steps} ste
 # %%
 # The layout in inches, so that the thumbnails fill their rows whatever the image's aspect ratio.
 cols, rows = len(snap_at) + 1, len(runs)  # the snapshots, then the target
-thumb_w, gap, title_h, label_w = 1.3, 0.05, 0.27, 0.7
+thumb_w, gap, title_h, label_w = 2.1, 0.05, 0.27, 0.9
 thumb_h = thumb_w * z.shape[-2] / z.shape[-1]
 grid_w, fig_h = label_w + cols * (thumb_w + gap), rows * (thumb_h + title_h) + 0.1
 plot_x, plot_w = grid_w + 0.75, 3.6
@@ -390,6 +417,33 @@ ax.set(xlabel="Adam step", ylabel="PSNR to x (dB)", title="pixel-space optimisat
 ax.legend()
 save_figure(fig, "03_pixel_optimisation")
 plt.show()
+
+# %% [markdown]
+# **Move γ yourself.** Between the paper's γ and γ\* lies a range the figure skips. The slider
+# picks the weight of DiffLoss next to L1 (γ = 0 is L1 alone); each frame is a full pixel
+# optimisation with that γ, its PSNR curve against L1's, and its final image. Computed once here
+# (a few seconds per γ on a CPU).
+
+# %%
+gammas = sorted({0.0, 1e-3, gamma_star / 10, gamma_star / 3, gamma_star, 3 * gamma_star})
+l1_curve = runs["L1"][0]
+
+
+def gamma_frame(gamma: float) -> bytes:
+    curve, snaps = runs["L1"] if gamma == 0 else optimise(gamma)
+    fig, axes = plt.subplots(1, 2, figsize=(7.2, 2.6), gridspec_kw={"width_ratios": [1.6, 1]})
+    axes[0].plot(l1_curve, color="0.5", ls="--", label="L1 alone")
+    axes[0].plot(curve, color="C3", label=f"L1 + {gamma:.2g}·DiffLoss")
+    axes[0].set(xlabel="Adam step", ylabel="PSNR to x (dB)")
+    axes[0].legend()
+    axes[1].imshow(snaps[steps].permute(1, 2, 0).numpy())
+    axes[1].set_title(f"step {steps}: {curve[-1]:.1f} dB")
+    axes[1].axis("off")
+    return figure_png(fig)
+
+
+frame_viewer({g: gamma_frame(g) for g in gammas}, "γ", value=gamma_star,
+             title="pixel optimisation: L1 + γ·DiffLoss against L1 alone")
 
 # %% [markdown]
 # What this shows, honestly: **here DiffLoss does not help.** With the ground truth in hand and

@@ -34,6 +34,7 @@ from torch import nn
 
 from diffloss import current_profile
 from diffloss.diagnostics import high_frequency_error, paired_differences, prior_denoising_loss
+from diffloss.experiments import MIN_EFFECT, portable_config, run_paired, verdict
 from diffloss.loss import DiffLoss
 from diffloss.maps import map_errors
 from diffloss.metrics import psnr, ssim
@@ -54,7 +55,8 @@ from diffloss.training import (
     train,
     train_step,
 )
-from diffloss.viz import figures_dir, image_grid, repo_root, save_figure
+from diffloss.viz import comparison_rows, figures_dir, image_grid, repo_root, save_figure
+from diffloss.widgets import frame_viewer
 
 profile = current_profile()
 assets = require_assets(profile)  # gpu / paper: stops here, naming the download commands
@@ -159,7 +161,9 @@ opt.zero_grad()
 # %% [markdown]
 # The trainer's own step, `train_step`, on the same batch, from the same weights, with the same
 # $(t, \varepsilon)$ draws, must give the same loss and the same gradient. The gradient is read
-# from Adam's first moment, which after one step is exactly $(1-\beta_1)\,\nabla_\theta L$.
+# from Adam's first moment, which after one step is exactly $(1-\beta_1)\,g$, with $g$ the
+# gradient the optimiser received: $\nabla_\theta L$ itself, or, when the profile clips the
+# gradient norm (this one does, at `grad_clip`), $\nabla_\theta L$ scaled down to that norm.
 # (Not from the updated weights: Adam's first step moves every weight by about $\pm$lr whatever
 # its gradient's size, so on a GPU, whose convolution backward sums in a varying order, the
 # last-bit noise of a near-zero gradient can flip a weight's step.)
@@ -239,20 +243,37 @@ else:
 # `overwrite=True` starts it afresh on every execution (`resume=True` would continue an
 # interrupted one, and Ctrl-C saves `last.pt` before stopping).
 
+#
+# The first seed's runs train in segments of `eval_every` steps: after each segment the run
+# stops (`stop_after`, `last.pt` written), we restore one test image with its weights, and
+# `resume=True` continues. Resuming is bit-identical, so these runs are the same as
+# uninterrupted ones; the snapshots feed the widget of section 9. The other seeds train in one go
+# (`diffloss.experiments.run_paired`, the protocol chapters 05 and 06 reuse).
+
 # %%
 losses = {"L1": dict(loss="l1"), "L1 + DiffLoss": dict(loss="l1+diffloss", gamma=profile.gamma)}
 runs_dir = repo_root() / "runs" / f"04_{profile.name}"
+seed0 = profile.seeds[0]
+snap_split = "ood" if "ood" in tests else "test"
+snap_item = test_items[snap_split][-1]
 histories: dict[tuple[str, int], History] = {}
-for seed in profile.seeds:
-    for label, kw in losses.items():
-        run_cfg = base.replace(seed=seed, out=str(runs_dir / f"{kw['loss']}_seed{seed}"), **kw)
-        t0 = time.perf_counter()
-        h = train(run_cfg, overwrite=True, prior=prior, progress=False)
-        histories[label, seed] = h
-        f = h.final
-        print(f"seed {seed}, {label:>13}: {time.perf_counter() - t0:5.0f} s | final PSNR "
-              f"in-distribution {f['test_psnr']:.2f} dB, out-of-distribution "
-              f"{f.get('ood_psnr') or float('nan'):.2f} dB, validation {f['val_psnr']:.2f} dB")
+snapshots: dict[str, dict[int, torch.Tensor]] = {}
+for label, kw in losses.items():
+    run_cfg = base.replace(seed=seed0, out=str(runs_dir / f"{kw['loss']}_seed{seed0}"), **kw)
+    snapshots[label] = {0: snap_item[0]}
+    t0 = time.perf_counter()
+    for stop in range(base.eval_every, base.iterations + base.eval_every, base.eval_every):
+        stop = min(stop, base.iterations)
+        h = train(run_cfg, overwrite=stop == base.eval_every, resume=stop > base.eval_every,
+                  prior=prior, progress=False, stop_after=stop if stop < base.iterations else None)
+        snapshots[label][stop] = restore(load_model(run_cfg.out, "last", device=device),
+                                         snap_item[0][None].to(device))[0].cpu()
+    histories[label, seed0] = h
+    print(f"seed {seed0}, {label:>13}: {time.perf_counter() - t0:4.0f} s in "
+          f"{len(snapshots[label]) - 1} segments | final PSNR "
+          + ", ".join(f"{s} {h.final[f'{s}_psnr']:.2f} dB" for s in ("test", "ood", "val")
+                      if h.final.get(f"{s}_psnr") is not None))
+histories.update(run_paired(base, losses, profile.seeds[1:], runs_dir, prior=prior))
 
 # %% [markdown]
 # ## 7. PSNR against training progress (supplement Fig. 1)
@@ -354,22 +375,42 @@ for split in test_items:
 # %% [markdown]
 # ## 9. Restored test images
 #
-# The first seed's final networks on the first items of each test split, with each image's PSNR.
+# The first seed's final networks on each test split, with PSNR: the in-distribution bands are
+# narrow strips, so four of them share a row (with their mean PSNR); the unseen scenes get a row
+# each.
+# Then the training itself: move the slider (JupyterLab, Colab) through the snapshots of
+# section 6 to watch one out-of-distribution image being restored by L1 (left) and
+# L1 + DiffLoss (middle) step by step, beside the ground truth; the static figure after it shows a
+# few steps, for GitHub.
 
 # %%
-seed0 = profile.seeds[0]
 images, titles = [], []
 with torch.no_grad():
-    for split in test_items:
-        for hazy_img, clean, name in test_items[split][:2]:
-            outs = {label: restore(histories[label, seed0].model, hazy_img[None].to(device))[0].cpu()
-                    for label in losses}
-            images += [hazy_img, *outs.values(), clean]
-            titles += [f"{split}: {name}\nhazy ({float(psnr(hazy_img[None], clean[None])):.1f} dB)",
-                       *(f"{label} ({float(psnr(o[None], clean[None])):.1f} dB)"
-                         for label, o in outs.items()), "ground truth"]
+    for split, items in test_items.items():
+        outs = {label: [restore(histories[label, seed0].model, h[None].to(device))[0].cpu()
+                        for h, _, _ in items[:4]] for label in losses}
+        i, t = comparison_rows(split, items[:4], outs)
+        images, titles = images + i, titles + t
 fig = image_grid(images, titles, ncols=4, size=2.4)
 save_figure(fig, "04_samples")
+plt.show()
+
+# %%
+snap_clean = snap_item[1]
+frames = {step: torch.cat([snapshots[label][step] for label in losses] + [snap_clean], dim=-1)
+          for step in snapshots["L1"]}
+viewer = frame_viewer(frames, "step", value=base.iterations,
+                      title=f"{snap_split}: {snap_item[2]} — L1 | L1 + DiffLoss | ground truth "
+                            f"(seed {seed0}; step 0 shows the hazy input)")
+viewer
+
+# %%
+steps_shown = sorted({0, base.eval_every, base.iterations // 2 // base.eval_every * base.eval_every,
+                      base.iterations})
+fig = image_grid([snapshots[label][k] for label in losses for k in steps_shown],
+                 [f"{label}, step {k}" if k else "hazy input (step 0)" for label in losses
+                  for k in steps_shown], ncols=len(steps_shown), size=2.0)
+save_figure(fig, "04_training_steps")
 plt.show()
 
 # %% [markdown]
@@ -378,6 +419,9 @@ plt.show()
 # A notebook's budget allows a few hundred steps on a CPU. `results/` holds a longer run of the
 # same recipe (`python tools/experiments.py medium --profile small`, with the command, commit,
 # machine and wall time that made it). Its curves are **loaded from disk, not recomputed here**.
+# Its cosine learning-rate schedule spans *its* length, so its step 400 is early in its decay
+# while this chapter's step 400 is the end of ours: the curves are drawn against the **fraction
+# of each run's schedule**, not against the step.
 
 # %%
 medium_dir = repo_root() / "results" / f"04_medium_{'small' if profile.name == 'ci' else profile.name}"
@@ -392,14 +436,17 @@ if (medium_dir / "provenance.json").exists():
         for color, label in zip(("C0", "C3"), losses):
             curves = [medium[label, s].column(f"{split}_psnr") for s in prov["seeds"]]
             values = torch.tensor([c[1] for c in curves])
-            ax.plot(curves[0][0], values.mean(0), color=color, label=f"{label} (loaded)")
-            ax.fill_between(curves[0][0], values.min(0).values, values.max(0).values, color=color,
+            frac = [k / prov["steps"] for k in curves[0][0]]
+            ax.plot(frac, values.mean(0), color=color, label=f"{label} ({prov['steps']} steps, loaded)")
+            ax.fill_between(frac, values.min(0).values, values.max(0).values, color=color,
                             alpha=0.2)
             live = [histories[label, s].column(f"{split}_psnr") for s in profile.seeds]
-            ax.plot(live[0][0], torch.tensor([c[1] for c in live]).mean(0), color=color, ls=":",
-                    label=f"{label} (this run)")
+            ax.plot([k / base.iterations for k in live[0][0]],
+                    torch.tensor([c[1] for c in live]).mean(0), color=color, ls=":",
+                    label=f"{label} ({base.iterations} steps, this run)")
         ax.axhline(hazy_scores[split].psnr, color="0.4", ls="--", lw=1, label="hazy input")
-        ax.set(xlabel="training step", ylabel="PSNR (dB)", title=f"{names[split]}: longer run")
+        ax.set(xlabel="fraction of the run's schedule", ylabel="PSNR (dB)",
+               title=f"{names[split]}: longer run")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle(f"{prov['steps']} steps × {len(prov['seeds'])} seeds, loaded from results/ "
@@ -431,7 +478,7 @@ def per_seed(split: str, label: str, key: str, best: bool = False) -> list[float
 results = {
     "profile": profile.name, "seeds": list(profile.seeds), "data": assets.data,
     "prior": assets.prior, "fallback": list(assets.fallback),
-    "configs": {label: histories[label, profile.seeds[0]].config.to_dict() for label in losses},
+    "configs": {label: portable_config(histories[label, profile.seeds[0]].config) for label in losses},
     "splits": {},
 }
 for split in test_items:
@@ -450,24 +497,8 @@ print(f"1. The L1 baseline {'restores' if gain >= 2 else 'does not clearly resto
       f"{ind['hazy']['psnr']:.2f} dB for the hazy input ({gain:+.2f} dB, mean over "
       f"{len(profile.seeds)} seeds).")
 
-
-#: The smallest paired difference worth a word: 0.1 dB of PSNR, 0.005 of SSIM, 5 % of the L1
-#: run's own value for the error measures (below that, "no consistent difference").
-MIN_EFFECT = {"psnr": 0.1, "ssim": 0.005}
-
-
-def verdict(d: dict, unit: str, higher_is_better: bool = True, minimum: float = 0.0) -> str:
-    signs = [v > 0 for v in d["per_seed"]]
-    same_sign = all(signs) or not any(signs)
-    better = (d["mean"] > 0) == higher_is_better
-    if (len(signs) > 1 and same_sign and d["sd"] is not None and abs(d["mean"]) > d["sd"]
-            and abs(d["mean"]) >= minimum):
-        word = "better" if better else "worse"
-        return f"{word} in every seed ({d['mean']:+.3f}{unit} ± {d['sd']:.3f})"
-    return (f"no consistent difference ({d['mean']:+.3f}{unit}"
-            + (f" ± {d['sd']:.3f}" if d["sd"] is not None else "") + ", signs "
-            + "".join("+" if s else "−" for s in signs) + ")")
-
+# Verdicts by the rule of diffloss.experiments: the minimum effect is 0.1 dB of PSNR, 0.005 of
+# SSIM, and 5 % of the L1 runs' own value for the error measures.
 
 for split, entry in (("in-distribution", ind), ("out-of-distribution", ood)):
     if entry is None:
@@ -493,6 +524,156 @@ if (medium_dir / "provenance.json").exists():
         print(f"4. The longer run ({prov['steps']} steps, loaded), {split}: with DiffLoss, PSNR "
               f"{verdict(paired_differences(final['L1'], final['L1 + DiffLoss']), ' dB', True, MIN_EFFECT['psnr'])}"
               f"; SSIM {verdict(paired_differences(ssim_final['L1'], ssim_final['L1 + DiffLoss']), '', True, MIN_EFFECT['ssim'])}.")
+
+# %% [markdown]
+# ## 12. What we have, and what went wrong
+#
+# A result is only as good as the questions it survives. Five of them, each answered by the
+# next cell from this run's numbers:
+#
+# 1. **Out of distribution, is a restoration better than doing nothing?** PSNR says yes, but
+#    SSIM compares local structure, and a network that has seen four photos can sharpen the
+#    wrong things on a scene it never saw. The cell compares every run's SSIM with the hazy
+#    input's.
+# 2. **Which scene fails?** Means hide the worst image. The cell finds the test image whose
+#    PSNR gains least over its hazy input (seed 0) and prints its numbers.
+# 3. **What can the prior's verdict tell?** The prior loss scores how natural the frozen prior
+#    finds an image. It is *circular* for DiffLoss, which was trained to lower exactly this
+#    quantity, and it is not a measure of fidelity: a hazy image is smooth, and smooth images
+#    are easy to denoise, so the hazy input can score as "more natural" than a correct
+#    restoration. The cell prints the input's score beside the restorations'.
+# 4. **Is the knob choice a choice?** The sweep of section 5 trained one seed per setting. Its
+#    top settings are a choice only if they differ by more than a re-run moves: the cell sets
+#    the gap between the two best settings against the spread of this chapter's seeds at the
+#    chosen setting, and against the same setting re-run here (seed 0, today's code).
+# 5. **Does the longer run change the picture?** Section 10 plots it against the fraction of
+#    its schedule, and item 4 of section 11 gives its paired verdicts.
+
+# %%
+def dist(split: str, label: str, m: str) -> float:
+    return statistics.mean(r[m] for r in scores[split][label])
+
+
+for split in test_items:
+    hz = scores[split]["hazy"]["ssim"]
+    below = [label for label in losses if dist(split, label, "ssim") < hz]
+    print(f"1. {names[split]}: SSIM hazy input {hz:.3f}, "
+          + ", ".join(f"{label} {dist(split, label, 'ssim'):.3f}" for label in losses)
+          + (f" — {' and '.join(below)} below the input: the restorations lose structure the "
+             "hazy image still had" if below else " — every restoration above the input"))
+
+worst = []
+with torch.no_grad():
+    for split in test_items:
+        for hazy_img, clean, name in test_items[split]:
+            p = {label: float(psnr(restore(histories[label, seed0].model, hazy_img[None].to(device)).cpu(),
+                                   clean[None])) for label in losses}
+            worst.append((p["L1"] - float(psnr(hazy_img[None], clean[None])), split, name,
+                          float(psnr(hazy_img[None], clean[None])), p))
+gain, split, name, hz, p = min(worst)
+print(f"2. The worst image (seed {seed0}): {split}: {name}, hazy {hz:.1f} dB → "
+      + ", ".join(f"{label} {v:.1f} dB" for label, v in p.items())
+      + (" — restoring it made it worse" if gain < 0 else ""))
+
+for split in test_items:
+    hz = scores[split]["hazy"]["prior_loss"]
+    more_natural = [label for label in losses if dist(split, label, "prior_loss") > hz]
+    print(f"3. {names[split]}: prior loss (0 = as natural as the ground truth) hazy input "
+          f"{hz:+.4f}, " + ", ".join(f"{label} {dist(split, label, 'prior_loss'):+.4f}"
+                                      for label in losses)
+          + (f" — the prior prefers the hazy input to {' and '.join(more_natural)}"
+             if more_natural else ""))
+
+if knobs_file.exists():
+    ranked = sorted(knobs["grid"], key=lambda r: r["val_psnr"], reverse=True)
+    gap = ranked[0]["val_psnr"] - ranked[1]["val_psnr"]
+    vals = [histories["L1 + DiffLoss", s].final["val_psnr"] for s in profile.seeds]
+    spread = statistics.stdev(vals) if len(vals) > 1 else float("nan")
+    print(f"4. The sweep's two best settings differ by {gap:.2f} dB of validation PSNR (one seed "
+          f"each); at the chosen setting this chapter's {len(vals)} seeds spread by "
+          f"{spread:.2f} dB (sd), and the sweep's seed-0 run scored {ranked[0]['val_psnr']:.2f} dB "
+          f"where today's seed-0 run scores {vals[0]:.2f} dB. "
+          + ("The gap is within what a re-run moves: the top settings are tied, and the choice "
+             "among them is not resolved by this sweep." if gap < max(spread, abs(vals[0] - ranked[0]["val_psnr"]))
+             else "The gap exceeds what a re-run moves."))
+if (medium_dir / "provenance.json").exists():
+    print(f"5. The longer run: {prov['steps']} steps against this chapter's {base.iterations}; "
+          "its verdicts are item 4 of section 11.")
+
+# %% [markdown]
+# Read with these lines, the chapter's claim narrows to what survives them. Whatever DiffLoss
+# adds in PSNR and SSIM is measured against L1 in paired seeds; whether a restoration is better
+# than the hazy input out of distribution, and on which scene it fails, is a property of a
+# restorer trained on four photos, with or without DiffLoss. The prior's own verdict cannot
+# referee a loss that is made of it. And a knob "chosen" by a gap smaller than a re-run's
+# spread is a default, not a finding: two seeds per setting would be the next sweep.
+#
+# ## Exercises
+#
+# **Exercise 4.1 — a verdict by hand.** Three seeds of L1 and L1 + DiffLoss scored
+# 17.6, 17.9, 17.4 dB and 18.1, 18.5, 17.8 dB. Compute the paired differences and
+# `diffloss.experiments.verdict` with a 0.1 dB minimum; then see what happens if the third
+# DiffLoss seed had scored 17.3 dB instead.
+#
+# <details><summary>Solution</summary>
+#
+# ```python
+# from diffloss.diagnostics import paired_differences
+# from diffloss.experiments import verdict
+#
+# l1, dl = [17.6, 17.9, 17.4], [18.1, 18.5, 17.8]
+# d = paired_differences(l1, dl)
+# print([round(v, 2) for v in d["per_seed"]], round(d["mean"], 3))
+# print(verdict(d, " dB", True, 0.1))
+# print(verdict(paired_differences(l1, [18.1, 18.5, 17.3]), " dB", True, 0.1))
+# ```
+#
+# Expected output:
+#
+# ```text
+# [0.5, 0.6, 0.4] 0.5
+# better in every seed (+0.500 dB ± 0.100)
+# no consistent difference (+0.333 dB ± 0.379, signs ++−)
+# ```
+#
+# One seed of three that disagrees is enough to withdraw the claim: that is the point of
+# pairing seeds and stating the rule before looking.
+#
+# </details>
+#
+# **Exercise 4.2 — paired runs really are paired.** Train L1 twice for 20 steps under the `ci`
+# profile with seed 0, and once with seed 1 (`TrainConfig.for_profile`, `train`, CPU, no
+# evaluation). Check that the two seed-0 runs end with identical weights and the seed-1 run
+# does not: the difference between two losses of one seed is then the loss alone.
+#
+# <details><summary>Solution</summary>
+#
+# ```python
+# import tempfile
+#
+# import torch
+# from diffloss import profiles
+# from diffloss.training import TrainConfig, train
+#
+# profile = profiles.get("ci")
+# out = tempfile.mkdtemp()
+# base = TrainConfig.for_profile(profile, profiles.require_assets(profile), "cpu",
+#                                iterations=20, eval_every=0, val=0)
+# runs = [train(base.replace(seed=s, out=f"{out}/{k}"), progress=False)
+#         for k, s in enumerate((0, 0, 1))]
+# w = [torch.cat([p.detach().flatten() for p in h.model.parameters()]) for h in runs]
+# print("same seed, same weights:", torch.equal(w[0], w[1]))
+# print("other seed, other weights:", not torch.equal(w[0], w[2]))
+# ```
+#
+# Expected output:
+#
+# ```text
+# same seed, same weights: True
+# other seed, other weights: True
+# ```
+#
+# </details>
 
 # %%
 # NBVAL_CHECK_OUTPUT

@@ -33,7 +33,14 @@ import torch
 
 from diffloss import current_profile
 from diffloss.data import synthetic_dataset
-from diffloss.experiments import MIN_EFFECT, input_scores, paired_scores, run_paired, verdict
+from diffloss.experiments import (
+    MIN_EFFECT,
+    input_scores,
+    paired_scores,
+    portable_config,
+    run_paired,
+    verdict,
+)
 from diffloss.metrics import psnr
 from diffloss.models.msbdn import count_parameters
 from diffloss.prior import load_profile_prior
@@ -253,7 +260,8 @@ results = {"profile": profile.name, "seeds": list(profile.seeds), "steps": steps
 for t in TASK_NAMES:
     entry = {"model": bases[t].model, "metric_space": TASKS[t].metric_space,
              "data": assets[t].label,
-             "configs": {label: histories[t][label, seed0].config.to_dict() for label in losses},
+             "configs": {label: portable_config(histories[t][label, seed0].config)
+                         for label in losses},
              "splits": {}}
     for split in splits:
         entry["splits"]["in_distribution" if split == "test" else "out_of_distribution"] = {
