@@ -179,3 +179,15 @@ def test_no_file_of_the_package_is_ignored_by_git():
     if res.returncode == 128:
         pytest.skip("not a git checkout")
     assert res.stdout.strip() == "", f"ignored by .gitignore: {res.stdout.split()}"
+
+
+def test_committed_results_name_no_path_of_the_machine_that_made_them():
+    """Run folders, data and priors are recorded relative to the repository (KNOWN.md)."""
+    import re
+
+    absolute = re.compile(r'"((?:/(?:work|home|root|tmp|Users|mnt|opt|data)/|[A-Z]:\\\\)[^"]*)"')
+    files = [*ROOT.glob("figures/*.json"), *ROOT.glob("results/**/*.json")]
+    assert files
+    for path in files:
+        found = absolute.findall(path.read_text())
+        assert not found, f"{path.relative_to(ROOT)} records absolute paths: {found[:3]}"
