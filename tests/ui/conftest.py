@@ -76,7 +76,7 @@ class Lab:
                     return
             except OSError:
                 if self.proc.poll() is not None:
-                    raise RuntimeError(f"JupyterLab exited with {self.proc.returncode}")
+                    raise RuntimeError(f"JupyterLab exited with {self.proc.returncode}") from None
                 time.sleep(0.3)
         raise RuntimeError("JupyterLab did not start within 90 s")
 

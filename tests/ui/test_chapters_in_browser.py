@@ -60,10 +60,21 @@ _ERRORS = """() => {
 }"""
 
 
+_OPENED = """(name) => {
+  const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;
+  return !!w && !!w.context && w.context.path === name;
+}"""
+
+
 def run_all(page, lab, name: str) -> None:
-    """Open ``name`` in JupyterLab and run every cell; wait until the kernel is idle again."""
-    page.goto(lab.url(f"lab/tree/{name}"))
+    """Open ``name`` in JupyterLab and run every cell; wait until the kernel is idle again.
+
+    Each notebook opens in a workspace of its own, so that JupyterLab does not restore the tabs
+    of the previous test and "the current notebook" is this one."""
+    workspace = "ui-" + name.split(".")[0].replace("_", "-")
+    page.goto(lab.url(f"lab/workspaces/{workspace}/tree/{name}"))
     page.wait_for_selector(".jp-Notebook .jp-CodeCell", timeout=90_000)
+    page.wait_for_function(_OPENED, arg=name, timeout=90_000)
     page.wait_for_function(_KERNEL_IDLE, timeout=90_000)
     page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
     page.wait_for_function(_ALL_RUN, timeout=RUN_TIMEOUT_S * 1000, polling=500)
@@ -101,6 +112,10 @@ def page(browser):
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()
     yield page
+    try:  # stop this notebook's kernel: the next chapter gets the CPU to itself
+        page.evaluate("window.jupyterapp.shell.currentWidget.sessionContext.shutdown()")
+    except Exception:  # noqa: BLE001 - the page may be gone after a failure; the server cleans up
+        pass
     context.close()
 
 
