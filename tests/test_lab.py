@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -27,14 +26,8 @@ def test_command_allows_root_binds_loopback_and_opens_the_chapters():
     assert "--allow-root" not in lab.lab_command(8899, root=False)[0]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_make_lab_serves_the_chapter_list(tmp_path):
-    port = _free_port()
+    port = lab.free_port()
     env = {**__import__("os").environ, "LAB_PORT": str(port), "JUPYTER_RUNTIME_DIR": str(tmp_path),
            "JUPYTER_CONFIG_DIR": str(tmp_path / "config")}
     proc = subprocess.Popen([sys.executable, str(ROOT / "tools" / "lab.py")], cwd=ROOT, env=env,

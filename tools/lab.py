@@ -13,19 +13,28 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (for tests and parallel servers)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def lab_command(port: int, ip: str = "127.0.0.1", token: str | None = None,
-                root: bool | None = None, browser: bool = False) -> tuple[list[str], str]:
-    """The ``jupyter lab`` command line and the URL it will serve."""
+                root: bool | None = None, browser: bool = False,
+                folder: Path = ROOT / "notebooks") -> tuple[list[str], str]:
+    """The ``jupyter lab`` command line serving ``folder`` and the URL it will serve."""
     token = token or secrets.token_hex(16)
     root = (hasattr(os, "geteuid") and os.geteuid() == 0) if root is None else root
     cmd = [sys.executable, "-m", "jupyterlab", f"--ServerApp.ip={ip}", f"--ServerApp.port={port}",
-           "--ServerApp.port_retries=0", f"--ServerApp.root_dir={ROOT / 'notebooks'}",
+           "--ServerApp.port_retries=0", f"--ServerApp.root_dir={folder}",
            f"--IdentityProvider.token={token}"]
     if not browser:
         cmd.append("--no-browser")

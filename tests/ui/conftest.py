@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -48,12 +48,6 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Lab:
     """A JupyterLab server on a folder, on 127.0.0.1 with a random port and token."""
 
@@ -61,12 +55,10 @@ class Lab:
         sys.path.insert(0, str(ROOT / "tools"))
         import lab
 
-        self.port = _free_port()
-        cmd, _ = lab.lab_command(self.port)
-        self.token = next(c for c in cmd if c.startswith("--IdentityProvider.token="))
-        self.token = self.token.split("=", 1)[1]
-        cmd = [f"--ServerApp.root_dir={folder}" if c.startswith("--ServerApp.root_dir") else c
-               for c in cmd] + ["--LabApp.expose_app_in_browser=True"]
+        self.port = lab.free_port()
+        self.token = secrets.token_hex(16)
+        cmd, _ = lab.lab_command(self.port, token=self.token, folder=folder)
+        cmd.append("--LabApp.expose_app_in_browser=True")
         self.proc = subprocess.Popen(cmd, cwd=folder, env=env, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 90
