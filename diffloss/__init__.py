@@ -16,8 +16,8 @@ from .schedule import NoiseSchedule
 __version__ = "0.1.0"
 
 _LAZY = {
-    "DiffusionPrior": "prior",
-    "PriorOutput": "prior",
+    "DiffusionPrior": "priors",
+    "PriorOutput": "priors",
     "DiffLoss": "loss",
     "DiffLossOutput": "loss",
     "restoration_loss": "loss",

@@ -77,6 +77,36 @@ def _checked_loss(text: str) -> str:
 _checked_loss.__name__ = "loss"
 
 
+def _checked_model(text: str) -> str:
+    """A ``--model`` value: a built-in name or ``package.module:ClassName`` (imported at train time)."""
+    from .training.build import check_model_name
+
+    try:
+        return check_model_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+_checked_model.__name__ = "model"
+
+
+def _json_object(text: str) -> dict[str, Any] | None:
+    """A ``--model-kwargs`` value: a JSON object such as ``'{"width": 32}'`` (``none``: no arguments)."""
+    if text.strip().lower() in ("none", "null", ""):
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"width\": 32}}', got {text!r} "
+                                         f"({exc.msg})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object ({{...}}), got {text!r}")
+    return value
+
+
+_json_object.__name__ = "JSON object"
+
+
 def _add_train(sub: Any) -> None:
     from .training import TrainConfig
 
@@ -91,6 +121,7 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--overwrite", action="store_true", help="start over even if OUT holds a run")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    from .training.build import MODELS
     from .training.fielddocs import FIELD_CHOICES, FIELD_EXAMPLES, field_docs
 
     hints = typing.get_type_hints(TrainConfig)
@@ -113,7 +144,12 @@ def _add_train(sub: Any) -> None:
             continue
         if f.name in FIELD_EXAMPLES:
             convert = _checked_loss
-            text += f"; one of {{{','.join(FIELD_EXAMPLES[f.name])}}} or more terms joined by +"
+            text = text.rstrip(".") + f"; one of {{{','.join(FIELD_EXAMPLES[f.name])}}} or more terms joined by +"
+        elif f.name == "model":
+            convert = _checked_model
+            text = text.rstrip(".") + f"; one of {{{','.join(MODELS)}}} or package.module:ClassName"
+        elif f.name == "model_kwargs":
+            convert = _json_object
         metavar = f.name.upper() if nargs is None else ("A", "B")
         p.add_argument(*flags, dest=f.name, type=convert, nargs=nargs, default=None, metavar=metavar,
                        help=text)
@@ -303,7 +339,7 @@ def _add_train_tiny_prior(sub: Any) -> None:
 
 
 def _run_train_tiny_prior(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from .prior import train_tiny
+    from .priors import train_tiny
 
     for name in ("steps", "batch_size", "size", "width", "n_eval"):
         if getattr(args, name) < 1:

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .device import to_device
-from .prior import DiffusionPrior
+from .priors import DiffusionPrior
 
 #: Values beyond this margin outside [0, 1] are treated as a caller error (wrong range).
 RANGE_MARGIN = 0.5
@@ -240,6 +240,12 @@ class DiffLoss(nn.Module):
             self.prior.unet.to(memory_format=torch.channels_last)
         return x.contiguous(memory_format=torch.channels_last)
 
+    def _encode(self, images: Tensor) -> Tensor:
+        if not self.prior.latent:
+            return self.prior.encode(images)
+        with self._context(images.device):
+            return self.prior.encode(images).to(self.prior.dtype)
+
     def _branch(self, xt: Tensor, t: Tensor) -> tuple[Tensor | None, Tensor]:
         with self._context(xt.device):
             if self.nat_weight == 0:
@@ -267,16 +273,19 @@ class DiffLoss(nn.Module):
         # t and ε are drawn on the CPU generator (the same on every device) and copied without a
         # host sync; t stays on the CPU for the schedule's and the prior's range checks.
         t = self.sample_t(b, generator)
-        dtype = self.prior.dtype  # float32 normally (bf16 comes from autocast), float64 for gradcheck
-        noise = to_device(torch.randn(restored.shape, generator=generator, dtype=torch.float32),
-                          device).to(dtype)
-        schedule = self.prior.schedule
+        prior = self.prior
+        dtype = prior.dtype  # float32 normally (bf16 comes from autocast), float64 for gradcheck
+        noise = to_device(torch.randn(prior.space_shape(restored.shape), generator=generator,
+                                      dtype=torch.float32), device).to(dtype)
+        schedule = prior.schedule
         # The ground-truth branch is a constant target: no autograd graph, half the memory.
+        # prior.encode: x ↦ 2x−1 (pixel prior) or the VAE's scaled latent mean (latent prior).
         with torch.no_grad():
-            x_t = self._prepare(schedule.q_sample(target.to(dtype) * 2 - 1, t, noise))
+            x_t = self._prepare(schedule.q_sample(self._encode(target.to(dtype)), t, noise))
             eps_x, h_x = self._branch(x_t, t)
-        # The restored branch keeps its graph: gradients flow through the frozen U-Net to z.
-        z_t = self._prepare(schedule.q_sample(restored.to(dtype) * 2 - 1, t, noise))
+        # The restored branch keeps its graph: gradients flow through the frozen U-Net (and the
+        # frozen VAE encoder of a latent prior) to z.
+        z_t = self._prepare(schedule.q_sample(self._encode(restored.to(dtype)), t, noise))
         eps_z, h_z = self._branch(z_t, t)
         sem = F.mse_loss(h_z, h_x)
         nat = F.mse_loss(eps_z, eps_x) if eps_z is not None else sem.new_zeros(())

@@ -116,20 +116,19 @@ def test_losses_reject_integer_images_and_diffloss_needs_rgb(tiny_prior) -> None
 
 # ------------------------------------------------------------------ 5. out-of-contract priors
 @pytest.mark.parametrize("kind", ["v_prediction", "sample"])
-def test_non_epsilon_prediction_prior_is_rejected(tiny_prior, tmp_path, kind) -> None:
+def test_v_and_x0_prediction_priors_load_with_their_type(tiny_prior, tmp_path, kind) -> None:
+    """Once refused; since issue 23 converted to ε (tests/test_priors_any.py checks the values)."""
     tiny_prior.save_pretrained(tmp_path)
     cfg_path = tmp_path / "scheduler_config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg["prediction_type"] = kind
     cfg_path.write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match=rf"prediction_type='{kind}'.*needs an ε-prediction prior"):
-        DiffusionPrior.from_pretrained(tmp_path)
+    assert DiffusionPrior.from_pretrained(tmp_path).prediction_type == kind
 
 
-def test_predict_xstart_adm_checkpoint_is_rejected() -> None:
+def test_predict_xstart_adm_checkpoint_is_an_x0_prior() -> None:
     flags = {**torch.load(ADM_SMALL, weights_only=True)["config"], "predict_xstart": True}
-    with pytest.raises(ValueError, match="prediction_type='sample'"):
-        DiffusionPrior.from_adm_checkpoint(ADM_SMALL, flags)
+    assert DiffusionPrior.from_adm_checkpoint(ADM_SMALL, flags).prediction_type == "sample"
 
 
 def test_broken_scheduler_config_names_the_file(tiny_prior, tmp_path) -> None:
@@ -206,7 +205,7 @@ def test_hub_ids_still_go_to_the_hub(monkeypatch) -> None:
         calls.append(repo_id)
         raise OSError("offline")
 
-    monkeypatch.setattr("diffloss.prior._from_hub", fake_hub)
+    monkeypatch.setattr("diffloss.priors.loading._from_hub", fake_hub)
     for name in ("google/ddpm-ema-church-256", "someone/some.prior_v2", "gpt2"):
         with pytest.raises(OSError, match="offline"):
             DiffusionPrior.from_pretrained(name)

@@ -558,13 +558,14 @@ def _tiny_conditional_unet():
 @pytest.mark.parametrize("subfolder", ["", "unet"])
 def test_a_conditional_unet_is_refused_at_load_with_a_message(tmp_path, subfolder, capsys):
     """It used to load with its attention weights left on the meta device, and DiffLoss then
-    failed with 'Tensor on device meta'."""
+    failed with 'Tensor on device meta'. Latent priors load from their pipeline folder (issue 23);
+    a conditional U-Net without its VAE is still refused, in one line."""
     from diffloss import cli
 
     folder = tmp_path / "sd"
     _tiny_conditional_unet().save_pretrained(folder / subfolder)
-    with pytest.raises(ValueError, match=r"holds a UNet2DConditionModel, not a UNet2DModel.*"
-                                         r"text-conditioned.*not supported yet"):
+    # alone (no vae/ beside it) it cannot be used: the message says to pass the pipeline folder
+    with pytest.raises(ValueError, match=r"UNet2DConditionModel.*(pipeline folder|needs its VAE)"):
         DiffusionPrior.from_pretrained(folder)
     code = cli.main(["train", "--prior", str(folder), "--out", str(tmp_path / "run"), "--cpu",
                      "--iters", "1", "--no-progress", "--max-size", "64", "--crop", "32", "--train-items", "4",

@@ -191,8 +191,9 @@ def model_from_state(state: dict[str, Any], ema: bool | None = None,
     from .build import build_model
     from .config import TrainConfig
 
-    name = TrainConfig.from_dict(state["config"]).model
-    model = build_model(name)
+    config = TrainConfig.from_dict(state["config"])
+    name = config.model
+    model = build_model(name, config.model_kwargs)  # an own network: its import path and kwargs
     use_ema = state.get("ema") is not None if ema is None else ema
     if use_ema and state.get("ema") is None:
         raise ValueError(f"{source} has no EMA weights (the run had ema=None)")

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from .atomic import atomic_write_text
-from .build import MODELS
+from .build import check_model_name
 from .fieldtypes import check_field_types, yaml_loader
 from .tasks import TASKS, task_of_layout
 from .terms import LOSS_TERMS, PRIOR_INPUTS, parse_loss
@@ -53,7 +53,10 @@ class TrainConfig:
             Default: the task of ``data``'s layout, else ``"dehaze"``.
         model: ``"msbdn"`` (MSBDN-DFF, the paper's dehazing network, 31.35 M parameters),
             ``"msbdn-small"`` or ``"iat"`` (IAT, 91 k parameters, low light); default: the
-            task's (``msbdn-small`` for haze and rain, ``iat`` for low light).
+            task's (``msbdn-small`` for haze and rain, ``iat`` for low light); or your own
+            network, ``package.module:ClassName`` (checked on one batch before step 1).
+        model_kwargs: the constructor arguments of your own network (a JSON object on the
+            command line); recorded in the checkpoints, which reload it through ``load_model``.
         data: ``"synthetic"`` (the task's degradation on the bundled images; offline) or the
             task's real dataset, ``"dense_haze"``, ``"lol"`` or ``"rain"``, read from ``root``.
         root: the data folder for a layout (``data_scripts/`` write ``data/<layout>``).
@@ -126,6 +129,7 @@ class TrainConfig:
 
     task: str | None = None
     model: str | None = None
+    model_kwargs: dict[str, Any] | None = None
     data: str = "synthetic"
     root: str | None = None
     crop: int = 64
@@ -177,7 +181,7 @@ class TrainConfig:
     workers: int = 0
 
     def __post_init__(self) -> None:
-        self._check_types()
+        check_field_types(self)  # every value has its field's type before any other check
         self.data = _choice("data", self.data, DATA)
         if self.task is None:
             self.task = task_of_layout(self.data) or "dehaze"
@@ -187,7 +191,7 @@ class TrainConfig:
             other = task_of_layout(self.data)
             raise ValueError(f"data={self.data!r} is the {other} dataset, but task={self.task!r}: "
                              f"pass data={task.layout!r} (or 'synthetic'), or task={other!r}")
-        self.model = _choice("model", self.model if self.model is not None else task.model, MODELS)
+        self.model = check_model_name(self.model if self.model is not None else task.model)
         fidelity, extra = parse_loss(self.loss)
         self.loss = "+".join((fidelity, *extra))
         self.schedule = _choice("schedule", self.schedule, SCHEDULES)
@@ -210,11 +214,6 @@ class TrainConfig:
         if self.vgg_weights is not None and self.vgg_weights.strip().lower() in ("none", "null", ""):
             self.vgg_weights = None
         self._check_numbers()
-
-    def _check_types(self) -> None:
-        """Every field's value has the field's type, before any other check or any file is
-        written (:func:`~diffloss.training.fieldtypes.check_field_types`)."""
-        check_field_types(self)
 
     def _check_numbers(self) -> None:
         """Every number in its valid range: a bad value is one clear ``ValueError`` naming the

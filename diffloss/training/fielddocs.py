@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from .build import MODELS
 from .config import DATA, MIXED_PRECISION, SCHEDULES, TrainConfig
 from .tasks import TASKS
 from .terms import PRIOR_INPUTS, valid_losses
@@ -21,7 +20,6 @@ __all__ = ["FIELD_CHOICES", "field_docs", "plain"]
 #: Fields with a fixed set of values: the command line offers exactly these.
 FIELD_CHOICES: dict[str, tuple[str, ...]] = {
     "task": tuple(TASKS),
-    "model": MODELS,
     "data": DATA,
     "schedule": SCHEDULES,
     "mixed_precision": MIXED_PRECISION,

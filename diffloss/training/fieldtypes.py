@@ -46,6 +46,9 @@ def _convert(value: Any, hint: Any) -> tuple[bool, Any]:
             return False, None
         items = [_convert(v, a) for v, a in zip(value, args)]
         return (True, tuple(v for _, v in items)) if all(ok for ok, _ in items) else (False, None)
+    if origin is dict:  # a JSON object with string keys (model_kwargs)
+        ok = isinstance(value, dict) and all(isinstance(k, str) for k in value)
+        return ok, dict(value) if ok else None
     if hint is bool:
         return isinstance(value, bool), value
     if hint is int:
@@ -75,6 +78,8 @@ def _type_name(hint: Any) -> str:
         return " or ".join(_type_name(a) for a in args)
     if origin is tuple:
         return f"a list of {len(args)} values ({', '.join(_type_name(a) for a in args)})"
+    if origin is dict:
+        return "a mapping of names to values (a JSON object)"
     return names.get(hint, getattr(hint, "__name__", str(hint)))
 
 

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from .build import build_model
+from .build import build_model, check_restorer
 from .checkpoint import (
     BEST,
     LAST,
@@ -120,9 +120,8 @@ def train(config: TrainConfig | dict[str, Any] | str | os.PathLike, progress: bo
         resume: continue from ``<out>/last.pt``; the config must match the saved one except
             for :data:`~diffloss.training.config.RESUMABLE_CHANGES`.
         overwrite: start afresh even if ``out`` already holds a run (its files are deleted).
-        prior: a :class:`~diffloss.prior.DiffusionPrior` to use instead of loading
-            ``config.prior`` (e.g. one loaded once for several runs); its ``source`` (when it
-            has one) is recorded as ``config.prior``.
+        prior: a :class:`~diffloss.priors.DiffusionPrior` to use instead of loading ``config.prior``
+            (e.g. one loaded once for several runs); its ``source``, if any, is recorded.
         stop_after: stop after this step, ``last.pt`` written (resuming = never stopping).
 
     Raises:
@@ -160,8 +159,9 @@ def _train(config: TrainConfig, accelerator: Any, lock: RunLock | None, progress
 
     # -- build ------------------------------------------------------------------------------
     seed_all(config.seed)
-    model = build_model(config.model)
+    model = build_model(config.model, config.model_kwargs)
     train_ds, val_ds, tests = build_datasets(config)
+    check_restorer(model, str(config.model), lambda: KeyedPairs(train_ds)[(0, 0)][0][None])
     n_train = len(train_ds)  # type: ignore[arg-type]
     iterations = (math.ceil(config.epochs * n_train / (config.batch * world * config.grad_accum))
                   if config.epochs is not None else config.iterations)
