@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU measurements of issues 4, 5 and 8 in one short script, for a lent CUDA machine
+# The GPU measurements of issues 4, 5, 8 and 23 in one short script, for a lent CUDA machine
 # (see benchmarks/RESULTS.md). Writes its tables to $OUT (or ./gpu_out) and stdout.
 set -uo pipefail
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
@@ -15,3 +15,9 @@ timeout 200 python3 benchmarks/bench_diffloss.py --prior adm-random --restorer m
 timeout 60 python3 benchmarks/bench_diffloss.py --repeats 10 | tee "$OUT/bench_diffloss_tiny.md"
 # Issue 5: full-resolution (1600x1200) MSBDN forward memory.
 timeout 90 python3 benchmarks/bench_msbdn.py --skip-full --repeats 2 --full-res-memory | tee "$OUT/bench_msbdn.md"
+# Issue 23: DiffLoss with a Stable-Diffusion-1.5-shaped latent prior at 512² next to ADM-256 at 256²
+# (random weights, bf16 autocast, full MSBDN, batch 4), eager and with the U-Nets compiled.
+timeout 240 python3 benchmarks/bench_latent.py --size 512 --adm-size 256 --batch 4 --restorer msbdn \
+  --repeats 5 | tee "$OUT/bench_latent_eager.md"
+timeout 420 python3 benchmarks/bench_latent.py --size 512 --adm-size 256 --batch 4 --restorer msbdn \
+  --repeats 5 --compile | tee "$OUT/bench_latent_compiled.md"

@@ -10,7 +10,10 @@ noise ε ~ N(0, I) and one shared timestep t per sample (seed Eq. 2):
     L_DiffLoss = nat_weight·L_nat + λ·L_sem
     L_total    = fidelity(z, x) + γ·L_DiffLoss      (:func:`restoration_loss`)
 
-The gradient of L_nat and L_sem flows *through the frozen U-Net* into the restoration network.
+With a latent prior (Stable Diffusion class) both images are first encoded by its frozen VAE,
+z ↦ s·μ_φ(2z−1) (:meth:`~diffloss.priors.DiffusionPrior.encode`), and everything above happens on
+the latents; a v- or x̂_0-predicting U-Net's output is turned into ε first. The gradient of L_nat
+and L_sem flows *through the frozen U-Net* (and VAE encoder) into the restoration network.
 The authors' released code runs both U-Net calls under ``torch.no_grad()``, which makes both
 terms constants: there only the pixel loss trains (see :class:`NoGradDiffLoss` and chapter 03).
 """
@@ -119,7 +122,7 @@ def check_images(restored: Tensor, target: Tensor) -> None:
 
 
 class DiffLoss(nn.Module):
-    """DiffLoss with a frozen :class:`~diffloss.prior.DiffusionPrior`.
+    """DiffLoss with a frozen :class:`~diffloss.priors.DiffusionPrior` (pixel or latent).
 
     Args:
         prior: the frozen diffusion prior (its parameters never receive gradients).
@@ -127,8 +130,9 @@ class DiffLoss(nn.Module):
         nat_weight: weight of the ε-space term; 0 runs only the U-Net's down path (``prior.hspace``).
         t_range: inclusive ``(t_min, t_max)`` for the uniform per-sample t, integers with
             ``0 <= t_min <= t_max <= T-1``; default all T steps.
-        prior_size: side of the square region shown to the prior, a positive multiple of the
-            U-Net's downsampling factor; default (``None``) its native size.
+        prior_size: side of the square region shown to the prior, in pixels (also for latent
+            priors), a positive multiple of the prior's downsampling factor (U-Net × VAE);
+            default (``None``) its native size (512 for Stable Diffusion 1.5).
         size_policy: how images that are larger than ``prior_size`` (or whose sides are not
             multiples of the U-Net's downsampling factor) are brought to the prior, identically for
             both images: ``"crop"`` (default) takes one aligned random ``prior_size`` crop per sample

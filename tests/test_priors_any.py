@@ -284,3 +284,51 @@ def test_a_pipeline_without_its_vae_or_text_encoder_is_refused(tmp_path):
     tiny_vae().save_pretrained(tmp_path / "a" / "vae")
     with pytest.raises(FileNotFoundError, match="no text_encoder/"):
         DiffusionPrior.from_pretrained(tmp_path / "a")
+
+
+def test_a_latent_pipeline_hub_id_is_fetched_whole(tmp_path, monkeypatch):
+    """A hub id whose unet/ is a UNet2DConditionModel: the pipeline's files are fetched with one
+    snapshot_download (only the parts a latent prior needs) and loaded as a folder. The hub is
+    simulated by a local pipeline folder: nothing is downloaded."""
+    pytest.importorskip("transformers")
+    import huggingface_hub
+    from diffusers import UNet2DModel
+
+    from diffloss.priors import loading
+
+    local = tmp_path / "hub-copy"
+    write_tiny_pipeline(local)
+
+    def from_pretrained(repo_id, subfolder=None, **kwargs):
+        if subfolder is None:
+            raise OSError(f"{repo_id} does not appear to have a file named config.json")
+        return torch.nn.Identity()
+
+    def load_config(repo_id, subfolder=None, **kwargs):
+        return json.loads((local / subfolder / "config.json").read_text())
+
+    fetched = []
+
+    def snapshot_download(repo_id, allow_patterns=None, **kwargs):
+        fetched.append((repo_id, allow_patterns))
+        return str(local)
+
+    monkeypatch.setattr(UNet2DModel, "from_pretrained", from_pretrained)
+    monkeypatch.setattr(UNet2DModel, "load_config", load_config)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    prior = DiffusionPrior.from_pretrained("someone/tiny-sd")
+    assert prior.latent and prior.source == "someone/tiny-sd"
+    assert fetched == [("someone/tiny-sd", loading.PIPELINE_FILES)]
+    assert not any("safety_checker" in p or p.endswith(".bin") for p in loading.PIPELINE_FILES)
+
+
+def test_a_compiled_latent_prior_gives_the_eager_loss():
+    """DiffLoss's calls go through the compiled U-Net with the conditioning as keyword arguments
+    (dynamo's eager backend here, as in the other CPU tests of compilation)."""
+    prior = tiny_latent_prior("v_prediction")
+    loss_fn = DiffLoss(prior, lambda_sem=0.1, channels_last=False)
+    z, x = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16)
+    eager = loss_fn(z, x, generator=torch.Generator().manual_seed(5)).loss
+    assert prior.compile_unet(backend="eager")
+    compiled = loss_fn(z, x, generator=torch.Generator().manual_seed(5)).loss
+    assert torch.allclose(eager, compiled, rtol=1e-5)

@@ -297,6 +297,7 @@ class DiffusionPrior(nn.Module):
             warnings.warn(f"torch.compile is unavailable ({type(err).__name__}: {err}); the prior runs "
                           "eagerly", RuntimeWarning, stacklevel=2)
             self._compiled = ()
+        return self.compiled
 
     def _run_unet(self, xt: Tensor, t: Tensor, compiled: bool) -> Tensor:
         kw = self._conditioning(xt)

@@ -21,7 +21,8 @@
 # In this chapter we build it one piece at a time, compute each term by hand and check that
 # `diffloss.DiffLoss` gives the same numbers, show that its gradient really reaches $z$ (the
 # authors' released code blocks it), see which $t$ carry that gradient, and try it in the
-# smallest possible setting: optimising the pixels of one image.
+# smallest possible setting: optimising the pixels of one image. Section 6 then meets priors of
+# other kinds: U-Nets that predict $v$ or $x_0$, and latent (Stable-Diffusion-class) priors.
 
 # %%
 import matplotlib.pyplot as plt
@@ -462,7 +463,112 @@ frame_viewer({g: gamma_frame(g) for g in gammas}, "γ", value=gamma_star,
 # constrain what a *network* learns to produce where it cannot match the target exactly, on
 # unseen images. Chapter 04 trains a dehazing network with L1 and with L1 + DiffLoss to test
 # that, and tests the choice of `t_range` from section 4 in that training.
+
+# %% [markdown]
+# ## 6. Any prior: what the U-Net predicts, and priors that work on latents
 #
+# Everything above used a pixel-space prior that predicts $\epsilon$. Many diffusion models
+# predict something else. With $\bar\alpha = \bar\alpha_t$, a **v-prediction** model
+# (Salimans & Ho 2022; Stable Diffusion 2) outputs $v = \sqrt{\bar\alpha}\,\epsilon - \sqrt{1-\bar\alpha}\,x_0$
+# and an **$x_0$-prediction** model $\hat x_0$; both determine $\epsilon$ exactly:
+#
+# $$\epsilon = \sqrt{\bar\alpha}\,v + \sqrt{1-\bar\alpha}\,x_t,\qquad
+#   \epsilon = \frac{x_t - \sqrt{\bar\alpha}\,\hat x_0}{\sqrt{1-\bar\alpha}}.$$
+#
+# `DiffusionPrior` applies the right one (from the scheduler's `prediction_type`), so
+# `prior(x_t, t).eps` is always predicted noise and $L_\text{nat}$ keeps its meaning.
+#
+# Most diffusion models people own today are **latent** (Rombach et al. 2022: Stable Diffusion
+# 1.x/2.x, SDXL). Their U-Net denoises the latents of a VAE, $\ell = s\,\mu_\phi(2x-1)$ (the
+# encoder's mean, times the VAE's `scaling_factor` $s$), and is conditioned on a text encoding;
+# for DiffLoss we condition on the *empty* prompt. DiffLoss then runs unchanged on
+# $\ell_z = s\,\mu_\phi(2z-1)$ and $\ell_x = s\,\mu_\phi(2x-1)$: shared $\epsilon$ and $t$, $L_\text{nat}$
+# on the predicted noise, $L_\text{sem}$ on the middle block. The gradient now passes through the
+# frozen VAE encoder as well.
+#
+# Below, a Stable-Diffusion-*class* prior built in memory, tiny and with **random weights**: it
+# shows the mechanics, and its numbers say nothing about quality. A real one loads with
+# `DiffusionPrior.from_pretrained(PIPELINE_FOLDER)` (README, "Use your own prior").
+
+
+# %%
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+
+from diffloss import DiffusionPrior
+
+torch.manual_seed(0)
+unet = UNet2DConditionModel(  # Stable Diffusion's U-Net class, shrunk: 2 levels, 8/16 channels
+    sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
+    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    cross_attention_dim=8, attention_head_dim=2, norm_num_groups=4)
+vae = AutoencoderKL(  # its VAE class: 3 levels, so 4× fewer pixels per side; 4 latent channels
+    latent_channels=4, block_out_channels=(8, 16, 16), down_block_types=("DownEncoderBlock2D",) * 3,
+    up_block_types=("UpDecoderBlock2D",) * 3, layers_per_block=1, norm_num_groups=4, scaling_factor=0.18215)
+empty_prompt = torch.randn(1, 7, 8)  # stands for text_encoder(tokenizer(""))[0]: 1 × tokens × width
+latent_prior = DiffusionPrior.from_components(
+    unet, DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                        prediction_type="v_prediction"),
+    vae=vae, encoder_hidden_states=empty_prompt)
+print(f"latent prior: predicts {latent_prior.prediction_type!r}; VAE downsampling "
+      f"{latent_prior.vae_scale_factor}, U-Net downsampling {latent_prior.unet_downsampling}, "
+      f"native size {latent_prior.sample_size} px = {latent_prior.unet_sample_size} latents")
+
+# %%
+# NBVAL_CHECK_OUTPUT
+# ε from v, by hand, against prior(x_t, t).eps
+images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+lat = latent_prior.encode(images)                       # s·μ_φ(2x − 1)
+t_v = torch.tensor([50, 600])
+noise = torch.randn(lat.shape, generator=torch.Generator().manual_seed(2))
+lat_t = latent_prior.schedule.q_sample(lat, t_v, noise)
+with torch.no_grad():
+    v = latent_prior.unet(lat_t, t_v, encoder_hidden_states=empty_prompt.expand(2, -1, -1)).sample
+    abar_v = latent_prior.schedule.alphas_cumprod[t_v].float().view(-1, 1, 1, 1)
+    eps_by_hand = abar_v.sqrt() * v + (1 - abar_v).sqrt() * lat_t
+    eps_prior = latent_prior(lat_t, t_v).eps
+print(f"images {tuple(images.shape)} -> latents {tuple(lat.shape)}")
+print(f"ε = √ᾱ·v + √(1−ᾱ)·x_t by hand equals prior(x_t, t).eps: "
+      f"{torch.allclose(eps_by_hand, eps_prior, atol=1e-5)}")
+
+# %%
+# NBVAL_CHECK_OUTPUT
+# Where the VAE sits: which frozen module runs on what, and whether autograd records it.
+calls = []
+
+
+def record(name):
+    def hook(module, args, kwargs, output):
+        x = args[0]
+        calls.append(f"{name:<12} input {str(tuple(x.shape)):<16} recorded by autograd: {x.requires_grad}")
+    return hook
+
+
+handles = [latent_prior.vae.encoder.register_forward_hook(record("VAE encoder"), with_kwargs=True),
+           latent_prior.unet.register_forward_hook(record("U-Net"), with_kwargs=True)]
+restored_l = images[:1].clone().requires_grad_(True)
+out_l = DiffLoss(latent_prior, lambda_sem=1e-3)(restored_l, images[1:], generator=torch.Generator().manual_seed(3))
+out_l.loss.backward()
+for h in handles:
+    h.remove()
+print("\n".join(calls))
+print(f"gradient reaches the restored image: {bool(restored_l.grad.abs().sum() > 0)}; "
+      f"prior parameters with a gradient: {sum(p.grad is not None for p in latent_prior.parameters())}")
+
+# %% [markdown]
+# The target branch (first two lines) runs without autograd; the restored branch goes through the
+# VAE encoder and then the U-Net with its graph, so $\partial L/\partial z$ reaches the image and
+# no parameter of the prior gets a gradient. What that costs at real sizes was measured with
+# Stable Diffusion 1.5's architecture (random weights) by `benchmarks/bench_latent.py`; the
+# latest table in `benchmarks/RESULTS.md`:
+
+# %%
+from diffloss.profiles import repo_root
+
+results = (repo_root() / "benchmarks" / "RESULTS.md").read_text()
+block = results[results.rfind("### Latent vs pixel prior"):]
+print("\n".join(line for line in block.splitlines()[:14] if line.strip()))
+
+# %% [markdown]
 # ## What we have
 #
 # * `DiffLoss` computes exactly the two terms of the paper, $L_\text{nat}$ in $\epsilon$-space and
@@ -472,6 +578,8 @@ frame_viewer({g: gamma_frame(g) for g in gammas}, "γ", value=gamma_star,
 # * The gradient lives at small $t$ (large, edge-focused); large $t$ give a better-aimed but
 #   vanishing gradient, and uniform $t$ over all 1000 steps spends half its draws there.
 # * In pixel space, with the target known, DiffLoss adds nothing that L1 does not already do better.
+# * Any prior works the same way: a v- or $x_0$-predicting U-Net's output becomes $\epsilon$, and a
+#   latent prior compares the two images' VAE latents, with the gradient flowing through its encoder.
 #
 # Use it in your own training loop:
 #
