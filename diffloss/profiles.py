@@ -107,7 +107,7 @@ PROFILES: dict[str, Profile] = {
     ),
     "small": Profile(
         name="small",
-        description="any laptop: the whole demo in under 20 minutes on 2 cores",
+        description="any laptop: the whole demo in about 35 minutes on 2 cores",
         data="synthetic",
         prior="tiny",
         restorer="msbdn-small",
