@@ -27,6 +27,20 @@ def make_tiny_unet(out_channels: int = 3, sample_size: int = 16, seed: int = 0) 
     return unet
 
 
+def make_tiny_conditional_unet(seed: int = 0, sdxl: bool = False):
+    """Stable Diffusion's U-Net class, tiny: 4 latent channels, 2 levels, cross-attention width 8;
+    ``sdxl``: with SDXL's added text-and-size conditioning (``addition_embed_type="text_time"``)."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    extra = dict(addition_embed_type="text_time", addition_time_embed_dim=4,
+                 projection_class_embeddings_input_dim=8 + 6 * 4) if sdxl else {}
+    return UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=8, attention_head_dim=2, norm_num_groups=4, **extra)
+
+
 def make_tiny_prior(**kw) -> DiffusionPrior:
     return DiffusionPrior(make_tiny_unet(**kw), NoiseSchedule.linear())
 

@@ -13,7 +13,7 @@ import huggingface_hub.constants
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_tiny_prior
+from conftest import make_tiny_conditional_unet, make_tiny_prior
 from diffusers import DDPMScheduler, UNet2DModel
 from torch import nn
 
@@ -545,16 +545,6 @@ def test_train_tiny_cli_is_seeded_and_records_its_command(api_run, tmp_path, cap
 
 
 # ------------------------------------------------- models the loader cannot use (issue 20, 4)
-def _tiny_conditional_unet():
-    from diffusers import UNet2DConditionModel
-
-    return UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
-        block_out_channels=(8, 16), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=8,
-        attention_head_dim=2, norm_num_groups=4)
-
-
 @pytest.mark.parametrize("subfolder", ["", "unet"])
 def test_a_conditional_unet_is_refused_at_load_with_a_message(tmp_path, subfolder, capsys):
     """It used to load with its attention weights left on the meta device, and DiffLoss then
@@ -563,7 +553,7 @@ def test_a_conditional_unet_is_refused_at_load_with_a_message(tmp_path, subfolde
     from diffloss import cli
 
     folder = tmp_path / "sd"
-    _tiny_conditional_unet().save_pretrained(folder / subfolder)
+    make_tiny_conditional_unet().save_pretrained(folder / subfolder)
     # alone (no vae/ beside it) it cannot be used: the message says to pass the pipeline folder
     with pytest.raises(ValueError, match=r"UNet2DConditionModel.*(pipeline folder|needs its VAE)"):
         DiffusionPrior.from_pretrained(folder)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_tiny_unet
-from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from conftest import make_tiny_conditional_unet, make_tiny_unet
+from diffusers import AutoencoderKL, DDPMScheduler
 
 from diffloss import DiffLoss
 from diffloss.priors import DiffusionPrior, to_epsilon
@@ -96,21 +96,11 @@ def tiny_vae(seed: int = 0) -> AutoencoderKL:
                          layers_per_block=1, norm_num_groups=4, sample_size=16, scaling_factor=0.5)
 
 
-def tiny_conditional_unet(seed: int = 0, sdxl: bool = False) -> UNet2DConditionModel:
-    torch.manual_seed(seed)
-    extra = dict(addition_embed_type="text_time", addition_time_embed_dim=4,
-                 projection_class_embeddings_input_dim=8 + 6 * 4) if sdxl else {}
-    return UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=8, attention_head_dim=2, norm_num_groups=4, **extra)
-
-
 def tiny_latent_prior(kind: str = "epsilon", sdxl: bool = False) -> DiffusionPrior:
     torch.manual_seed(3)
     hidden = torch.randn(1, 5, 8)
     return DiffusionPrior.from_components(
-        tiny_conditional_unet(sdxl=sdxl), DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085,
+        make_tiny_conditional_unet(sdxl=sdxl), DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085,
                                                          beta_end=0.012, prediction_type=kind),
         vae=tiny_vae(), encoder_hidden_states=hidden, text_embeds=torch.randn(1, 8) if sdxl else None)
 
@@ -183,7 +173,7 @@ def test_vae_memory_savings_keep_the_loss_and_its_gradient():
 
 
 def test_latent_parts_are_checked():
-    unet, vae, hidden = tiny_conditional_unet(), tiny_vae(), torch.randn(1, 5, 8)
+    unet, vae, hidden = make_tiny_conditional_unet(), tiny_vae(), torch.randn(1, 5, 8)
     with pytest.raises(ValueError, match="needs encoder_hidden_states"):
         DiffusionPrior(unet, vae=vae)
     with pytest.raises(ValueError, match=r"must be 1×L×8"):
@@ -191,7 +181,7 @@ def test_latent_parts_are_checked():
     with pytest.raises(ValueError, match="latent U-Net needs its VAE"):
         DiffusionPrior(unet, encoder_hidden_states=hidden)
     with pytest.raises(ValueError, match="needs text_embeds"):
-        DiffusionPrior(tiny_conditional_unet(sdxl=True), vae=vae, encoder_hidden_states=hidden)
+        DiffusionPrior(make_tiny_conditional_unet(sdxl=True), vae=vae, encoder_hidden_states=hidden)
     with pytest.raises(ValueError, match="takes none"):
         DiffusionPrior(make_tiny_unet(), encoder_hidden_states=hidden)
     with pytest.raises(ValueError, match=r"x_t must have 4 channels \(VAE latents"):
@@ -223,7 +213,7 @@ def write_tiny_pipeline(folder: Path, sdxl: bool = False) -> None:
         CLIPTokenizer,
     )
 
-    tiny_conditional_unet(sdxl=sdxl).save_pretrained(folder / "unet")
+    make_tiny_conditional_unet(sdxl=sdxl).save_pretrained(folder / "unet")
     tiny_vae().save_pretrained(folder / "vae")
     DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).save_pretrained(
         folder / "scheduler")
@@ -278,7 +268,7 @@ def test_an_sdxl_like_pipeline_folder_loads(tmp_path):
 
 
 def test_a_pipeline_without_its_vae_or_text_encoder_is_refused(tmp_path):
-    tiny_conditional_unet().save_pretrained(tmp_path / "a" / "unet")
+    make_tiny_conditional_unet().save_pretrained(tmp_path / "a" / "unet")
     with pytest.raises(ValueError, match=r"no vae/config.json.*needs its VAE"):
         DiffusionPrior.from_pretrained(tmp_path / "a")
     tiny_vae().save_pretrained(tmp_path / "a" / "vae")
