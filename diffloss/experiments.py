@@ -11,13 +11,14 @@ at least a stated minimum size (:data:`MIN_EFFECT`).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from .diagnostics import paired_differences
+from .parallel import train_in_processes
 from .training import History, TrainConfig, evaluate, train
 from .training.tasks import TASKS
 
@@ -29,24 +30,46 @@ MIN_EFFECT: dict[str, float] = {"psnr": 0.1, "ssim": 0.005}
 
 def run_paired(base: TrainConfig, losses: Mapping[str, Mapping[str, Any]], seeds: Sequence[int],
                out_dir: str | Path, prior: Any = None,
-               log: Callable[[str], None] | None = print) -> dict[tuple[str, int], History]:
+               log: Callable[[str], None] | None = print,
+               parallel: int = 1) -> dict[tuple[str, int], History]:
     """Train ``base`` once per (loss, seed): ``losses`` maps a label to the config changes of
     that loss (e.g. ``{"loss": "l1+diffloss", "gamma": 3.0}``). Runs go to
-    ``out_dir/<loss>_seed<k>`` (started afresh). Returns the histories by ``(label, seed)``."""
-    histories: dict[tuple[str, int], History] = {}
+    ``out_dir/<loss>_seed<k>`` (started afresh). Returns the histories by ``(label, seed)``.
+
+    ``parallel`` > 1 trains up to that many runs at once (at most one per CPU core), each in a
+    process of its own (:func:`~diffloss.parallel.train_in_processes`) with as many torch
+    threads as this one. On a CPU, a narrow network on small crops keeps one core busy, not
+    two, so two processes of one thread finish two runs in the time of one; every run gives
+    the same bits as in the sequential loop (same code, seeds and thread count). Results are
+    logged and returned in the sequential order.
+    """
+    jobs = []
     for seed in seeds:
         for label, changes in losses.items():
             name = f"{changes.get('loss', base.loss)}_seed{seed}"
-            cfg = base.replace(seed=seed, out=str(Path(out_dir) / name), **changes)
-            t0 = time.perf_counter()
-            h = train(cfg, overwrite=True, prior=prior, progress=False)
-            histories[label, seed] = h
-            if log is not None:
-                f = h.final
-                log(f"seed {seed}, {label:>13}: {time.perf_counter() - t0:4.0f} s | final PSNR "
-                    + ", ".join(f"{s} {f[f'{s}_psnr']:.2f} dB" for s in ("test", "ood", "val")
-                                if f.get(f"{s}_psnr") is not None))
+            jobs.append((label, seed, base.replace(seed=seed, out=str(Path(out_dir) / name), **changes)))
+    configs = [cfg for _, _, cfg in jobs]
+    if parallel > 1 and len(jobs) > 1:
+        results = train_in_processes(configs, prior=prior, processes=parallel)
+    else:
+        results = _train_here(configs, prior)
+    histories: dict[tuple[str, int], History] = {}
+    for (label, seed, _), (h, seconds) in zip(jobs, results):
+        histories[label, seed] = h
+        if log is not None:
+            f = h.final
+            log(f"seed {seed}, {label:>13}: {seconds:4.0f} s | final PSNR "
+                + ", ".join(f"{s} {f[f'{s}_psnr']:.2f} dB" for s in ("test", "ood", "val")
+                            if f.get(f"{s}_psnr") is not None))
     return histories
+
+
+def _train_here(configs: Sequence[TrainConfig], prior: Any) -> Iterator[tuple[History, float]]:
+    """The runs one after the other in this process: ``(history, seconds)`` as each ends."""
+    for cfg in configs:
+        t0 = time.perf_counter()
+        h = train(cfg, overwrite=True, prior=prior, progress=False)
+        yield h, time.perf_counter() - t0
 
 
 def paired_scores(histories: Mapping[tuple[str, int], History], losses: Sequence[str],

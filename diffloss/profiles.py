@@ -72,6 +72,10 @@ class Profile:
     #: chosen on the validation split (chapter 04).
     lambda_sem: float = 1e-3
     t_range: tuple[int, int] | None = None
+    #: Training runs of a paired comparison trained at once on a CPU, each in a process of its
+    #: own with one torch thread (``run_paired(parallel=…)``; never more than the cores). The
+    #: runs' results are the same bits as one after the other; only the wall time changes.
+    parallel_runs: int = 1
 
 
 #: DiffLoss's γ, λ and timestep range for the CPU profiles (tiny prior), chosen on the validation
@@ -107,7 +111,7 @@ PROFILES: dict[str, Profile] = {
     ),
     "small": Profile(
         name="small",
-        description="any laptop: the whole demo in about 35 minutes on 2 cores",
+        description="any laptop: the whole demo within 35 minutes on 2 cores",
         data="synthetic",
         prior="tiny",
         restorer="msbdn-small",
@@ -131,6 +135,7 @@ PROFILES: dict[str, Profile] = {
         min_lr=1e-5,
         grad_clip=0.2,
         t_range=SMALL_T_RANGE,
+        parallel_runs=2,
     ),
     "gpu": Profile(
         name="gpu",

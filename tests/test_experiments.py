@@ -41,3 +41,96 @@ def test_paired_scores_take_final_and_best_rows_per_seed():
     assert final["paired_difference"]["D"]["psnr"]["per_seed"] == pytest.approx([0.4, 0.6])
     best = paired_scores(hist, ["L1", "D"], [0, 1], "test", "best")
     assert best["paired_difference"]["D"]["psnr"]["per_seed"] == pytest.approx([-0.1, -0.2])
+
+
+# ------------------------------------------------------------------ runs in parallel processes
+
+def _tiny_base(tmp_path):
+    from diffloss.training import TrainConfig
+
+    return TrainConfig(crop=32, batch=2, iterations=4, eval_every=2, eval_max_size=40, max_size=80,
+                       train_items=8, val=2, seed=0, cpu=True, model="tests.fixtures_nets:TinyNet",
+                       model_kwargs={"width": 4}, out=str(tmp_path / "unused"))
+
+
+def _same_run(a, b):
+    """Two histories of one run: equal rows (wall time aside), best row and final weights."""
+    import torch
+
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in a.rows]
+    assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in b.rows]
+    assert {k: v for k, v in (a.best or {}).items() if k != "seconds"} == \
+           {k: v for k, v in (b.best or {}).items() if k != "seconds"}
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_parallel_runs_give_the_sequential_bits_in_the_sequential_order(tmp_path, tiny_prior, one_thread):
+    """parallel=2 spawns two workers with this process's thread count: every (loss, seed) run
+    must equal the one trained here, and the log must come in the same order."""
+    from diffloss.experiments import run_paired
+
+    base = _tiny_base(tmp_path)
+    losses = {"L1": dict(loss="l1"), "L1 + DiffLoss": dict(loss="l1+diffloss", gamma=3.0)}
+    logs: dict[int, list[str]] = {1: [], 2: []}
+    runs = {p: run_paired(base, losses, [0, 1], tmp_path / f"p{p}", prior=tiny_prior,
+                          log=logs[p].append, parallel=p) for p in (1, 2)}
+    assert list(runs[1]) == list(runs[2]) == [("L1", 0), ("L1 + DiffLoss", 0), ("L1", 1), ("L1 + DiffLoss", 1)]
+    for key in runs[1]:
+        _same_run(runs[1][key], runs[2][key])
+        assert runs[2][key].folder == tmp_path / "p2" / f"{dict(losses[key[0]])['loss']}_seed{key[1]}"
+    strip = [line.split("|")[0].split(":")[0] + line.split("|")[1] for line in logs[1]]
+    assert strip == [line.split("|")[0].split(":")[0] + line.split("|")[1] for line in logs[2]]
+    # DiffLoss acted: the runs of a seed differ
+    assert runs[2]["L1", 0].rows[-1]["total"] != runs[2]["L1 + DiffLoss", 0].rows[-1]["total"]
+
+
+def test_an_error_in_a_worker_is_raised_here_naming_the_run(tmp_path, tiny_prior):
+    from diffloss.parallel import train_in_processes
+
+    good = _tiny_base(tmp_path).replace(out=str(tmp_path / "good"), iterations=2)
+    bad = good.replace(out=str(tmp_path / "bad"), model="tests.fixtures_nets:HalfSize", model_kwargs=None)
+    results = train_in_processes([good, bad], prior=tiny_prior, processes=2, threads=1)
+    history, seconds = next(results)
+    assert history.folder == tmp_path / "good" and seconds > 0
+    with pytest.raises(ValueError, match="HalfSize") as info:
+        next(results)
+    assert any(str(tmp_path / "bad") in note for note in info.value.__notes__)
+
+
+def test_no_more_workers_than_cores_or_runs():
+    from diffloss.parallel import available_cores, train_in_processes
+
+    assert available_cores() >= 1
+    assert list(train_in_processes([], processes=4)) == []
+
+
+def test_longer_runs_start_first():
+    from diffloss.parallel import expected_cost
+    from diffloss.training import TrainConfig
+
+    l1, dl = TrainConfig(loss="l1", iterations=10), TrainConfig(loss="l1+diffloss", iterations=10)
+    assert expected_cost(dl) > expected_cost(l1) > expected_cost(l1.replace(iterations=5))
+
+
+def test_a_stopped_comparison_stops_its_workers_and_keeps_their_last_step(tmp_path, tiny_prior):
+    """Leaving the loop early (an error, Ctrl-C) terminates the workers; a worker's run saves
+    ``last.pt`` of the step it was in (SIGTERM), so no finished step is lost."""
+    import multiprocessing
+    import time
+
+    from diffloss.parallel import train_in_processes
+    from diffloss.training import load_checkpoint
+
+    short = _tiny_base(tmp_path).replace(out=str(tmp_path / "short"), iterations=2)
+    long = short.replace(out=str(tmp_path / "long"), iterations=100_000, eval_every=100_000)
+    results = train_in_processes([short, long], prior=tiny_prior, processes=2, threads=1)
+    history, _ = next(results)  # the long run is training meanwhile
+    assert history.folder == tmp_path / "short"
+    time.sleep(2.0)
+    t0 = time.perf_counter()
+    results.close()
+    assert time.perf_counter() - t0 < 30
+    assert not multiprocessing.active_children()
+    step = load_checkpoint(tmp_path / "long" / "last.pt")["step"]
+    assert 0 < step < 100_000
