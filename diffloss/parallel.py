@@ -8,6 +8,9 @@ computes the same bits as it would here: same code, same seeds, same kernels, sa
 
 Results come back in the order of the configs, as each is ready; an error in a worker is
 raised here, naming the run; a worker that dies (e.g. killed for memory) stops them all.
+Leaving the loop early (an error, Ctrl-C) sets a stop event: every running run ends at its next
+step with ``last.pt`` written (the trainer's ``callback``), and runs not yet started never start,
+so their folders are left as they were.
 """
 
 from __future__ import annotations

@@ -203,6 +203,15 @@ def test_a_saved_latent_prior_loads_back(tmp_path, sdxl):
     assert torch.allclose(a(xa, t).eps, b(xb, t).eps, atol=1e-5)
 
 
+def test_a_damaged_latent_prior_folder_says_to_save_it_again(tmp_path):
+    tiny_latent_prior("epsilon", False).save_pretrained(tmp_path / "sd")
+    weights = next((tmp_path / "sd" / "vae").glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:100])  # a download cut short
+    with pytest.raises(OSError, match=rf"cannot load the latent prior in {tmp_path / 'sd'}: .* "
+                                      r"incomplete or damaged: download or save it again"):
+        DiffusionPrior.from_pretrained(tmp_path / "sd")
+
+
 # ------------------------------------------------------------------ pipeline folders (text encoder)
 def write_tiny_pipeline(folder: Path, sdxl: bool = False) -> None:
     """A diffusers pipeline folder as Stable Diffusion ships it, every part tiny and random."""

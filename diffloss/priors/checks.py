@@ -90,6 +90,13 @@ def _no_such_folder(path: Path) -> str:
     )
 
 
+def _damaged_folder(exc: OSError, what: str, folder: Any, remedy: str) -> OSError:
+    """diffusers' error on a truncated weights file or a broken config, as one line naming the
+    folder and saying how to write it again."""
+    line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return OSError(f"cannot load {what} in {folder}: {line} {remedy}")
+
+
 def _read_json_object(path: Path) -> dict[str, Any]:
     """A JSON object from ``path``, or ``ValueError`` naming the file and the problem."""
     try:

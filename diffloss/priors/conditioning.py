@@ -28,6 +28,7 @@ from .checks import (
     CONDITIONING_FILE,
     SCHEDULER_CONFIG,
     UnsupportedPriorError,
+    _damaged_folder,
     _read_json_object,
     check_all_loaded,
 )
@@ -59,9 +60,8 @@ def load_latent_pipeline(cls: type, folder: str | Path, **kwargs: Any) -> Any:
         unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", **kwargs)
         vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", **kwargs)
     except OSError as exc:
-        line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise OSError(f"cannot load the latent prior in {folder}: {line} The pipeline folder is "
-                      "incomplete or damaged: download or save it again.") from exc
+        raise _damaged_folder(exc, "the latent prior", folder, "The pipeline folder is incomplete "
+                              "or damaged: download or save it again.") from exc
     check_all_loaded(unet, folder, "U-Net", "UNet2DConditionModel")
     check_all_loaded(vae, folder, "VAE", "AutoencoderKL")
     sched_path = folder / "scheduler" / SCHEDULER_CONFIG

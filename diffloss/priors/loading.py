@@ -27,6 +27,7 @@ from .checks import (
     CONDITIONING_FILE,
     SCHEDULER_CONFIG,
     UnsupportedPriorError,
+    _damaged_folder,
     _looks_like_path,
     _no_such_folder,
     _read_json_object,
@@ -81,12 +82,10 @@ def load_prior(cls: type, name_or_path: str | os.PathLike, **kwargs: Any) -> Any
         try:
             unet = UNet2DModel.from_pretrained(unet_dir, **kwargs)
         except OSError as exc:  # a truncated weights file, a broken config.json, ...
-            line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise OSError(
-                f"cannot load the prior in {unet_dir}: {line} The folder is incomplete or "
-                "damaged: write it again (DiffusionPrior.save_pretrained, `diffloss convert-adm`, "
-                "or data_scripts/download_adm_prior.py)."
-            ) from exc
+            raise _damaged_folder(
+                exc, "the prior", unet_dir, "The folder is incomplete or damaged: write it again "
+                "(DiffusionPrior.save_pretrained, `diffloss convert-adm`, or "
+                "data_scripts/download_adm_prior.py).") from exc
         sched_cfg, where = None, str(path)
         for cand in (path / SCHEDULER_CONFIG, path / "scheduler" / SCHEDULER_CONFIG):
             if cand.exists():
