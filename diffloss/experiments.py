@@ -10,16 +10,15 @@ at least a stated minimum size (:data:`MIN_EFFECT`).
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from .diagnostics import paired_differences
-from .parallel import train_in_processes
-from .training import History, TrainConfig, evaluate, train
+from .parallel import timed_train, train_in_processes
+from .training import History, TrainConfig, evaluate
 from .training.tasks import TASKS
 
 __all__ = ["MIN_EFFECT", "input_scores", "paired_scores", "portable_config", "run_paired", "verdict"]
@@ -51,8 +50,8 @@ def run_paired(base: TrainConfig, losses: Mapping[str, Mapping[str, Any]], seeds
     configs = [cfg for _, _, cfg in jobs]
     if parallel > 1 and len(jobs) > 1:
         results = train_in_processes(configs, prior=prior, processes=parallel)
-    else:
-        results = _train_here(configs, prior)
+    else:  # one after the other, here, each as it ends
+        results = (timed_train(cfg, prior) for cfg in configs)
     histories: dict[tuple[str, int], History] = {}
     for (label, seed, _), (h, seconds) in zip(jobs, results):
         histories[label, seed] = h
@@ -62,14 +61,6 @@ def run_paired(base: TrainConfig, losses: Mapping[str, Mapping[str, Any]], seeds
                 + ", ".join(f"{s} {f[f'{s}_psnr']:.2f} dB" for s in ("test", "ood", "val")
                             if f.get(f"{s}_psnr") is not None))
     return histories
-
-
-def _train_here(configs: Sequence[TrainConfig], prior: Any) -> Iterator[tuple[History, float]]:
-    """The runs one after the other in this process: ``(history, seconds)`` as each ends."""
-    for cfg in configs:
-        t0 = time.perf_counter()
-        h = train(cfg, overwrite=True, prior=prior, progress=False)
-        yield h, time.perf_counter() - t0
 
 
 def paired_scores(histories: Mapping[tuple[str, int], History], losses: Sequence[str],

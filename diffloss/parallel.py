@@ -29,7 +29,7 @@ import torch
 
 from .training import History, TrainConfig, train
 
-__all__ = ["available_cores", "expected_cost", "train_in_processes"]
+__all__ = ["available_cores", "expected_cost", "timed_train", "train_in_processes"]
 
 _WORKER_PRIOR: Any = None  # set once per worker by _start_worker
 _WORKER_STOP: Any = None  # the pool's stop event, likewise
@@ -112,17 +112,22 @@ def _stop_requested(row: dict[str, Any], history: History) -> bool:
     return not _WORKER_STOP.is_set()  # False ends the run at this step, last.pt written
 
 
+def timed_train(cfg: TrainConfig, prior: Any = None, callback: Any = None) -> tuple[History, float]:
+    """One run of a comparison, started afresh: its history and wall seconds (in this process)."""
+    t0 = time.perf_counter()
+    h = train(cfg, overwrite=True, prior=prior, progress=False, callback=callback)
+    return h, time.perf_counter() - t0
+
+
 def _train_one(cfg: TrainConfig) -> tuple[History, float] | BaseException | None:
     """One run in a worker (``None``: not started, the pool is stopping); an exception is
     returned, as itself when it survives pickling, so that the parent raises it."""
     if _WORKER_STOP.is_set():
         return None
-    t0 = time.perf_counter()
     try:
-        h = train(cfg, overwrite=True, prior=_WORKER_PRIOR, progress=False, callback=_stop_requested)
+        return timed_train(cfg, _WORKER_PRIOR, callback=_stop_requested)
     except BaseException as exc:  # errors and Ctrl-C alike go back to the parent
         try:
             return pickle.loads(pickle.dumps(exc))
         except Exception:  # e.g. an exception with its own constructor
             return RuntimeError(f"{type(exc).__name__}: {exc}")
-    return h, time.perf_counter() - t0
