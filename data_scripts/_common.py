@@ -8,6 +8,15 @@
 - :class:`Source` lists and copies image files from a zip archive or a folder alike.
 - :func:`atomic_dir` builds a folder under a temporary name and renames it into place at the
   end, so an interrupted preparation never leaves a half-filled dataset folder behind.
+- The scripts never delete what they did not create: every folder :func:`atomic_dir` publishes
+  carries a manifest (:data:`MANIFEST`, the list of its files), and a folder is replaced only
+  when it is absent, empty, or such an output with no file added (:func:`check_replaceable`);
+  a source that lies inside the folder to be replaced is refused (:func:`check_source_outside`).
+  Temporary folders left by a killed run are swept (:func:`sweep_stale`), only those named by
+  this module's pattern.
+- :func:`cli_main` is the top-level handler of every script's ``main``: an exception becomes one
+  line ``error: ...`` on stderr and exit status 1 (Ctrl-C: 130); ``--debug`` or
+  ``DIFFLOSS_DEBUG=1`` shows the traceback instead.
 - :func:`prepare_pairs` is the body of ``prepare_lol.py`` and ``prepare_rain.py``.
 
 Standard library + tqdm only, so the scripts run before the package is installed.
@@ -15,11 +24,14 @@ Standard library + tqdm only, so the scripts run before the package is installed
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import functools
 import hashlib
 import http.client
 import json
 import os
+import re
 import shutil
 import socket
 import sys
@@ -29,12 +41,19 @@ import urllib.error
 import urllib.request
 import zipfile
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 USER_AGENT = "diffloss-data-scripts/0.1 (+https://github.com/diffloss-tutorial/diffloss)"
+#: Names the data scripts in the records they leave (manifests, download records).
+WRITER = "diffloss data_scripts"
+#: The manifest in every folder :func:`atomic_dir` publishes: marks it as a data script's output
+#: and lists its files. Only such a folder (with no file added) is ever replaced.
+MANIFEST = ".diffloss-data.json"
+#: A temporary folder with no process id in its name (older versions) is stale after this long.
+STALE_AFTER_S = 3600.0
 
 
 class DownloadError(RuntimeError):
@@ -43,6 +62,10 @@ class DownloadError(RuntimeError):
 
 class ArchiveError(RuntimeError):
     """An archive or folder that is corrupt or lacks expected files."""
+
+
+class RefusedError(RuntimeError):
+    """An operation that would delete or overwrite files the script did not create."""
 
 
 class _Interrupted(Exception):
@@ -55,6 +78,71 @@ def log(message: str) -> None:
 
 def warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Top-level error handler of the scripts
+# ---------------------------------------------------------------------------------------------
+
+_debug = {"on": False}
+
+
+class _DebugAction(argparse.Action):
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=False,
+                         help="show the traceback of an unexpected error (or DIFFLOSS_DEBUG=1)")
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, True)
+        _debug["on"] = True
+
+
+def add_debug_flag(parser: argparse.ArgumentParser) -> None:
+    """``--debug``: :func:`cli_main` re-raises instead of printing one line."""
+    parser.add_argument("--debug", action=_DebugAction)
+
+
+def _debugging() -> bool:
+    return _debug["on"] or os.environ.get("DIFFLOSS_DEBUG", "").strip().lower() in ("1", "true", "yes")
+
+
+def describe(exc: BaseException) -> str:
+    """One line: what went wrong and what to do."""
+    debug = "run again with --debug (or DIFFLOSS_DEBUG=1) for the traceback"
+    if isinstance(exc, OSError) and exc.strerror:
+        where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
+        cause = f"{where}: {exc.strerror}" if where else exc.strerror
+        return (f"{cause}. Check that path (a folder you can write to, with free space) and run "
+                f"again; {debug}.")
+    text = " ".join(str(exc).split())
+    cause = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return f"unexpected error: {cause}. Check the paths and files you passed, or {debug} and report it."
+
+
+def cli_main(main: Callable[..., int]) -> Callable[..., int]:
+    """Decorate a script's ``main(argv=None) -> int``: an exception becomes one line
+    ``error: ...`` on stderr and exit status 1, Ctrl-C status 130, never a traceback; with
+    ``--debug`` (:func:`add_debug_flag`) or ``DIFFLOSS_DEBUG=1`` it is re-raised instead."""
+
+    @functools.wraps(main)
+    def wrapper(argv: Sequence[str] | None = None) -> int:
+        _debug["on"] = False
+        try:
+            return main(argv)
+        except KeyboardInterrupt:
+            if _debugging():
+                raise
+            print("error: interrupted (Ctrl-C); nothing unfinished was put in place: run the "
+                  "command again to finish (a download resumes where it stopped).",
+                  file=sys.stderr, flush=True)
+            return 130
+        except Exception as exc:
+            if _debugging():
+                raise
+            print(f"error: {describe(exc)}", file=sys.stderr, flush=True)
+            return 1
+
+    return wrapper
 
 
 def human(n: int | float) -> str:
@@ -115,8 +203,13 @@ def download(
         if (expected_size is None or size == expected_size) and (sha256 is None or sha256sum(dest) == sha256):
             log(f"{dest} is already downloaded ({human(size)}).")
             return dest
+        if not remove_download(dest):
+            raise DownloadError(
+                f"{dest} exists but does not match the expected size/checksum, and this script did "
+                f"not download it, so it is not replaced: move it away (or delete it) and run again."
+                f"{suffix}"
+            )
         warn(f"{dest} exists but does not match the expected size/checksum; downloading again.")
-        dest.unlink()
     dest.parent.mkdir(parents=True, exist_ok=True)
     meta = _read_meta(meta_path)
     if part.exists() and meta.get("url") != url:
@@ -159,15 +252,43 @@ def download(
         )
     os.replace(part, dest)
     meta_path.unlink(missing_ok=True)
+    _download_record(dest).write_text(json.dumps({"written_by": WRITER, "url": url, "bytes": size}))
     log(f"Downloaded {dest} ({human(size)}).")
     return dest
 
 
+def _download_record(dest: Path) -> Path:
+    return dest.with_name(f".{dest.name}.download.json")
+
+
+def downloaded_here(dest: str | Path) -> bool:
+    """Whether the file ``dest`` is one :func:`download` fetched (its record next to it names
+    this writer and the file's size), not one a user put there."""
+    dest = Path(dest)
+    record = _read_meta(_download_record(dest))
+    try:
+        return record.get("written_by") == WRITER and record.get("bytes") == dest.stat().st_size
+    except OSError:
+        return False
+
+
+def remove_download(dest: str | Path) -> bool:
+    """Delete ``dest`` (and its record) if :func:`download` fetched it; True when deleted. A file
+    the scripts did not download is left alone (False)."""
+    dest = Path(dest)
+    if not downloaded_here(dest):
+        return False
+    dest.unlink(missing_ok=True)
+    _download_record(dest).unlink(missing_ok=True)
+    return True
+
+
 def _read_meta(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _total_from_content_range(value: str | None) -> tuple[int | None, int | None]:
@@ -389,28 +510,193 @@ def _not_a_zip(path: Path) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+def _inside(path: str | Path, folder: str | Path) -> bool:
+    p, f = Path(path).resolve(), Path(folder).resolve()
+    return p == f or f in p.parents
+
+
+def check_source_outside(sources: Iterable[str | Path], final: str | Path,
+                         hint: str = "or pass another --root") -> None:
+    """Refuse (:class:`RefusedError`) a source that is ``final`` or lies inside it: replacing
+    ``final`` would delete it."""
+    final = Path(final)
+    for source in sources:
+        if _inside(source, final):
+            where = "is" if Path(source).resolve() == final.resolve() else "lies inside"
+            raise RefusedError(
+                f"the source {source} {where} the destination {final}, which this script replaces, "
+                f"so nothing was changed: move the source out of {final} (e.g. into "
+                f"{final.parent / 'downloads'}) {hint}."
+            )
+
+
+def _tree(folder: Path) -> set[str]:
+    """Every file, link or other non-folder entry under ``folder`` (POSIX paths relative to it),
+    hidden ones included; linked folders are entries, not followed."""
+    entries = set()
+    for top, dirs, files in os.walk(folder, followlinks=False):
+        base = Path(top)
+        for name in files + [d for d in dirs if (base / d).is_symlink()]:
+            entries.add((base / name).relative_to(folder).as_posix())
+    return entries
+
+
+def _manifest_files(folder: Path) -> set[str] | None:
+    """The files listed by ``folder``'s manifest, or None when it has none written by us."""
+    data = _read_meta(folder / MANIFEST)
+    files = data.get("files") if isinstance(data, dict) else None
+    if data.get("written_by") != WRITER or not isinstance(files, list):
+        return None
+    return {f for f in files if isinstance(f, str)}
+
+
+def replace_refusal(final: str | Path) -> str | None:
+    """Why ``final`` must not be replaced, or None when it may be: it is absent, holds no file,
+    or is a data script's earlier output (its manifest lists every file in it)."""
+    final = Path(final)
+    if not final.exists() and not final.is_symlink():
+        return None
+    if final.is_symlink() or not final.is_dir():
+        return "is a file or a link, not a folder this script wrote"
+    files = _tree(final)
+    if not files:
+        return None
+    listed = _manifest_files(final)
+    if listed is None:
+        shown = ", ".join(sorted(files)[:3]) + (", ..." if len(files) > 3 else "")
+        return f"holds files this script did not write ({shown}; no {MANIFEST})"
+    extra = sorted(files - listed - {MANIFEST})
+    if extra:
+        shown = ", ".join(extra[:3]) + (f", ... ({len(extra)} in all)" if len(extra) > 3 else "")
+        return f"holds files this script did not write ({shown})"
+    return None
+
+
+def check_replaceable(final: str | Path, hint: str = "or pass another --root") -> None:
+    """Refuse (:class:`RefusedError`) to replace a folder that is not the scripts' own output."""
+    reason = replace_refusal(final)
+    if reason is not None:
+        raise RefusedError(
+            f"{final} {reason}, so it is not replaced and nothing was changed: move it away "
+            f"(or delete it yourself) {hint}."
+        )
+
+
+def write_manifest(folder: Path) -> None:
+    """Mark ``folder`` as a data script's output: :data:`MANIFEST` lists its files."""
+    files = sorted(_tree(folder) - {MANIFEST})
+    data = {"written_by": WRITER, "script": Path(sys.argv[0]).name,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "files": files}
+    (folder / MANIFEST).write_text(json.dumps(data, indent=0) + "\n")
+
+
+#: Temporary folders this process is building now (never swept).
+_ACTIVE: set[Path] = set()
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. PermissionError: someone else's live process
+        return True
+    return True
+
+
+def _newest_mtime(folder: Path) -> float:
+    newest = folder.lstat().st_mtime
+    for top, dirs, files in os.walk(folder, followlinks=False):
+        for name in dirs + files:
+            with contextlib.suppress(OSError):
+                newest = max(newest, (Path(top) / name).lstat().st_mtime)
+    return newest
+
+
+def _temp_pattern(name: str) -> re.Pattern[str]:
+    """``.NAME.tmp-PID-XXXXXXXX`` and ``.NAME.old-PID`` (this module), ``.NAME.tmp-XXXXXXXX``
+    (older versions of it, and the prior's converter in diffloss.adm)."""
+    return re.compile(rf"\.{re.escape(name)}\.(?:tmp-(?:(?P<tmp_pid>\d+)-)?[a-z0-9_]{{8}}|old-(?P<old_pid>\d+))")
+
+
+def sweep_stale(final: str | Path, *, only_files: Collection[str] | None = None) -> list[Path]:
+    """Delete the temporary folders an interrupted run left next to ``final`` and return them.
+
+    Only folders named by :func:`atomic_dir`'s pattern are candidates: ``.NAME.tmp-PID-XXXXXXXX``
+    and ``.NAME.old-PID`` whose process is gone (or is this process, not building it now), and
+    ``.NAME.tmp-XXXXXXXX`` (no process id: older versions) untouched for :data:`STALE_AFTER_S`.
+    With ``only_files``, a candidate is swept only if it holds nothing but plain files of those
+    names. Anything else is left alone."""
+    final = Path(final)
+    pattern = _temp_pattern(final.name)
+    swept = []
+    try:
+        siblings = sorted(final.parent.iterdir())
+    except OSError:
+        return swept
+    for entry in siblings:
+        match = pattern.fullmatch(entry.name)
+        if match is None or entry in _ACTIVE or entry.is_symlink() or not entry.is_dir():
+            continue
+        pid = match["tmp_pid"] or match["old_pid"]
+        if pid is not None and os.name != "nt":
+            stale = int(pid) == os.getpid() or not _pid_alive(int(pid))
+        else:
+            stale = time.time() - _newest_mtime(entry) > STALE_AFTER_S
+        if stale and only_files is not None:
+            stale = all(p.name in only_files and p.is_file() and not p.is_symlink()
+                        for p in entry.iterdir())
+        if stale:
+            shutil.rmtree(entry, ignore_errors=True)
+            log(f"Removed {entry}: a temporary folder left by an interrupted run.")
+            swept.append(entry)
+    return swept
+
+
 @contextlib.contextmanager
-def atomic_dir(final: Path) -> Iterator[Path]:
+def atomic_dir(final: Path, *, sources: Iterable[str | Path] = ()) -> Iterator[Path]:
     """Yield a temporary folder next to ``final``; on success replace ``final`` with it.
 
     On an exception the temporary folder is deleted and ``final`` is left as it was, so a
-    folder at ``final`` is always a finished one.
+    folder at ``final`` is always a finished one. The published folder carries a
+    :data:`MANIFEST`. Refused (:class:`RefusedError`, nothing written) when one of ``sources``
+    lies inside ``final`` or ``final`` is not replaceable (:func:`check_replaceable`, checked
+    before the build and again before the swap). Stale temporary folders of ``final`` are swept
+    first (:func:`sweep_stale`).
     """
     final = Path(final)
+    sources = list(sources)
+    check_source_outside(sources, final)
+    check_replaceable(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    sweep_stale(final)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=final.parent))
+    _ACTIVE.add(tmp)
     try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        try:
+            yield tmp
+            write_manifest(tmp)
+            check_replaceable(final)  # nothing of the user's was put there meanwhile
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        old = None
+        if final.exists():
+            old = final.with_name(f".{final.name}.old-{os.getpid()}")
+            os.replace(final, old)
+        try:
+            os.replace(tmp, final)
+        except BaseException:
+            if old is not None:
+                os.replace(old, final)
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        _ACTIVE.discard(tmp)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -530,11 +816,14 @@ def prepare_pairs(
     are copied into a temporary folder renamed into place at the end (:func:`atomic_dir`).
     BMP and TIFF files, which the trainer cannot decode, are converted to PNG on the way,
     losslessly (:func:`convert_to_png`); one that cannot be leaves nothing in place.
-    A subset already in place is left alone unless ``force``. Returns an exit status:
+    A subset already in place is left alone unless ``force``; one whose folder holds files the
+    scripts did not write, or that a source lies inside, is refused before anything is written
+    (nothing is deleted). Returns an exit status:
     0 when every subset is in place, 1 otherwise (with a message that says what is missing).
     """
     todo = []
     for subset in subsets:
+        sweep_stale(root / subset.dest)
         have = is_prepared(root, subset)
         if have and not force:
             log(f"{dataset} {subset.dest}: already prepared in {root / subset.dest} ({have} pairs); nothing to do.")
@@ -548,6 +837,13 @@ def prepare_pairs(
             "pass --source with the archive(s) or folder(s) you downloaded.",
             file=sys.stderr,
         )
+        return 1
+    try:  # before anything is written: no subset half-done when another is refused
+        for subset in todo:
+            check_source_outside(sources, root / subset.dest)
+            check_replaceable(root / subset.dest)
+    except RefusedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 1
     opened: list[Source] = []
     missing: list[Subset] = []
@@ -581,7 +877,7 @@ def prepare_pairs(
             log(f"{dataset} {subset.dest}: {len(common):,} pairs from {source.path}:{prefix}")
             try:
                 converted = 0
-                with atomic_dir(root / subset.dest) as tmp:
+                with atomic_dir(root / subset.dest, sources=sources) as tmp:
                     for stem in common:
                         for side in subset.pair:
                             rel = by_stem[side][stem]
@@ -594,7 +890,7 @@ def prepare_pairs(
                                 source.copy(rel, tmp / side / name.name, link=link)
                 if converted:
                     log(f"  {converted:,} BMP/TIFF image(s) converted to PNG (lossless, checked)")
-            except ArchiveError as exc:
+            except (ArchiveError, RefusedError) as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return 1
             log(f"  -> {root / subset.dest}")
@@ -625,5 +921,6 @@ def prepare_cli(argv: Sequence[str] | None, *, name: str, folder: str, subsets: 
     parser.add_argument("--source", type=Path, action="append", default=[], metavar="PATH", help=source_help)
     parser.add_argument("--force", action="store_true", help="prepare again even if present")
     parser.add_argument("--link", action="store_true", help="hard-link instead of copying (folder sources only)")
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
     return prepare_pairs(name, args.source, args.root / folder, subsets, force=args.force, link=args.link)

@@ -21,6 +21,13 @@ A downloaded file that fails its SHA-256 check, or that cannot be read as a chec
 deleted (or the message says to delete it), so a rerun downloads it afresh instead of failing
 on the same bytes.
 
+Nothing the script did not create is deleted: an existing ``--out`` that does not match
+``--expected-size`` is not replaced (the message says to move it), ``--from-file``, ``--flags``
+and ``--out`` may not lie inside ``--diffusers-dir`` (the folder a conversion replaces), and a
+``--diffusers-dir`` that holds anything but a previous conversion is refused before the download.
+Temporary folders a killed conversion left next to ``--diffusers-dir`` are removed. Errors are
+one line ``error: ...`` (exit status 1, Ctrl-C 130); ``--debug`` shows the traceback.
+
 Usage::
 
     python data_scripts/download_adm_prior.py                     # download + convert
@@ -42,7 +49,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import sha256sum  # noqa: E402
+from _common import (  # noqa: E402
+    RefusedError,
+    add_debug_flag,
+    check_source_outside,
+    cli_main,
+    sha256sum,
+    sweep_stale,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_URL = (
@@ -130,6 +144,8 @@ def download(
     from tqdm.auto import tqdm
 
     out = Path(out)
+    if out.is_dir():
+        raise DownloadError(f"--out {out} is a folder: pass the path of the .pt file to write")
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.is_file() and (expected_size is None or out.stat().st_size == expected_size):
         if sha256 is not None and (digest := sha256sum(out)) != sha256.lower():
@@ -138,6 +154,13 @@ def download(
                 "another --out) and run again to download it afresh"
             )
         return out
+    if out.exists() or out.is_symlink():  # never overwrite a file this call did not write
+        what = (f"is {out.lstat().st_size:,} bytes, not the expected {expected_size:,}"
+                if out.is_file() and expected_size is not None else "is not a regular file")
+        raise DownloadError(
+            f"{out} exists but {what}, so it is not replaced: delete or move it (or pass another "
+            "--out) and run again to download it afresh"
+        )
     part = _part_path(out)
     attempt = 0
     while True:
@@ -256,7 +279,32 @@ def verify_file(
     return path
 
 
+def check_paths(args: argparse.Namespace) -> None:
+    """Refuse (:class:`RefusedError`) inputs or a download inside ``--diffusers-dir``, which the
+    conversion replaces, and a ``--diffusers-dir`` that is not a previous conversion -- before
+    anything is downloaded."""
+    if args.no_convert:
+        return
+    inputs = [p for p in (args.from_file, args.flags) if p is not None]
+    if args.from_file is None:
+        inputs.append(args.out)
+    check_source_outside(inputs, args.diffusers_dir, hint="or pass another --diffusers-dir")
+    from diffloss.adm import _check_output_dir
+
+    _check_output_dir(Path(args.diffusers_dir).expanduser().absolute())
+
+
+def sweep_conversion_leftovers(diffusers_dir: Path) -> None:
+    """Remove the temporary folders (``.NAME.tmp-*``, ``.NAME.old-PID``) that a killed conversion
+    left next to ``diffusers_dir``: only those holding nothing but the files a conversion writes."""
+    from diffloss.adm import CONVERSION_FILES
+
+    sweep_stale(Path(diffusers_dir).expanduser().absolute(), only_files=CONVERSION_FILES)
+
+
+@cli_main
 def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status (0 ok, 1 error, 130 interrupted)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--url", default=DEFAULT_URL, help="checkpoint URL (default: OpenAI's release)"
@@ -283,11 +331,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sha256", default=None, help="hex SHA-256 to require")
     parser.add_argument("--no-convert", action="store_true", help="only download")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
 
     # The size floor only applies to the paper's checkpoint (default flags).
     min_size = MIN_BYTES_256_UNCOND if args.flags is None else None
     try:
+        check_paths(args)
         if args.from_file is not None:
             ckpt = verify_file(
                 args.from_file,
@@ -310,6 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from diffloss.adm import ADM_256_UNCOND, convert_adm_checkpoint, read_adm_flags
 
         flags = ADM_256_UNCOND if args.flags is None else read_adm_flags(args.flags)
+        sweep_conversion_leftovers(args.diffusers_dir)
         try:
             out = convert_adm_checkpoint(ckpt, args.diffusers_dir, flags)
         except ValueError as exc:
@@ -321,7 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # OpenAI publishes no checksum: the converter records the source's SHA-256.
         source_sha = json.loads((out / "adm_flags.json").read_text()).get("source_sha256")
         print(f"source SHA-256 (recorded in {out / 'adm_flags.json'}): {source_sha}")
-    except (DownloadError, ValueError, OSError) as exc:
+    except (DownloadError, RefusedError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -20,7 +20,13 @@ which ``diffloss.PairedImageDataset("data/dense_haze", "dense_haze", split)`` re
   the next run downloads it afresh instead of finding the same bad file again.
 - Extraction goes to a temporary folder renamed into place at the end, so ``ROOT/dense_haze``
   is either complete or absent. A second run sees it and does nothing.
+- Nothing the script did not create is deleted: ``ROOT/dense_haze`` is rebuilt only when it is
+  absent, empty or the script's earlier output (its ``.diffloss-data.json`` lists every file in
+  it); a ``--from-zip`` source inside ``ROOT/dense_haze`` is refused; an archive in
+  ``ROOT/downloads`` that the script did not download is never deleted. Temporary folders left
+  by a killed run are removed.
 - Dead link? Download the archive by other means and pass ``--from-zip``.
+- Errors are one line ``error: ...`` (exit status 1; Ctrl-C 130); ``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
@@ -32,7 +38,16 @@ from pathlib import Path, PurePosixPath
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
-from _common import ArchiveError, DownloadError, Source, atomic_dir, log  # noqa: E402
+from _common import (  # noqa: E402
+    ArchiveError,
+    DownloadError,
+    RefusedError,
+    Source,
+    add_debug_flag,
+    atomic_dir,
+    cli_main,
+    log,
+)
 
 DENSE_HAZE_URL = "https://data.vision.ee.ethz.ch/cvl/ntire19/dense-haze/files/Dense_Haze_NTIRE19.zip"
 ARCHIVE_NAME = "Dense_Haze_NTIRE19.zip"
@@ -94,7 +109,7 @@ def locate(source: Source) -> tuple[dict[tuple[int, str], str], list[str]]:
 def extract(source: Source, found: dict[tuple[int, str], str], dest: Path) -> None:
     """Copy the located files into ``dest/{train,test}/{hazy,GT}`` atomically, checking CRCs
     (zip) and that each file is a PNG."""
-    with atomic_dir(dest) as tmp:
+    with atomic_dir(dest, sources=[source.path]) as tmp:
         for (pair_id, kind), rel in sorted(found.items()):
             target = tmp / split_of(pair_id) / kind / f"{pair_id:02d}_{kind}.png"
             source.copy(rel, target)
@@ -131,24 +146,32 @@ def build_parser() -> argparse.ArgumentParser:
         "--remove-archive", action="store_true", help="delete the downloaded zip after extraction"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_debug_flag(parser)
     return parser
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point; returns the exit status (0 ok, 1 error)."""
+    """Command-line entry point; returns the exit status (0 ok, 1 error, 130 interrupted)."""
     args = build_parser().parse_args(argv)
     root: Path = args.root
     dest = root / "dense_haze"
-    if not args.force:
-        missing = missing_prepared(dest)
-        if not missing:
-            log(
-                f"Dense-Haze is already prepared in {dest} ({len(TRAIN_IDS)} train + "
-                f"{len(TEST_IDS)} test pairs); nothing to do (--force to extract again)."
-            )
-            return 0
-        if dest.exists():
-            log(f"{dest} is incomplete ({len(missing)} files missing, e.g. {missing[0]}); rebuilding it.")
+    _common.sweep_stale(dest)
+    missing = missing_prepared(dest)
+    if not args.force and not missing:
+        log(
+            f"Dense-Haze is already prepared in {dest} ({len(TRAIN_IDS)} train + "
+            f"{len(TEST_IDS)} test pairs); nothing to do (--force to extract again)."
+        )
+        return 0
+    try:  # before any download: refuse what would delete files the script did not create
+        _common.check_source_outside([args.from_zip] if args.from_zip is not None else [], dest)
+        _common.check_replaceable(dest)
+    except RefusedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if not args.force and dest.exists():
+        log(f"{dest} is incomplete ({len(missing)} files missing, e.g. {missing[0]}); rebuilding it.")
 
     hint = _manual_hint(root, args.url)
     downloaded = args.from_zip is None
@@ -174,10 +197,14 @@ def main(argv: list[str] | None = None) -> int:
             return 1
 
     def corrupt(message: str) -> int:
-        if downloaded:
-            archive.unlink(missing_ok=True)
+        if downloaded and _common.remove_download(archive):
             message += (
                 f"\nThe downloaded file was deleted: run again to download it afresh.\n{hint}"
+            )
+        elif downloaded:
+            message += (
+                f"\n{archive} was not downloaded by this script, so it is kept: delete or move "
+                f"it and run again to download it afresh.\n{hint}"
             )
         print(f"error: {message}", file=sys.stderr)
         return 1
@@ -193,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
             log(f"Verified {archive}: {N_PAIRS} hazy/GT pairs. Extracting to {dest} ...")
             try:
                 extract(source, found, dest)
+            except RefusedError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 1
             except ArchiveError as exc:
                 problem = str(exc)
     if missing:
@@ -208,8 +238,10 @@ def main(argv: list[str] | None = None) -> int:
     if problem is not None:
         return corrupt(problem)
     if downloaded and args.remove_archive:
-        archive.unlink()
-        log(f"Removed {archive}.")
+        if _common.remove_download(archive):
+            log(f"Removed {archive}.")
+        else:
+            log(f"Kept {archive}: this script did not download it (delete it yourself if you wish).")
     log(
         f"Dense-Haze ready in {dest}: train/ pairs {TRAIN_IDS[0]:02d}-{TRAIN_IDS[-1]:02d}, "
         f"test/ pairs {TEST_IDS[0]:02d}-{TEST_IDS[-1]:02d}."

@@ -12,6 +12,11 @@ is renamed into place at the end. BMP and TIFF
 files, which the trainer's decoder cannot read, are converted to PNG on the way (losslessly,
 checked pixel by pixel); one that a PNG cannot hold exactly stops the script, nothing written. Already prepared subsets are left alone (``--force`` redoes
 them). ``diffloss.PairedImageDataset("data/lol", "lol", "train" | "test")`` reads the result.
+
+Nothing the script did not create is deleted: a subset folder is replaced only when it is the
+script's earlier output (its ``.diffloss-data.json`` lists every file in it), and a ``--source``
+inside a folder to be replaced is refused. Errors are one line ``error: ...`` (exit status 1,
+Ctrl-C 130); ``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Subset, prepare_cli  # noqa: E402
+from _common import Subset, cli_main, prepare_cli  # noqa: E402
 
 SUBSETS = (
     Subset(dest="our485", names=("our485",), pair=("low", "high"), expected=485),
@@ -28,8 +33,9 @@ SUBSETS = (
 )
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point; returns the exit status (0 ok, 1 error)."""
+    """Command-line entry point; returns the exit status (0 ok, 1 error, 130 interrupted)."""
     return prepare_cli(argv, name="LOL", folder="lol", subsets=SUBSETS,
                        description="Normalise a LOL download into ROOT/lol.",
                        source_help="a LOL zip or folder you downloaded (repeat for several)")

@@ -14,6 +14,11 @@ files, which the trainer's decoder cannot read, are converted to PNG on the way 
 checked pixel by pixel); one that a PNG cannot hold exactly stops the script, nothing written. Already
 prepared subsets are left alone (``--force`` redoes them).
 ``diffloss.PairedImageDataset("data/rain", "rain", "train" | "test")`` reads the result.
+
+Nothing the script did not create is deleted: a subset folder is replaced only when it is the
+script's earlier output (its ``.diffloss-data.json`` lists every file in it), and a ``--source``
+inside a folder to be replaced is refused. Errors are one line ``error: ...`` (exit status 1,
+Ctrl-C 130); ``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Subset, prepare_cli  # noqa: E402
+from _common import Subset, cli_main, prepare_cli  # noqa: E402
 
 SUBSETS = (
     Subset(dest="train/Rain13K", names=("Rain13K", "train"), pair=("input", "target"), expected=13_712),
@@ -30,8 +35,9 @@ SUBSETS = (
 )
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point; returns the exit status (0 ok, 1 error)."""
+    """Command-line entry point; returns the exit status (0 ok, 1 error, 130 interrupted)."""
     return prepare_cli(argv, name="Rain", folder="rain", subsets=SUBSETS,
                        description="Normalise a Rain13K/Rain100H download into ROOT/rain.",
                        source_help="a zip or folder you downloaded (repeat: e.g. train.zip and test.zip)")

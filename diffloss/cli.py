@@ -117,7 +117,9 @@ def _add_train(sub: Any) -> None:
                     "(or a perceptual / adversarial term, for comparison). Flags override the "
                     "values of --config (JSON or YAML). Ctrl-C saves last.pt before stopping.")
     p.add_argument("--config", type=Path, help="JSON/YAML file with TrainConfig fields")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUT/last.pt (without --config, OUT/config.json gives the values "
+                        "the flags do not)")
     p.add_argument("--overwrite", action="store_true", help="start over even if OUT holds a run")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
@@ -161,6 +163,9 @@ def config_from_args(args: argparse.Namespace) -> Any:
     from .training import TrainConfig
 
     base = TrainConfig.load(args.config).to_dict() if args.config else {}
+    saved = Path(args.out) / "config.json" if getattr(args, "out", None) else None
+    if not args.config and getattr(args, "resume", False) and saved is not None and saved.is_file():
+        base = TrainConfig.load(saved).to_dict()  # --resume --out X: the run's own config, then the flags
     for f in dataclasses.fields(TrainConfig):
         value = getattr(args, f.name)
         if value is not None:
@@ -217,6 +222,8 @@ def _add_evaluate(sub: Any) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import math
+
     import torch
     from torch import nn
 
@@ -267,6 +274,10 @@ def _run_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
 
         print(f"{split}: {len(res.per_image)} images | restored {scores(res)} | "
               f"input {scores(degraded)}")
+        if not (math.isfinite(res.psnr) and math.isfinite(res.ssim)):
+            raise CommandError(f"{ckpt} gives non-finite scores on {split} (PSNR {res.psnr}): the "
+                               "network's output in eval() mode is not finite; this checkpoint "
+                               "cannot be scored")
     if args.json:
         from .training.atomic import atomic_write_text
 
@@ -361,18 +372,40 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``diffloss`` parser with its subcommands."""
     parser = argparse.ArgumentParser(
         prog="diffloss", description="DiffLoss: a frozen diffusion model as a training loss for "
-                                     "image restoration. Commands:")
+                                     "image restoration. Commands:",
+        epilog=f"Errors are one line; --debug (anywhere on the line) or {DEBUG_VARIABLE}=1 shows "
+               "the traceback instead.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_train, _add_evaluate, _add_convert_adm, _add_train_tiny_prior):
         add(sub)
     return parser
 
 
+#: Set to 1 (or pass ``--debug``) to see the traceback of an error instead of its one line.
+DEBUG_VARIABLE = "DIFFLOSS_DEBUG"
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line: its message (for an error re-raised from a DataLoader worker,
+    the original error's last line), then its notes (e.g. which ``last.pt`` was saved)."""
+    text = str(exc).strip() or type(exc).__name__
+    if "Original Traceback" in text:  # torch's DataLoader wraps a worker's error in its traceback
+        text = [line for line in text.splitlines() if line.strip()][-1].strip()
+    elif not (isinstance(exc, (CommandError, OSError, ValueError, FloatingPointError))
+              or type(exc).__module__.startswith("diffloss")):  # our messages say what happened
+        text = f"{type(exc).__name__}: {text}"
+    parts = [" ".join(text.split()), *(" ".join(str(n).split()) for n in getattr(exc, "__notes__", []))]
+    return " ".join(parts)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry; returns the exit status (0 ok, 1 error, 2 usage, 130/143 signal)."""
-    from .training import CheckpointError, NonFiniteLossError, TrainingInterrupted
+    """Command-line entry; returns the exit status (0 ok, 1 error, 2 usage, 130/143 signal).
+    Every error is one line on stderr; ``--debug`` or ``DIFFLOSS_DEBUG=1`` shows the traceback."""
+    from .training import TrainingInterrupted
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get(DEBUG_VARIABLE, "").strip().lower() in ("1", "true", "yes")
+    argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = argv
@@ -384,9 +417,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (CommandError, NonFiniteLossError, CheckpointError, FileExistsError, FileNotFoundError,
-            NotADirectoryError, IsADirectoryError, PermissionError, ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except Exception as exc:  # noqa: BLE001 - every error a user can cause: one line, not a traceback
+        if debug:
+            raise
+        print(f"error: {one_line(exc)} (for the traceback: --debug or {DEBUG_VARIABLE}=1)",
+              file=sys.stderr)
         return 1
 
 

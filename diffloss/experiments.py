@@ -10,6 +10,7 @@ at least a stated minimum size (:data:`MIN_EFFECT`).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,8 @@ from .parallel import timed_train, train_in_processes
 from .training import History, TrainConfig, evaluate
 from .training.tasks import TASKS
 
-__all__ = ["MIN_EFFECT", "input_scores", "paired_scores", "portable_config", "run_paired", "verdict"]
+__all__ = ["MIN_EFFECT", "diverged", "input_scores", "paired_scores", "portable_config", "run_folder_names",
+           "run_paired", "verdict"]
 
 #: The smallest paired difference worth a word: 0.1 dB of PSNR, 0.005 of SSIM.
 MIN_EFFECT: dict[str, float] = {"psnr": 0.1, "ssim": 0.005}
@@ -33,7 +35,13 @@ def run_paired(base: TrainConfig, losses: Mapping[str, Mapping[str, Any]], seeds
                parallel: int = 1) -> dict[tuple[str, int], History]:
     """Train ``base`` once per (loss, seed): ``losses`` maps a label to the config changes of
     that loss (e.g. ``{"loss": "l1+diffloss", "gamma": 3.0}``). Runs go to
-    ``out_dir/<loss>_seed<k>`` (started afresh). Returns the histories by ``(label, seed)``.
+    ``out_dir/<loss>_seed<k>`` (started afresh; :func:`run_folder_names` when two labels train
+    the same loss). Returns the histories by ``(label, seed)``.
+
+    A run that stops on a non-finite value is a result, not the end of the comparison: its
+    history has ``meta["diverged"]`` (the step and the message), its last good scores as its
+    rows, and the other runs go on (:func:`diverged` lists them; :func:`paired_scores` and
+    :func:`verdict` count them).
 
     ``parallel`` > 1 trains up to that many runs at once (at most one per CPU core), each in a
     process of its own (:func:`~diffloss.parallel.train_in_processes`) with as many torch
@@ -43,10 +51,11 @@ def run_paired(base: TrainConfig, losses: Mapping[str, Mapping[str, Any]], seeds
     logged and returned in the sequential order.
     """
     jobs = []
+    folders = run_folder_names(base, losses)
     for seed in seeds:
         for label, changes in losses.items():
-            name = f"{changes.get('loss', base.loss)}_seed{seed}"
-            jobs.append((label, seed, base.replace(seed=seed, out=str(Path(out_dir) / name), **changes)))
+            out = str(Path(out_dir) / f"{folders[label]}_seed{seed}")
+            jobs.append((label, seed, base.replace(seed=seed, out=out, **changes)))
     configs = [cfg for _, _, cfg in jobs]
     if parallel > 1 and len(jobs) > 1:
         results = train_in_processes(configs, prior=prior, processes=parallel)
@@ -56,11 +65,57 @@ def run_paired(base: TrainConfig, losses: Mapping[str, Mapping[str, Any]], seeds
     for (label, seed, _), (h, seconds) in zip(jobs, results):
         histories[label, seed] = h
         if log is not None:
-            f = h.final
-            log(f"seed {seed}, {label:>13}: {seconds:4.0f} s | final PSNR "
-                + ", ".join(f"{s} {f[f'{s}_psnr']:.2f} dB" for s in ("test", "ood", "val")
-                            if f.get(f"{s}_psnr") is not None))
+            log(f"seed {seed}, {label:>13}: {seconds:4.0f} s | {_scores_line(h)}")
     return histories
+
+
+def run_folder_names(base: TrainConfig, losses: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+    """The folder name of each label's runs (``<name>_seed<k>``): the loss's own name
+    (``l1+diffloss``) where no other label trains that loss, else the label made a file name
+    (``"γ = 3"`` → ``γ_=_3``), so that two labels never share a folder; a ``ValueError`` when
+    two labels would still share one (e.g. ``"a b"`` and ``"a_b"``)."""
+    loss = {label: str(changes.get("loss", base.loss)) for label, changes in losses.items()}
+    shared = {name for name in loss.values() if list(loss.values()).count(name) > 1}
+    names = {label: (_file_name(label) if loss[label] in shared else loss[label]) for label in losses}
+    seen: dict[str, str] = {}
+    for label, name in names.items():
+        if name.lower() in seen:
+            raise ValueError(f"the labels {seen[name.lower()]!r} and {label!r} would train in the same "
+                             f"run folder ({name}_seed<k>): give them labels that differ in more "
+                             "than spaces, case or punctuation")
+        seen[name.lower()] = label
+    return names
+
+
+def _file_name(label: str) -> str:
+    name = re.sub(r"[^\w.+=-]+", "_", label.strip()).strip("_")
+    if not name:
+        raise ValueError(f"the label {label!r} gives no usable folder name: use letters or digits")
+    return name
+
+
+def _scores_line(h: History) -> str:
+    """A run's final scores in one line (or why there are none)."""
+    if h.meta.get("diverged"):
+        d = h.meta["diverged"]
+        last = h.final
+        return (f"DIVERGED at step {d['step']}" + (
+            f"; last good scores (step {last['step']}): " + _psnrs(last) if last else ""))
+    f = h.final
+    if f is None:
+        return "no evaluation (eval_every=0)"
+    return "final PSNR " + _psnrs(f)
+
+
+def _psnrs(row: Mapping[str, Any]) -> str:
+    return ", ".join(f"{s} {row[f'{s}_psnr']:.2f} dB" for s in ("test", "ood", "val")
+                     if row.get(f"{s}_psnr") is not None)
+
+
+def diverged(histories: Mapping[tuple[str, int], History]) -> list[tuple[str, int, int]]:
+    """``(label, seed, step)`` of every run that stopped on a non-finite value."""
+    return [(label, seed, int(h.meta["diverged"]["step"])) for (label, seed), h in histories.items()
+            if h.meta.get("diverged")]
 
 
 def paired_scores(histories: Mapping[tuple[str, int], History], losses: Sequence[str],
@@ -70,6 +125,9 @@ def paired_scores(histories: Mapping[tuple[str, int], History], losses: Sequence
     against the first one."""
     def value(h: History, metric: str) -> float:
         row = h.final if which == "final" else (h.best or h.final)
+        if row is None:
+            raise ValueError(f"the run in {h.folder} has no evaluated step (eval_every=0?): paired "
+                             "scores need an evaluation; train with eval_every > 0")
         return float(row[f"{split}_{metric}"])
 
     out: dict[str, Any] = {label: {m: [value(histories[label, s], m) for s in seeds]
@@ -78,6 +136,14 @@ def paired_scores(histories: Mapping[tuple[str, int], History], losses: Sequence
     out["paired_difference"] = {
         label: {m: paired_differences(out[first][m], out[label][m]) for m in ("psnr", "ssim")}
         for label in losses[1:]}
+    bad = {label: [s for s in seeds if (getattr(histories[label, s], "meta", None) or {}).get("diverged")]
+           for label in losses}
+    if any(bad.values()):  # a diverged run counts with its last good scores, and is named
+        out["diverged"] = {label: v for label, v in bad.items() if v}
+        for label in losses[1:]:
+            n = sum(1 for s in seeds if s in bad[first] or s in bad[label])
+            for m in ("psnr", "ssim"):
+                out["paired_difference"][label][m]["diverged_seeds"] = n
     return out
 
 
@@ -93,11 +159,16 @@ def verdict(d: Mapping[str, Any], unit: str = "", higher_is_better: bool = True,
             minimum: float = 0.0) -> str:
     """A paired difference (:func:`~diffloss.diagnostics.paired_differences`) in words:
 
-    - "better/worse in every seed" when every seed has the same sign, the mean exceeds the
-      seeds' standard deviation and is at least ``minimum``;
+    - "better/worse in every seed" when every seed has the same sign *and* clears ``minimum``,
+      and the mean exceeds the seeds' standard deviation;
     - "same sign in every seed, below the minimum effect" when the seeds agree but the mean is
-      smaller than ``minimum``;
+      smaller than ``minimum``, or "same sign in every seed, but k of n seeds below the minimum
+      effect" when some seeds do not clear it;
     - otherwise "no consistent difference".
+
+    These words describe the seeds; they are not a significance test (with three seeds, a sign
+    test can never go below p = 2·(1/2)³ = 0.25, two-sided). Where seeds had a diverged run
+    (``d["diverged_seeds"]``, set by :func:`paired_scores`), the count is appended.
     """
     per_seed = list(d["per_seed"])
     signs = [v > 0 for v in per_seed]
@@ -105,13 +176,19 @@ def verdict(d: Mapping[str, Any], unit: str = "", higher_is_better: bool = True,
     spread = f" ± {d['sd']:.3f}" if d.get("sd") is not None else ""
     numbers = f"{d['mean']:+.3f}{unit}{spread}"
     signs_text = "".join("+" if s else "−" for s in signs)
+    n_div = int(d.get("diverged_seeds") or 0)
+    tail = f"; {n_div} of {len(per_seed)} seeds had a run that diverged" if n_div else ""
     if same_sign and d["sd"] is not None and abs(d["mean"]) > d["sd"]:
-        if abs(d["mean"]) >= minimum:
-            word = "better" if (d["mean"] > 0) == higher_is_better else "worse"
-            return f"{word} in every seed ({numbers})"
-        return (f"same sign in every seed, below the minimum effect of {minimum:g}{unit} "
-                f"({numbers})")
-    return f"no consistent difference ({numbers}, signs {signs_text})"
+        small = sum(1 for v in per_seed if abs(v) < minimum)
+        if abs(d["mean"]) < minimum:
+            return (f"same sign in every seed, below the minimum effect of {minimum:g}{unit} "
+                    f"({numbers}){tail}")
+        if small:
+            return (f"same sign in every seed, but {small} of {len(per_seed)} seeds below the minimum "
+                    f"effect of {minimum:g}{unit} ({numbers}){tail}")
+        word = "better" if (d["mean"] > 0) == higher_is_better else "worse"
+        return f"{word} in every seed ({numbers}){tail}"
+    return f"no consistent difference ({numbers}, signs {signs_text}){tail}"
 
 
 def portable_config(config: TrainConfig, root: str | Path | None = None) -> dict[str, Any]:

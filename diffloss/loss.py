@@ -366,11 +366,13 @@ def restoration_loss(restored: Tensor, target: Tensor, fidelity: str = "l1", gam
                      generator: torch.Generator | None = None) -> RestorationLossOutput:
     """L_total = fidelity(z, x) + γ·L_DiffLoss (seed Eq. 8); without ``diffloss``, fidelity only.
 
-    ``gamma`` must be finite and ≥ 0; the images are checked by :func:`check_pair` (and
-    ``diffloss`` runs :func:`check_images`: 3 channels in [0, 1], finite)."""
+    ``gamma`` must be finite and ≥ 0; the images are checked by :func:`check_pair` and
+    :func:`check_images` (3 channels in [0, 1], finite) with or without ``diffloss``, so that the
+    fidelity-only path refuses what the DiffLoss path refuses."""
     gamma = check_weight("gamma", gamma)
     fid = fidelity_loss(restored, target, fidelity)
     if diffloss is None or gamma == 0:
+        check_images(restored, target)  # (``diffloss`` checks them itself)
         return RestorationLossOutput(total=fid, fidelity=fid, diffloss=None)
     out = diffloss(restored, target, generator=generator)
     return RestorationLossOutput(total=fid + gamma * out.loss, fidelity=fid, diffloss=out)

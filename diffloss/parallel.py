@@ -15,24 +15,24 @@ so their folders are left as they were.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import pickle
+import queue
 import signal
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import torch
 
-from .training import History, TrainConfig, train
+from .training import History, NonFiniteLossError, TrainConfig, train
 
 __all__ = ["available_cores", "expected_cost", "timed_train", "train_in_processes"]
 
-_WORKER_PRIOR: Any = None  # set once per worker by _start_worker
-_WORKER_STOP: Any = None  # the pool's stop event, likewise
+_WORKER_PRIOR: Any = None  # set once per worker by _worker
+_WORKER_STOP: Any = None  # the stop event, likewise
 _STOP_GRACE_S = 60.0  # how long a stopped worker may take to end its step before it is killed
 
 
@@ -52,7 +52,9 @@ def train_in_processes(configs: Sequence[TrainConfig], prior: Any = None, proces
     to each worker once; ``threads`` defaults to this process's ``torch.get_num_threads()``.
 
     The runs start longest first, as far as the config tells (:func:`expected_cost`: more loss
-    terms, more steps), so that the workers finish close together.
+    terms, more steps), so that the workers finish close together. This function starts the
+    workers itself and keeps their handles: however it ends (all done, an error, ``close()``),
+    every worker it started has ended and been joined when it returns.
     """
     configs = list(configs)
     if not configs:
@@ -61,37 +63,89 @@ def train_in_processes(configs: Sequence[TrainConfig], prior: Any = None, proces
     threads = torch.get_num_threads() if threads is None else int(threads)
     context = multiprocessing.get_context("spawn")
     stop = context.Event()  # set: every worker ends its run at the next step, last.pt saved
-    pool = ProcessPoolExecutor(max_workers=processes, mp_context=context,
-                               initializer=_start_worker, initargs=(threads, prior, stop))
-    longest_first = sorted(range(len(configs)), key=lambda i: expected_cost(configs[i]), reverse=True)
-    submitted = {i: pool.submit(_train_one, configs[i]) for i in longest_first}
-    futures: list[Future] = [submitted[i] for i in range(len(configs))]
+    tasks, results = context.Queue(), context.Queue()
+    for i in sorted(range(len(configs)), key=lambda i: expected_cost(configs[i]), reverse=True):
+        tasks.put((i, configs[i]))
+    for _ in range(processes):
+        tasks.put(None)  # one "no more runs" per worker
+    workers = [context.Process(target=_worker, args=(k, threads, prior, stop, tasks, results),
+                               name=f"diffloss-run-{k}", daemon=True) for k in range(processes)]
+    for proc in workers:
+        proc.start()
+    ready: set[int] = set()  # workers that got past their start (imports, the prior)
+    outcomes: dict[int, Any] = {}
     finished = False
     try:
-        for cfg, future in zip(configs, futures):
-            try:
-                outcome = future.result()
-            except BrokenProcessPool:
-                raise RuntimeError(
-                    f"a worker process died while training {cfg.out} (killed for memory?); "
-                    "run the comparison with parallel=1 to see the error, or free memory") from None
+        for i, cfg in enumerate(configs):
+            while i not in outcomes:
+                _receive(results, workers, ready, outcomes, cfg)
+            outcome = outcomes.pop(i)
             if isinstance(outcome, BaseException):
                 outcome.add_note(f"(raised in the worker process that trained {cfg.out})")
                 raise outcome
             yield outcome
         finished = True
     finally:
-        if finished:
-            pool.shutdown(wait=True)
-        else:  # an error, Ctrl-C or an abandoned loop: stop the runs still going
-            workers = list((getattr(pool, "_processes", None) or {}).values())
+        if not finished:  # an error, Ctrl-C or an abandoned loop: stop the runs still going
             stop.set()
-            pool.shutdown(wait=False, cancel_futures=True)
-            for proc in workers:
-                proc.join(timeout=_STOP_GRACE_S)
-                if proc.is_alive():
-                    proc.kill()
-                    proc.join()
+        _end_workers(workers, results, grace=None if finished else _STOP_GRACE_S)
+        for q in (tasks, results):
+            q.close()
+            q.join_thread()
+
+
+def _receive(results: Any, workers: list[Any], ready: set[int], outcomes: dict[int, Any],
+             waiting_for: TrainConfig) -> None:
+    """Wait for one message from a worker (``("ready", k)`` or ``(index, outcome)``); a worker
+    that died without reporting is a clear error."""
+    try:
+        message = results.get(timeout=0.5)
+    except queue.Empty:
+        for k, proc in enumerate(workers):
+            if proc.exitcode is not None and proc.exitcode != 0:
+                if k not in ready:
+                    raise RuntimeError(
+                        f"a worker process failed to start (exit status {proc.exitcode}). Runs are "
+                        "trained in spawned processes, which import the calling script again: "
+                        "from a script, put the call under `if __name__ == \"__main__\":`, or use "
+                        "parallel=1") from None
+                raise RuntimeError(
+                    f"a worker process died (exit status {proc.exitcode}) while training, e.g. "
+                    f"{waiting_for.out} (killed for memory?); run the comparison with parallel=1 to "
+                    "see the error, or free memory") from None
+        if all(proc.exitcode is not None for proc in workers):  # all ended, nothing to read
+            with contextlib.suppress(queue.Empty):
+                message = results.get(timeout=1.0)
+                _file(message, ready, outcomes)
+                return
+            raise RuntimeError(f"every worker process ended before {waiting_for.out} was trained; "
+                               "run the comparison with parallel=1 to see why") from None
+        return
+    _file(message, ready, outcomes)
+
+
+def _file(message: tuple[Any, Any], ready: set[int], outcomes: dict[int, Any]) -> None:
+    key, value = message
+    if key == "ready":
+        ready.add(int(value))
+    else:
+        outcomes[int(key)] = pickle.loads(value)
+
+
+def _end_workers(workers: list[Any], results: Any, grace: float | None) -> None:
+    """Join every worker (``grace`` seconds at most, then kill it), reading their queue
+    meanwhile: a worker cannot end while what it put on the queue is still unread."""
+    deadline = None if grace is None else time.monotonic() + grace
+    while any(proc.is_alive() for proc in workers):
+        if deadline is not None and time.monotonic() > deadline:
+            break
+        with contextlib.suppress(queue.Empty):
+            results.get(timeout=0.1)
+    for proc in workers:
+        if proc.is_alive():
+            proc.kill()
+        proc.join()
+        proc.close()
 
 
 def expected_cost(cfg: TrainConfig) -> tuple[int, int]:
@@ -99,13 +153,20 @@ def expected_cost(cfg: TrainConfig) -> tuple[int, int]:
     return len(cfg.loss.split("+")), int(cfg.iterations or 0)
 
 
-def _start_worker(threads: int, prior: Any, stop: Any) -> None:
+def _worker(k: int, threads: int, prior: Any, stop: Any, tasks: Any, results: Any) -> None:
+    """A worker's life: set up once, then train runs from ``tasks`` until a ``None``."""
     global _WORKER_PRIOR, _WORKER_STOP
     torch.set_num_threads(threads)
     _WORKER_PRIOR, _WORKER_STOP = prior, stop
     # Ctrl-C in a notebook reaches the whole process group: between runs a worker ignores it
     # (the parent stops the pool); during a run the trainer's own handler saves last.pt
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    results.put(("ready", k))
+    while (task := tasks.get()) is not None:
+        i, cfg = task
+        # by value (plain pickle): torch's queue pickler would share tensors through this
+        # process's file descriptors, gone once the worker has ended
+        results.put((i, pickle.dumps(_train_one(cfg))))
 
 
 def _stop_requested(row: dict[str, Any], history: History) -> bool:
@@ -113,9 +174,20 @@ def _stop_requested(row: dict[str, Any], history: History) -> bool:
 
 
 def timed_train(cfg: TrainConfig, prior: Any = None, callback: Any = None) -> tuple[History, float]:
-    """One run of a comparison, started afresh: its history and wall seconds (in this process)."""
+    """One run of a comparison, started afresh: its history and wall seconds (in this process).
+
+    A run that stops on a non-finite value is returned, not raised: its history (rows up to the
+    last good step, ``model`` with the weights of the step before) carries
+    ``meta["diverged"] = {"step", "message", "checkpoint"}``."""
     t0 = time.perf_counter()
-    h = train(cfg, overwrite=True, prior=prior, progress=False, callback=callback)
+    try:
+        h = train(cfg, overwrite=True, prior=prior, progress=False, callback=callback)
+    except NonFiniteLossError as exc:
+        h = getattr(exc, "history", None)
+        if h is None:  # raised before the run had a history (e.g. while building it)
+            raise
+        h.meta["diverged"] = {"step": exc.step, "message": str(exc),
+                              "checkpoint": None if exc.checkpoint is None else str(exc.checkpoint)}
     return h, time.perf_counter() - t0
 
 

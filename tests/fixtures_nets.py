@@ -32,3 +32,45 @@ class HalfSize(nn.Module):
 
 class NotANetwork:
     """A class, but not an nn.Module."""
+
+
+class ExitsTheProcess(TinyNet):
+    """Ends its process at the first forward pass, as a worker killed for memory would."""
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        import os
+
+        os._exit(3)
+
+
+class NaNInEval(TinyNet):
+    """A fine restorer in ``train()`` mode whose ``eval()`` output is NaN (e.g. broken
+    BatchNorm statistics): training looks healthy, validation is not."""
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        z = super().forward(y)
+        return z if self.training else z * float("nan")
+
+
+class RaisesInInit(nn.Module):
+    """A user's model whose constructor fails (not with a TypeError)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        raise RuntimeError("weights file mynet.pth not found")
+
+
+class FailsAtStep(TinyNet):
+    """Trains normally, then raises at its ``fail_at``-th training forward pass (an error met
+    mid-run: a broken batch, a bug in the network)."""
+
+    def __init__(self, width: int = 4, fail_at: int = 3) -> None:
+        super().__init__(width)
+        self.fail_at, self.calls = fail_at, 0
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.calls += 1
+            if self.calls == self.fail_at:
+                raise RuntimeError(f"broken at training call {self.calls}")
+        return super().forward(y)

@@ -49,6 +49,12 @@ def import_model_class(path: str) -> type[nn.Module]:
         raise ValueError(f"model {path!r}: cannot import {module_name!r} ({type(err).__name__}: {err}). "
                          "Install its package, or run from the folder that holds it (or add that "
                          "folder to PYTHONPATH).") from None
+    except Exception as err:  # noqa: BLE001 - the module itself fails (a SyntaxError, a raise at import)
+        where = (f" ({err.filename}, line {err.lineno})" if isinstance(err, SyntaxError) and err.filename
+                 else "")
+        raise ValueError(f"model {path!r}: importing {module_name!r} failed with {type(err).__name__}: "
+                         f"{err}{where}. Fix that module (run `python -c \"import {module_name}\"` "
+                         "to see the traceback).") from err
     for part in qualname.split("."):
         if not hasattr(obj, part):
             raise ValueError(f"model {path!r}: module {module_name!r} has no {qualname!r}")
@@ -70,6 +76,9 @@ def build_model(name: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
         except TypeError as err:
             raise ValueError(f"model {key!r}: {cls.__name__}(**{kwargs}) failed ({err}); pass its "
                              "constructor's arguments as model_kwargs (--model-kwargs JSON)") from None
+        except Exception as err:  # noqa: BLE001 - the user's constructor, reported in one line
+            raise ValueError(f"model {key!r}: its constructor {cls.__name__}(**{kwargs}) raised "
+                             f"{type(err).__name__}: {err}") from err
     if kwargs:
         raise ValueError(f"model_kwargs are the arguments of your own network (package.module:ClassName); "
                          f"the built-in {key!r} takes none, got {kwargs}")

@@ -138,6 +138,11 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike, verify: bool
         raise CheckpointError(f"writing {path} failed ({exc.strerror or exc}); the previous "
                               f"{path.name} is kept. Free disk space or choose another out "
                               "folder, then resume.") from exc
+    except RuntimeError as exc:  # torch's zip writer on a full disk: "[enforce fail at inline_container…"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"writing {path} failed (torch could not write the file: {first}; the "
+                              f"disk is probably full); the previous {path.name} is kept. Free disk "
+                              "space or choose another out folder, then resume.") from exc
 
 
 def rng_state() -> dict[str, Any]:
@@ -198,19 +203,27 @@ def model_from_state(state: dict[str, Any], ema: bool | None = None,
     if use_ema and state.get("ema") is None:
         raise ValueError(f"{source} has no EMA weights (the run had ema=None)")
     weights = state["ema"]["shadow"] if use_ema else state["model"]
+    load_weights(model, weights, f"{source}: its weights", f"its config names (model={name!r})", "The config was edited, or the weights come from another run; "
+                 "use the checkpoint its run wrote.")
+    return model.eval()
+
+
+def load_weights(model: nn.Module, weights: dict[str, Any], what: str, name: str,
+                 advice: str = "Its code or model_kwargs changed since the run was saved: restore "
+                               "them, or start a new run in another folder.") -> None:
+    """``model.load_state_dict(weights)``, or one :class:`CheckpointError` line saying how they
+    differ (``load_state_dict`` would print hundreds of lines)."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in weights]
     unexpected = [k for k in weights if k not in expected]
     shapes = [k for k in expected if k in weights and tuple(weights[k].shape) != tuple(expected[k].shape)]
-    if missing or unexpected or shapes:  # load_state_dict would print hundreds of lines
+    if missing or unexpected or shapes:
         first = (missing or unexpected or shapes)[0]
         raise CheckpointError(
-            f"{source}: its weights do not fit the network its config names (model={name!r}): "
-            f"{len(missing)} missing, {len(unexpected)} unexpected and {len(shapes)} mis-shaped "
-            f"tensors (first: {first}). The config was edited, or the weights come from another "
-            "run; use the checkpoint its run wrote.")
+            f"{what} do not fit the network {name} as it is now: {len(missing)} missing, "
+            f"{len(unexpected)} unexpected and {len(shapes)} mis-shaped tensors (first: {first}). "
+            f"{advice}")
     model.load_state_dict(weights)
-    return model.eval()
 
 
 def load_model(path: str | os.PathLike, which: str = "best", ema: bool | None = None,

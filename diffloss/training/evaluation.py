@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -133,3 +135,18 @@ def evaluate(model: nn.Module, dataset: Dataset, tile: int | None = None, overla
     return EvalResult(psnr=mean("psnr"), ssim=mean("ssim"), per_image=rows,
                       seconds=time.perf_counter() - t0, space="Y" if y_channel else "RGB",
                       lpips=mean("lpips") if lpips is not None else None)
+
+
+def check_finite_scores(res: EvalResult, split: str, step: int, checkpoint: Path | None) -> None:
+    """A :class:`~diffloss.training.guards.NonFiniteLossError` when an evaluation's PSNR or SSIM
+    is NaN/inf: a network finite in training but not in ``eval()`` mode (BatchNorm statistics,
+    dropout) must stop the run, never be chosen as ``best.pt``."""
+    from .guards import NonFiniteLossError
+
+    if math.isfinite(res.psnr) and math.isfinite(res.ssim):
+        return
+    raise NonFiniteLossError(
+        f"evaluation at step {step} gave {split} PSNR {res.psnr} dB, SSIM {res.ssim}: the network's "
+        "output in eval() mode is not finite (e.g. BatchNorm or dropout layers that behave "
+        "differently there), although training was. No best checkpoint is chosen on it.", step,
+        {f"{split}_psnr": res.psnr, f"{split}_ssim": res.ssim}, checkpoint)

@@ -1,13 +1,5 @@
-"""The training loop: :func:`train` builds a run, then repeats :func:`train_step`.
-
-One step, as :func:`train_step` writes it (seed Eq. 8 for the DiffLoss term)::
-
-    z = g(y)                                   restored = model(degraded)
-    L = fidelity(z, x) + Σ_k γ_k·term_k(z, x)  loss_parts(restored, clean, config, terms)
-    ∇_θ L  (through the frozen prior into g)   backward(L)
-    ‖∇_θ L‖, clipped to grad_clip              grad_norm(model, grad_clip)
-    every value finite, or stop                values.check() (a read) or guard.hold() (none)
-    θ ← Adam(θ, ∇_θ L)                         optimizer.step()
+"""The training loop: :func:`train` builds a run, then repeats :func:`train_step`
+(:mod:`.step`, the whole step on one screen: z = g(y), L = fidelity + Σ γ·term, ∇θ L, Adam).
 
 On the CPU every step's values are read and checked before Adam runs; on CUDA they are read
 every ``log_every`` steps (each read is a host–device synchronisation), and in between the
@@ -32,13 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from .build import build_model, check_restorer
 from .checkpoint import (
     BEST,
     LAST,
+    load_weights,
     nonfinite_count,
     rng_state,
     save_checkpoint,
@@ -47,9 +39,9 @@ from .checkpoint import (
 )
 from .config import CONFIG_FILE, TrainConfig, lr_factor
 from .data import KeyedPairs, StepBatchSampler, build_datasets, mix_seed
-from .distributed import barrier, fused_adam, grad_norm, has_scaler, make_accelerator
+from .distributed import barrier, fused_adam, has_scaler, make_accelerator
 from .ema import EMA
-from .evaluation import evaluate
+from .evaluation import check_finite_scores, evaluate
 from .guards import (
     DeviceGuard,
     NonFiniteLossError,
@@ -61,48 +53,12 @@ from .guards import (
 )
 from .history import History, history_columns
 from .lock import RunLock
-from .rundir import check_resume_config, lock_run_folder, open_run_folder
+from .rundir import check_resume_config, clear_old_run, lock_run_folder, open_run_folder
+from .step import train_step
 from .tasks import TASKS
-from .terms import LOSS_TERMS, build_terms, loss_parts
+from .terms import LOSS_TERMS, build_terms
 
 __all__ = ["NonFiniteLossError", "TrainingInterrupted", "train", "train_step"]
-
-
-def train_step(model: nn.Module, degraded: Tensor, clean: Tensor, config: TrainConfig,
-               terms: dict[str, nn.Module], optimizer: torch.optim.Optimizer, *,
-               generator: torch.Generator | None = None, accelerator: Any = None,
-               step: int = 1, checkpoint: Path | None = None,
-               guard: DeviceGuard | None = None) -> tuple[StepValues, Tensor]:
-    """One training (micro-)step of ``model`` on a batch; returns the loss values and ``z``.
-
-    With ``accelerator`` (inside ``accelerator.accumulate(model)``) the backward pass, the
-    clipping and the optimizer follow accelerate (mixed precision, accumulation, DDP). Without
-    ``guard`` the values are read and checked *before* the optimizer step (a NaN raises
-    :class:`NonFiniteLossError`, nothing applied); with a :class:`DeviceGuard` (fused Adam)
-    nothing is read, the guard skips bad updates on the device and the caller checks later.
-    """
-    syncing = accelerator is None or accelerator.sync_gradients
-    restored = model(degraded)                                                  # z = g(y)
-    parts, restored_bad = loss_parts(restored, clean, config, terms, generator)  # fidelity + Σ γ·term
-    (accelerator.backward if accelerator is not None else Tensor.backward)(parts["total"])
-    if syncing:  # ‖∇θ L‖ (clipped when grad_clip is set); accumulating micro-steps skip it
-        parts["grad_norm"] = grad_norm(model, config.grad_clip, accelerator)
-    values = StepValues(step, parts, restored_bad, accelerator)                 # on the device
-    if guard is None:
-        try:
-            values.check(checkpoint, scaler=has_scaler(accelerator))           # one host sync
-        except NonFiniteLossError:
-            optimizer.zero_grad(set_to_none=True)  # no gradient of a refused step is left over
-            raise
-    else:
-        guard.hold(optimizer, values)                                           # no sync
-    try:
-        optimizer.step()                                                        # θ ← Adam(θ, ∇θ L)
-    finally:
-        if guard is not None:
-            guard.release(optimizer)
-    optimizer.zero_grad(set_to_none=True)
-    return values, restored
 
 
 def train(config: TrainConfig | dict[str, Any] | str | os.PathLike, progress: bool = True,
@@ -168,6 +124,12 @@ def _train(config: TrainConfig, accelerator: Any, lock: RunLock | None, progress
     # The frozen prior is only moved to the device: accelerator.prepare (DDP) would wrap a
     # module without trainable parameters for nothing.
     terms = {k: t.to(device) for k, t in build_terms(config, prior).items()}
+    if state is not None and int(state["step"]) > iterations:
+        raise ValueError(f"cannot resume {out} with iterations={iterations}: the run is already at step "
+                         f"{int(state['step'])}. Nothing was changed. Pass a larger --iterations to "
+                         "train further, or leave it out to finish the run as configured.")
+    if overwrite and state is None and main_proc:  # the new run is built: only now the old one goes
+        clear_old_run(out)
     stateful = [name for name in terms if LOSS_TERMS[name].stateful]  # the discriminator
     # Values are read every log_every steps (CUDA: 10), a DeviceGuard stopping fused Adam after a
     # NaN meanwhile; not with a discriminator (it reads), nor fp16 (GradScaler owns found_inf).
@@ -192,9 +154,13 @@ def _train(config: TrainConfig, accelerator: Any, lock: RunLock | None, progress
     if lock is not None and lock.stale is not None:
         history.meta["stale_lock"] = lock.stale  # a crashed run held the folder before
     start, elapsed0, last_good = 0, 0.0, None
+    done, saved, dirty = 0, 0, False  # last finished step, last saved; a failure saves `done` first
     if state is not None:
-        model.load_state_dict(state["model"])
+        load_weights(model, state["model"], f"cannot resume {out}: the weights in {LAST}", repr(config.model))
+        if "first_step_seconds" in (state.get("meta") or {}):  # kept by a resume that runs no step
+            history.meta["first_step_seconds"] = state["meta"]["first_step_seconds"]
         start, elapsed0 = int(state["step"]), float(state.get("elapsed", 0.0))
+        done = saved = start
         history.rows = [r for r in state.get("history", []) if r["step"] <= start]
         history.best = state.get("best")
         history.evals = [e for e in state.get("evals", []) if e["step"] <= start]
@@ -234,6 +200,7 @@ def _train(config: TrainConfig, accelerator: Any, lock: RunLock | None, progress
                 row.update({f"{split}_psnr": res.psnr, f"{split}_ssim": res.ssim})
                 history.evals.append({"step": step, "split": split, **res.to_dict()})
                 scores[split] = res
+                check_finite_scores(res, split, step, last_good)  # NaN: a failure, never a best.pt
             v = scores.get("val")
             if v is not None and step > 0 and (history.best is None or v.psnr > history.best["val_psnr"]):
                 history.best = {"step": step, "val_psnr": v.psnr, "val_ssim": v.ssim,
@@ -244,7 +211,7 @@ def _train(config: TrainConfig, accelerator: Any, lock: RunLock | None, progress
         barrier(accelerator)
 
     def save_last(step: int) -> None:
-        nonlocal last_good
+        nonlocal last_good, saved
         if main_proc:
             bad = nonfinite_count(raw.state_dict())
             if bad:
@@ -260,11 +227,30 @@ def _train(config: TrainConfig, accelerator: Any, lock: RunLock | None, progress
                 "data": {"seed": config.seed, "micro_step": step * config.grad_accum,
                          "world_size": world, "batch": config.batch},
                 "config": config.to_dict(), "elapsed": elapsed(), "history": history.rows,
-                "evals": history.evals, "best": history.best,
+                "evals": history.evals, "best": history.best, "meta": history.meta,
             }, out / LAST)
             history.write_json()
-        last_good = out / LAST
+        last_good, saved = out / LAST, step
         barrier(accelerator)
+
+    def rescue(exc: BaseException) -> None:
+        """A failure after a finished step: save its ``last.pt`` first (one process), say so in a note."""
+        if not main_proc or world > 1 or done <= saved:
+            return
+        if dirty:  # the weights are part-way into a step: a last.pt of them would lie about its step
+            exc.add_note(f"the failure came part-way through step {step}, so no new last.pt was "
+                         f"written; the last good checkpoint is {last_good or 'none'}.")
+            return
+        try:
+            save_last(done)
+        except Exception as err:  # noqa: BLE001 - the original error is the one to raise
+            exc.add_note(f"{out / LAST} could not be saved at step {done} ({err}); the last good "
+                         f"checkpoint is {last_good or 'none'}.")
+            return
+        exc.add_note(f"{out / LAST} of step {done}, the last finished step, was saved first: fix the "
+                     "cause, then resume with resume=True (--resume).")
+        if isinstance(exc, NonFiniteLossError):
+            exc.checkpoint = out / LAST
 
     bar = None
     if progress and main_proc:
@@ -310,6 +296,7 @@ def _train(config: TrainConfig, accelerator: Any, lock: RunLock | None, progress
                         vals, restored = train_step(model, degraded, clean, config, terms, optimizer,
                                                     generator=gen, accelerator=accelerator,
                                                     step=step, checkpoint=last_good, guard=guard)
+                    dirty = True  # the weights may be past `done` until this step is complete
                     extra: dict[str, float] = {}
                     for name in stateful:  # alternating updates: the discriminator after g
                         extra.update(discriminator_step(terms[name], restored, clean, dict(vals),
@@ -319,6 +306,8 @@ def _train(config: TrainConfig, accelerator: Any, lock: RunLock | None, progress
                 scheduler.step()
                 if ema is not None:
                     ema.update(raw)
+                if not deferred:  # (deferred: once the pending values are read and checked)
+                    done, dirty = step, False
                 if step == start + 1:  # includes compiling the prior, when it is compiled
                     first = history.meta["first_step_seconds"] = round(time.perf_counter() - t_step, 3)
                     if compiling:
@@ -356,6 +345,8 @@ def _train(config: TrainConfig, accelerator: Any, lock: RunLock | None, progress
                     if callback is not None and main_proc and callback(row_i, history) is False:
                         stop = True
                 pending.clear()
+                if deferred:
+                    done, dirty = step, False
                 if main_proc and is_eval:
                     history.write_json()
                 if bar is not None:
@@ -379,10 +370,19 @@ def _train(config: TrainConfig, accelerator: Any, lock: RunLock | None, progress
                 raise TrainingInterrupted(f"training interrupted by {name} at step {step}; "
                                           f"{out / LAST} was saved: resume with resume=True "
                                           "(--resume)", step, signals[0])
-    except NonFiniteLossError:
+    except NonFiniteLossError as exc:
+        if not deferred:  # deferred: the weights are those before the first bad step, unknown here
+            rescue(exc)
         if main_proc:
-            history.meta["stopped"] = "non-finite loss"
+            history.meta["stopped"] = f"non-finite loss at step {exc.step}"
             history.write_json()
+        raw.eval()  # the weights of the step before (no update from the bad step was applied)
+        history.raw_model = raw
+        history.model = ema.shadow if ema is not None else raw
+        exc.history = history  # a comparison reports the run as diverged (diffloss.parallel)
+        raise
+    except Exception as exc:  # a bad image, a full disk, the user's network: keep the steps done
+        rescue(exc)
         raise
     finally:
         if bar is not None:

@@ -1,14 +1,19 @@
 """The run folder: which runs may start, resume or overwrite, so that no work is lost.
 
-A folder *holds a run* when any of its files exists (``last.pt``, ``best.pt``, ``config.json``,
-``history.csv``/``.json``). Then a plain start is refused, ``resume`` needs ``last.pt``, and
-only ``overwrite`` deletes the old files. ``resume`` on a folder that does not exist is an
-error, not a fresh start (a misspelt path must not train from step 0 and exit 0).
+A folder *holds a run* when any of the files the trainer writes exists (``last.pt``,
+``best.pt``, ``history.csv``/``.json``, or a ``config.json`` that is a training config). Then a
+plain start is refused, ``resume`` needs ``last.pt``, and only ``overwrite`` replaces the old
+files: :func:`open_run_folder` only checks, and the trainer calls :func:`clear_old_run` once
+the new run is built and has passed one batch, so a bad input leaves the old run intact. A
+folder whose ``config.json`` is something else (a diffusers model folder) is never a run
+folder, with or without ``overwrite``. ``resume`` on a folder that does not exist is an error,
+not a fresh start (a misspelt path must not train from step 0 and exit 0).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +23,30 @@ from .config import CONFIG_FILE, RESUMABLE_CHANGES, TrainConfig
 from .history import HISTORY_CSV, HISTORY_JSON
 from .lock import RunLock
 
-__all__ = ["RUN_FILES", "check_resume_config", "lock_run_folder", "open_run_folder"]
+__all__ = ["RUN_FILES", "NotARunFolder", "check_resume_config", "clear_old_run", "lock_run_folder",
+           "open_run_folder"]
 
 RUN_FILES: tuple[str, ...] = (LAST, BEST, CONFIG_FILE, HISTORY_CSV, HISTORY_JSON)
+
+
+class NotARunFolder(FileExistsError):
+    """``out`` holds files the trainer did not write (e.g. a diffusers model's ``config.json``)."""
+
+
+def _is_training_config(path: Path) -> bool:
+    """Whether ``path`` (a ``config.json``) is one the trainer wrote: a JSON object of
+    :class:`TrainConfig` fields, not e.g. a diffusers model config (``_class_name``)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(data, dict) or "_class_name" in data or "loss" not in data or "model" not in data:
+        return False
+    try:
+        TrainConfig.from_dict(data)
+    except (ValueError, TypeError, KeyError):
+        return False
+    return True
 
 
 def lock_run_folder(out: Path, resume: bool,
@@ -40,14 +66,20 @@ def lock_run_folder(out: Path, resume: bool,
 def open_run_folder(out: Path, resume: bool, overwrite: bool,
                     main_process: bool = True) -> dict[str, Any] | None:
     """Check ``out`` against ``resume``/``overwrite``; return the ``last.pt`` state to resume
-    from, or ``None`` for a fresh run (whose old files, with ``overwrite``, are deleted here).
+    from, or ``None`` for a fresh run. Nothing is deleted here: with ``overwrite`` the old
+    run's files stay until :func:`clear_old_run`, called once the new run is ready.
 
-    Raises ``FileNotFoundError`` (``resume`` without ``last.pt``) or ``FileExistsError`` (a
-    folder that holds a run, without ``resume`` or ``overwrite``), each saying what to do.
+    Raises ``FileNotFoundError`` (``resume`` without ``last.pt``), ``FileExistsError`` (a
+    folder that holds a run, without ``resume`` or ``overwrite``) or :class:`NotARunFolder`
+    (a ``config.json`` the trainer did not write), each saying what to do.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"out={str(out)!r} is a file, not a folder: choose another out")
+    if (out / CONFIG_FILE).exists() and not _is_training_config(out / CONFIG_FILE):
+        raise NotARunFolder(f"{out} is not a training run folder: its {CONFIG_FILE} is not a training "
+                            "config (a model folder, such as a diffusers prior?), and a run would "
+                            "replace it. Nothing was changed. Choose another out folder.")
     present = [name for name in RUN_FILES if (out / name).exists()]
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other: resume continues the run in "
@@ -71,11 +103,19 @@ def open_run_folder(out: Path, resume: bool, overwrite: bool,
                               "(--resume) to continue it or overwrite=True (--overwrite) to start over")
     if main_process:
         out.mkdir(parents=True, exist_ok=True)
-        for name in present:  # overwrite: no stale file of the earlier run may survive
-            with contextlib.suppress(FileNotFoundError):
-                (out / name).unlink()
         remove_stale_temporaries(out, RUN_FILES)
     return None
+
+
+def clear_old_run(out: Path) -> list[str]:
+    """Delete the files of the run that ``out`` held (``overwrite``), so that no stale file of it
+    survives the new run; call it only once the new run is built. Returns the names deleted."""
+    removed = []
+    for name in RUN_FILES:
+        with contextlib.suppress(FileNotFoundError):
+            (Path(out) / name).unlink()
+            removed.append(name)
+    return removed
 
 
 def check_resume_config(saved: dict[str, Any], config: TrainConfig, path: Path) -> None:

@@ -1,0 +1,169 @@
+"""Every command, every bad input a user can make: one line on stderr, never a traceback, a
+non-zero exit status, and nothing of the user's changed (issue 31). Grow the table with every
+case fixed. Usage errors (argparse: exit 2) print the usage first; everything else is one line."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from diffloss import cli
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TRAIN = ["train", "--cpu", "--no-progress", "--iters", "2", "--crop", "32", "--max-size", "80",
+         "--train-items", "4", "--val", "0", "--eval-every", "0"]
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and "__pycache__" not in p.parts}
+
+
+def _module(tmp: Path, name: str, body: str) -> str:
+    """Write the user's module ``name`` (again: a changed module is imported afresh)."""
+    (tmp / f"{name}.py").write_text(textwrap.dedent(body))
+    sys.modules.pop(name, None)
+    importlib.invalidate_caches()
+    return name
+
+
+def _run_folder(tmp: Path) -> Path:
+    """A finished run of a user's network (module ``usernet`` in ``tmp``)."""
+    _module(tmp, "usernet", """
+        import torch
+        class Net(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+            def forward(self, y):
+                return (y + self.conv(y)).clamp(0, 1)
+    """)
+    assert cli.main([*TRAIN, "--out", str(tmp / "run"), "--model", "usernet:Net"]) == 0
+    return tmp / "run"
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+# each case: (id, setup(tmp) -> argv, expected exit status, a phrase the one line must hold)
+Case = tuple[str, Callable[[Path], list[str]], int, str]
+CASES: list[Case] = [
+    # -- train
+    ("train: missing --config", lambda t: [*TRAIN, "--config", str(t / "nope.yaml"), "--out", str(t / "o")],
+     1, "nope.yaml"),
+    ("train: out is a file", lambda t: (t / "f").write_text("x") and [*TRAIN, "--out", str(t / "f")],
+     1, "is a file"),
+    ("train: out is a model folder", lambda t: (t / "m").mkdir() or (t / "m" / "config.json").write_text(
+        '{"_class_name": "UNet2DModel"}') and [*TRAIN, "--out", str(t / "m"), "--overwrite"],
+     1, "not a training run folder"),
+    ("train: model module does not import", lambda t: [*TRAIN, "--out", str(t / "o"), "--model", "nosuch:Net"],
+     1, "cannot import 'nosuch'"),
+    ("train: model module has a syntax error", lambda t: [
+        *TRAIN, "--out", str(t / "o"), "--model", _module(t, "broken", "def f(:\n    pass\n") + ":Net"],
+     1, "SyntaxError"),
+    ("train: model constructor raises", lambda t: [
+        *TRAIN, "--out", str(t / "o"), "--model", _module(t, "raiser", """
+            import torch
+            class Net(torch.nn.Module):
+                def __init__(self):
+                    raise RuntimeError("weights file mynet.pth not found")
+        """) + ":Net"], 1, "mynet.pth not found"),
+    ("train: --overwrite with a typo in --root", lambda t: [
+        *TRAIN, "--out", str(_run_folder(t)), "--model", "usernet:Net", "--overwrite",
+        "--data", "dense_haze", "--root", str(t / "dat")], 1, "dat"),
+    ("train: --resume after the model's code changed", lambda t: (
+        _run_folder(t), _module(t, "usernet", """
+            import torch
+            class Net(torch.nn.Module):
+                def __init__(self):
+                    super().__init__()
+                    self.conv = torch.nn.Conv2d(3, 3, 5, padding=2)
+                def forward(self, y):
+                    return y
+        """))[0] and ["train", "--out", str(t / "run"), "--resume", "--iters", "3", "--no-progress"],
+     1, "do not fit the network 'usernet:Net' as it is now"),
+    ("train: --resume of a missing folder", lambda t: ["train", "--out", str(t / "none"), "--resume"],
+     1, "holds no run"),
+    ("train: --resume with fewer iterations", lambda t: [
+        "train", "--out", str(_run_folder(t)), "--resume", "--iters", "1", "--no-progress"],
+     1, "already at step 2"),
+    ("train: bad prior", lambda t: [*TRAIN, "--out", str(t / "o"), "--loss", "l1+diffloss",
+                                    "--prior", str(t / "no_prior")], 1, "no_prior"),
+    ("train: nonsense value", lambda t: [*TRAIN, "--out", str(t / "o"), "--lr", "-1"], 2, "lr"),
+    # -- evaluate
+    ("evaluate: missing path", lambda t: ["evaluate", str(t / "nope")], 1, "no such run folder"),
+    ("evaluate: empty folder", lambda t: (t / "empty").mkdir() or ["evaluate", str(t / "empty")], 1, "empty"),
+    ("evaluate: truncated checkpoint", lambda t: (_run_folder(t), _truncate(t / "run" / "last.pt"))[0] and
+     ["evaluate", str(t / "run"), "--which", "last", "--cpu"], 1, "last.pt"),
+    ("evaluate: --data with a missing root", lambda t: [
+        "evaluate", str(_run_folder(t)), "--which", "last", "--cpu", "--data", "dense_haze",
+        "--root", str(t / "dat")], 1, "dat"),
+    # -- convert-adm
+    ("convert-adm: missing checkpoint", lambda t: ["convert-adm", str(t / "adm.pt"), str(t / "out")],
+     1, "adm.pt"),
+    ("convert-adm: not a checkpoint", lambda t: (t / "adm.pt").write_text("hello") and
+     ["convert-adm", str(t / "adm.pt"), str(t / "out")], 1, "adm.pt"),
+    # -- train-tiny-prior
+    ("train-tiny-prior: out is a file", lambda t: (t / "f").write_text("x") and
+     ["train-tiny-prior", "--out", str(t / "f"), "--steps", "1"], 1, "is an existing file"),
+    ("train-tiny-prior: out holds other files", lambda t: (t / "d").mkdir() or (t / "d" / "notes.txt").write_text(
+        "mine") and ["train-tiny-prior", "--out", str(t / "d"), "--steps", "1"], 1, "notes.txt"),
+    ("train-tiny-prior: zero steps", lambda t: ["train-tiny-prior", "--out", str(t / "p"), "--steps", "0"],
+     2, "--steps"),
+]
+
+
+@pytest.mark.parametrize("name,setup,status,phrase", CASES, ids=[c[0] for c in CASES])
+def test_a_bad_input_is_one_line_and_changes_nothing(name, setup, status, phrase, tmp_path, monkeypatch,
+                                                     capsys):
+    monkeypatch.chdir(tmp_path)  # the user's own modules are imported from the current folder
+    monkeypatch.syspath_prepend(str(tmp_path))
+    argv = setup(tmp_path)
+    capsys.readouterr()
+    before = _tree(tmp_path)
+    with pytest.raises(SystemExit) if status == 2 else _no_exit() as info:
+        code = cli.main(argv)
+    if status == 2:
+        code = info.value.code
+    err = capsys.readouterr().err
+    assert code == status, err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    if status == 1:
+        assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert phrase in lines[-1], err
+    after = _tree(tmp_path)
+    assert {k: v for k, v in after.items() if k in before} == before, "a file of the user's changed"
+
+
+class _no_exit:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_debug_shows_the_traceback(tmp_path, capsys, monkeypatch):
+    with pytest.raises(ValueError):
+        cli.main(["train", "--out", str(tmp_path / "o"), "--cpu", "--model", "nosuch:Net", "--debug"])
+    monkeypatch.setenv("DIFFLOSS_DEBUG", "1")
+    with pytest.raises(ValueError):
+        cli.main(["train", "--out", str(tmp_path / "o"), "--cpu", "--model", "nosuch:Net"])
+
+
+def test_an_error_from_a_dataloader_worker_is_its_own_last_line():
+    try:
+        raise ValueError("Caught ValueError in DataLoader worker process 0.\nOriginal Traceback (most "
+                         "recent call last):\n  File \"x.py\", line 1\nValueError: cannot decode "
+                         "07_hazy.png (truncated)\n")
+    except ValueError as exc:
+        assert cli.one_line(exc) == "ValueError: cannot decode 07_hazy.png (truncated)"
