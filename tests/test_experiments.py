@@ -221,3 +221,18 @@ def test_runs_without_evaluation_are_logged_and_refused_by_paired_scores(tmp_pat
     assert all("no evaluation (eval_every=0)" in line for line in lines)
     with pytest.raises(ValueError, match="eval_every"):
         paired_scores(runs, ["L1", "MSE"], [0], "test")
+
+
+def test_aligned_curves_pad_a_run_that_stopped_early_with_nan():
+    import math
+
+    from diffloss.experiments import aligned_curves
+    from diffloss.training import History
+
+    full = History(rows=[{"step": s, "test_psnr": 10.0 + s} for s in (0, 2, 4)])
+    short = History(rows=[{"step": 0, "test_psnr": 9.0}, {"step": 1, "test_psnr": None},
+                          {"step": 2, "test_psnr": 11.0}])
+    steps, values = aligned_curves([full, short], "test_psnr")
+    assert steps == [0, 2, 4] and values[0].tolist() == [10.0, 12.0, 14.0]
+    assert values[1, :2].tolist() == [9.0, 11.0] and math.isnan(values[1, 2])
+    assert values.nanmean(0).tolist() == [9.5, 11.5, 14.0]

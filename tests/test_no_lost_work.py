@@ -169,3 +169,27 @@ def test_a_network_nan_only_in_eval_mode_fails_and_writes_no_best(tmp_path, caps
     save_checkpoint(state, tmp_path / "nan.pt")
     assert cli.main(["evaluate", str(tmp_path / "nan.pt"), "--cpu"]) == 1
     assert "non-finite scores" in capsys.readouterr().err
+
+
+# ------------------------------------------------- a full disk: one line, the old file kept
+
+def test_torchs_full_disk_error_is_one_clear_line_and_keeps_the_previous_file(tmp_path, monkeypatch):
+    """torch's zip writer reports a full disk as ``RuntimeError: [enforce fail at
+    inline_container.cc:672] ...`` (40 lines through the CLI, before)."""
+    from diffloss.training import CheckpointError
+    from diffloss.training import checkpoint as C
+
+    c = cfg(tmp_path, iterations=1)
+    train(c, progress=False)
+    before = (Path(c.out) / "last.pt").read_bytes()
+
+    def full(state, f):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 512 vs 448\n"
+                           "frame #0: c10::ThrowEnforceNotMet(...)")
+
+    monkeypatch.setattr(C, "_serialize", full)
+    with pytest.raises(CheckpointError, match="disk is probably full.*previous last.pt is kept") as info:
+        C.save_checkpoint(load_checkpoint(Path(c.out) / "last.pt"), Path(c.out) / "last.pt")
+    assert "\n" not in str(info.value) and "frame #0" not in str(info.value)
+    assert (Path(c.out) / "last.pt").read_bytes() == before
+    assert not list(Path(c.out).glob(".last.pt.*.tmp"))

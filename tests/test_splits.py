@@ -168,3 +168,72 @@ def test_crop_wider_than_the_training_region_is_rejected() -> None:
     # chelsea at max_size 96 is 64×96: its training region is 72 columns wide.
     with pytest.raises(ValueError, match="training region"):
         SyntheticHaze("train", crop=(32, 80), max_size=96)
+
+
+# ------------------------------------------------------- the tiny prior's crops (issue 32)
+
+def _marked_training_photos():
+    """The training photos with every pixel outside the restorers' training region (guard gap,
+    in-distribution test band) set to NaN: a crop that any of them reaches, even through the
+    antialiasing filter of a downscale, has a NaN."""
+    from dataclasses import replace
+
+    marked = []
+    for s in sample_images("train"):
+        img = s.image.clone()
+        img[..., train_columns(img.shape[-1])[1]:] = float("nan")
+        marked.append(replace(s, image=img))
+    return marked
+
+
+@pytest.mark.parametrize("scale_range", [(0.25, 0.6), (0.25, 0.25), (0.6, 0.6), (1.0, 1.0)])
+def test_the_priors_crops_never_touch_a_test_or_guard_pixel(scale_range) -> None:
+    """2,000 crops of the prior's crop generator, at its scales and at their ends (and at full
+    size): not one value comes from outside the training region."""
+    from diffloss.data.samples import prior_training_images
+    from diffloss.priors.tiny import random_crops
+
+    images = prior_training_images(_marked_training_photos())
+    assert [int(i.shape[-1]) for i in images] == [train_columns(w)[1] for w in ORIGINAL_WIDTH.values()]
+    crops = random_crops(images, 2000, 32, torch.Generator().manual_seed(0), scale_range=scale_range)
+    assert crops.shape == (2000, 3, 32, 32) and not crops.isnan().any()
+
+
+def test_the_marks_would_show_a_leak() -> None:
+    """The same check on the whole marked photos (what the prior trained on before): it fails."""
+    from diffloss.priors.tiny import random_crops
+
+    crops = random_crops([s.image for s in _marked_training_photos()], 400, 32,
+                         torch.Generator().manual_seed(0))
+    assert crops.isnan().any(dim=(1, 2, 3)).float().mean() > 0.1
+
+
+def test_train_tiny_learns_from_the_training_region_only(tmp_path, monkeypatch) -> None:
+    """train_tiny takes its pixels from prior_training_images, and says so in provenance.json."""
+    import json
+
+    from diffloss.data import samples
+    from diffloss.priors import train_tiny
+
+    seen = []
+    original = samples.prior_training_images
+
+    def spy(images=None):
+        out = original(images)
+        seen.append([tuple(i.shape) for i in out])
+        return out
+
+    monkeypatch.setattr(samples, "prior_training_images", spy)
+    train_tiny(tmp_path / "p", steps=1, batch_size=2, width=8, n_eval=2, progress=False)
+    assert seen and all(shape[-1] == train_columns(w)[1] for shape, w in zip(seen[0], ORIGINAL_WIDTH.values()))
+    info = json.loads((tmp_path / "p" / "provenance.json").read_text())
+    assert info["train_region"]["columns"] == {n: [0, train_columns(w)[1], w] for n, w in ORIGINAL_WIDTH.items()}
+
+
+def test_the_shipped_prior_names_its_training_region() -> None:
+    import json
+    from importlib.resources import files
+
+    info = json.loads(files("diffloss").joinpath("assets/tiny_prior/provenance.json").read_text())
+    assert info["train_region"]["columns"] == {n: [0, train_columns(w)[1], w] for n, w in ORIGINAL_WIDTH.items()}
+    assert info["heldout_images"] == list(TEST_IMAGES) and info["steps"] == 1200

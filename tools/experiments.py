@@ -77,7 +77,16 @@ def provenance(argv: list[str], t0: float, **extra: Any) -> dict[str, Any]:
                        f"{torch.get_num_threads()} thread(s)",
             "load_average_at_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "wall_time_s": round(time.perf_counter() - t0, 1), **extra}
+            "wall_time_s": round(time.perf_counter() - t0, 1),
+            "prior_train_region": _shipped_prior_region(), **extra}
+
+
+def _shipped_prior_region() -> Any:
+    """The shipped tiny prior's training region, from its provenance (None: not recorded)."""
+    from importlib.resources import files
+
+    info = json.loads(files("diffloss").joinpath("assets/tiny_prior/provenance.json").read_text())
+    return info.get("train_region", {}).get("rule")
 
 
 def knobs(args: argparse.Namespace, argv: list[str]) -> Path:
@@ -87,31 +96,38 @@ def knobs(args: argparse.Namespace, argv: list[str]) -> Path:
     base = TrainConfig.for_profile(profile, None, "cpu", seed=args.seed, eval_every=0)
     tmp = ROOT / "runs" / f"knobs_{profile.name}"
 
-    def val_scores(config: TrainConfig) -> dict[str, float]:
-        h = train(config, overwrite=True, prior=prior, progress=False)
-        from diffloss.training import build_datasets, evaluate
+    from diffloss.parallel import train_in_processes
+    from diffloss.training import build_datasets, evaluate
 
-        v = evaluate(h.model, build_datasets(config).val)
-        return {"val_psnr": v.psnr, "val_ssim": v.ssim}
+    def val_scores(configs: list[TrainConfig]) -> list[dict[str, float]]:
+        """Train the configs (``--parallel`` at a time, each in a one-thread process: the same
+        bits as one after the other) and score each on the validation split only."""
+        runs = (train_in_processes(configs, prior=prior, processes=args.parallel)
+                if args.parallel > 1 else ((train(c, overwrite=True, prior=prior, progress=False), 0.0)
+                                           for c in configs))
+        scores = []
+        for config, (h, _) in zip(configs, runs):
+            v = evaluate(h.model, build_datasets(config).val)
+            scores.append({"val_psnr": v.psnr, "val_ssim": v.ssim})
+            print(config.out, scores[-1], flush=True)
+        return scores
 
     out = ROOT / "results" / f"04_knobs_{profile.name}.json"
     earlier = json.loads(out.read_text()) if args.extend and out.exists() else None
-    if earlier is not None:  # runs are deterministic: keep the rows already measured
-        l1, grid = earlier["l1"], list(earlier["grid"])
-    else:
-        l1, grid = val_scores(base.replace(loss="l1", out=str(tmp / "l1"))), []
-    print(f"L1: {l1}", flush=True)
+    grid = list(earlier["grid"]) if earlier is not None else []  # deterministic: keep what is measured
     done = {(r["gamma"], r["lambda_sem"], tuple(r["t_range"]) if r["t_range"] else None)
             for r in grid}
-    for gamma, lam, t_range in KNOB_GRID:
-        if (gamma, lam, t_range) in done:
-            continue
-        cfg = base.replace(loss="l1+diffloss", gamma=gamma, lambda_sem=lam, t_range=t_range,
-                           out=str(tmp / f"g{gamma}_l{lam}_t{t_range}"))
-        row = {"gamma": gamma, "lambda_sem": lam, "t_range": list(t_range) if t_range else None,
-               **val_scores(cfg)}
-        grid.append(row)
-        print(row, flush=True)
+    todo = [k for k in KNOB_GRID if k not in done]
+    configs = [base.replace(loss="l1+diffloss", gamma=gamma, lambda_sem=lam, t_range=t_range,
+                            out=str(tmp / f"g{gamma}_l{lam}_t{t_range}")) for gamma, lam, t_range in todo]
+    if earlier is None:
+        configs.insert(0, base.replace(loss="l1", out=str(tmp / "l1")))
+    scores = val_scores(configs)
+    l1 = earlier["l1"] if earlier is not None else scores.pop(0)
+    print(f"L1: {l1}", flush=True)
+    for (gamma, lam, t_range), score in zip(todo, scores):
+        grid.append({"gamma": gamma, "lambda_sem": lam, "t_range": list(t_range) if t_range else None,
+                     **score})
     chosen = max(grid, key=lambda r: r["val_psnr"])
     out.parent.mkdir(exist_ok=True)
     record = {"l1": l1, "grid": grid, "chosen": chosen, "selection": "max val_psnr",
@@ -194,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     k = sub.add_parser("knobs", help="choose γ, λ, t_range on the validation split")
     k.add_argument("--profile", default="small")
     k.add_argument("--seed", type=int, default=0)
+    k.add_argument("--parallel", type=int, default=2,
+                   help="runs at a time, each in a process of its own (1: one after the other)")
     k.add_argument("--extend", action="store_true",
                    help="keep the rows of the committed sweep, run only the new grid rows")
     m = sub.add_parser("medium", help="the profile's recipe, longer, on several seeds")

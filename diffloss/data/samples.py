@@ -129,6 +129,16 @@ def sample_images(split: str = "all", max_size: int | None = None) -> list[Sampl
     return images
 
 
+def prior_training_images(images: list[SampleImage] | None = None) -> list[Tensor]:
+    """The pixels the tiny prior may learn from: of each training photo (default: the bundled
+    ones, at full size), only the restorers' training region, columns
+    ``[0, ⌊0.75·width⌋)`` (:func:`train_columns`). The guard gap, the in-distribution test
+    band and the out-of-distribution scenes are cut away *before* any resizing, so that not
+    even an antialiasing filter reaches a test pixel."""
+    images = sample_images("train") if images is None else images
+    return [s.image[..., : train_columns(s.image.shape[-1])[1]] for s in images]
+
+
 def sample_image(name: str, max_size: int | None = None) -> Tensor:
     """One bundled image by name, as a 3×H×W float tensor in [0, 1]."""
     valid = TRAIN_IMAGES + TEST_IMAGES

@@ -1,6 +1,6 @@
 """The tiny prior that ships in ``diffloss/assets/tiny_prior``: its architecture and its training.
 
-A DDPM (Ho et al. 2020, ε-prediction, linear schedule, T = 1000) of about 1.1 M parameters,
+A DDPM (Ho et al. 2020, ε-prediction, linear schedule, T = 1000) of 1.43 M parameters (1,429,227 at ``width=24``),
 trained on crops of the bundled images in minutes on a CPU. Run
 ``diffloss train-tiny-prior --out DIR`` to (re)train it.
 """
@@ -27,7 +27,7 @@ from .wrapper import DiffusionPrior
 
 def tiny_unet_config(sample_size: int = 32, width: int = 24) -> dict[str, Any]:
     """The tiny prior's architecture: 3 levels (width, 2·width, 4·width) of ResNet blocks and
-    self-attention in the middle block only (cheap on a CPU); about 1.1 M parameters at ``width=24``."""
+    self-attention in the middle block only (cheap on a CPU); 1,429,227 parameters at ``width=24``."""
     return dict(
         sample_size=sample_size,
         in_channels=3,
@@ -105,17 +105,21 @@ def _check_prior_output(out: Path) -> None:
                               f"({', '.join(others[:6])}); pass a new or empty folder")
 
 
-def train_tiny(out: str | os.PathLike, steps: int = 2500, batch_size: int = 16, size: int = 32,
+def train_tiny(out: str | os.PathLike, steps: int = 1200, batch_size: int = 16, size: int = 32,
                width: int = 24, lr: float = 2e-3, seed: int = 0, ema_decay: float = 0.995,
                n_eval: int = 96, progress: bool = True, command: str | None = None) -> dict[str, Any]:
     """Train the tiny prior as a DDPM (ε-prediction, linear schedule, T = 1000) on random crops
-    of the *training* split of the bundled images, and write it (EMA weights) with provenance.
+    of the restorers' training region of the bundled training photos
+    (:func:`~diffloss.data.samples.prior_training_images`: no test or guard pixel), and write
+    it (EMA weights) with provenance. The defaults make the shipped prior.
 
     ``command`` is recorded in provenance.json (the CLI passes its command line); by default the
     equivalent ``train_tiny(...)`` call is recorded."""
     from tqdm.auto import tqdm
 
     from ..data import sample_images
+    from ..data import samples
+    from ..data.samples import TRAIN_REGION, train_columns
 
     _check_prior_output(Path(out))  # before training, not after: no work is lost
     torch.manual_seed(seed)
@@ -125,7 +129,7 @@ def train_tiny(out: str | os.PathLike, steps: int = 2500, batch_size: int = 16, 
     ema = UNet2DModel(**tiny_unet_config(size, width))
     ema.load_state_dict(unet.state_dict())
     ema.requires_grad_(False)
-    train_imgs = [s.image for s in sample_images("train")]
+    train_imgs = samples.prior_training_images()  # the restorers' training region only
     test_imgs = [s.image for s in sample_images("test")]
     eval_train = random_crops(train_imgs, n_eval, size, torch.Generator().manual_seed(10_000 + seed))
     eval_test = random_crops(test_imgs, n_eval, size, torch.Generator().manual_seed(20_000 + seed))
@@ -183,6 +187,12 @@ def train_tiny(out: str | os.PathLike, steps: int = 2500, batch_size: int = 16, 
         "eval_loss_at_init_heldout": round(init_loss, 5),
         "eval_protocol": f"{n_eval} crops, 20 evenly spaced t, seeded noise; EMA weights",
         "train_images": [s.name for s in sample_images("train")],
+        "train_region": {
+            "rule": f"columns [0, floor({TRAIN_REGION[1]}*width)) of each training photo at full size "
+                    "(the restorers' training region; never the guard gap, the in-distribution "
+                    "test band or the held-out scenes), cut before any resizing",
+            "columns": {s.name: [0, train_columns(s.image.shape[-1])[1], int(s.image.shape[-1])]
+                        for s in sample_images("train")}},
         "heldout_images": [s.name for s in sample_images("test")],
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),

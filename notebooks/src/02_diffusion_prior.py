@@ -386,6 +386,9 @@ shown_ts = [10, 50, 200, 700]
 fig = image_grid([frames[t] for t in shown_ts],
                  [f"t = {t}: $x_t$ | $z_t$ | " + r"$|\Delta\epsilon_\theta|$" for t in shown_ts],
                  ncols=len(shown_ts), size=2.6)
+for j, kind in enumerate(kinds):  # the rows, named on the figure itself
+    fig.axes[0].text(-0.04, 1 - (j + 0.5) / len(kinds), kind, transform=fig.axes[0].transAxes,
+                     ha="right", va="center", rotation=90, fontsize=8)
 save_figure(fig, "02_eps_difference_vs_t")
 plt.show()
 
@@ -645,10 +648,10 @@ print(f"h-space at t = {t_show}: gain in tolerance over pixels: "
 #
 # ```text
 #    t | PSNR of x0_hat: prior | eps = 0 | gain (dB)
-#   10 |                  36.8 |    32.6 | +4.2
-#   50 |                  30.3 |    21.3 | +8.9
-#  200 |                  24.4 |    10.9 | +13.6
-#  500 |                  17.2 |     6.1 | +11.1
+#   10 |                  36.6 |    32.6 | +4.0
+#   50 |                  30.0 |    21.3 | +8.7
+#  200 |                  23.8 |    10.9 | +13.0
+#  500 |                  17.0 |     6.1 | +10.9
 # ```
 #
 # The prior wins at every $t$, least at small $t$, where there is little noise to remove, and by
@@ -698,9 +701,9 @@ print(f"h-space at t = {t_show}: gain in tolerance over pixels: "
 #
 # ```text
 #    t |        dark |        hazy |       noisy | other image
-#   10 |      0.0012 |      0.0010 |      0.0960 |      0.0053
-#  100 |      0.0221 |      0.0148 |      0.7698 |      0.0762
-#  300 |      0.0528 |      0.0389 |      0.9594 |      0.1735
+#   10 |      0.0013 |      0.0010 |      0.0960 |      0.0052
+#  100 |      0.0269 |      0.0197 |      0.7537 |      0.0670
+#  300 |      0.0616 |      0.0547 |      0.9509 |      0.1699
 # ```
 #
 # Like haze, darkening is a smooth, low-frequency change that the prior mostly keeps as image

@@ -448,6 +448,9 @@ if (medium_dir / "provenance.json").exists():
     prov = json.loads((medium_dir / "provenance.json").read_text())
     print(f"loaded {medium_dir.relative_to(repo_root())}: {prov['command']} | commit {prov['commit'][:10]} "
           f"| {prov['machine']} | {prov['wall_time_s'] / 60:.0f} min")
+    if not prov.get("prior_train_region"):  # recorded since the prior learns from the training region only
+        print("  made with the earlier tiny prior, whose training crops also covered the in-distribution "
+              "test band (not the held-out scenes): its in-distribution numbers may carry that leak")
     medium = {(label, s): History.load(medium_dir / f"{kw['loss']}_seed{s}")
               for s in prov["seeds"] for label, kw in losses.items()}
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
