@@ -117,8 +117,7 @@ def train_tiny(out: str | os.PathLike, steps: int = 1200, batch_size: int = 16, 
     equivalent ``train_tiny(...)`` call is recorded."""
     from tqdm.auto import tqdm
 
-    from ..data import sample_images
-    from ..data import samples
+    from ..data import sample_images, samples
     from ..data.samples import TRAIN_REGION, train_columns
 
     _check_prior_output(Path(out))  # before training, not after: no work is lost

@@ -68,8 +68,9 @@ print(f"prior: {prior_label}" + (f", from {assets.prior_dir}" if assets.prior_di
 # ## 1. Load the prior of this run profile
 #
 # The four run profiles (`DIFFLOSS_PROFILE`): `ci` and `small` use the tiny prior that ships in
-# the repository (a 32×32 diffusers `UNet2DModel` trained on CPU on random crops of the four
-# *training* images, see its `provenance.json`). `gpu` and `paper` use the authors' prior, OpenAI's
+# the repository (a 32×32 diffusers `UNet2DModel` trained on CPU on random crops of the
+# restorers' training region, the left three quarters, of the four *training* images: no pixel
+# of a test split; see its `provenance.json`). `gpu` and `paper` use the authors' prior, OpenAI's
 # ADM 256×256 unconditional ImageNet model, converted to diffusers by
 # `python data_scripts/download_adm_prior.py`. Without it the first code cell above has already
 # stopped with that command (`MissingAssetError`); nothing is swapped in silently. Only with
@@ -143,8 +144,8 @@ if equal < len(ratio):
 # Sampling runs the process backwards from pure noise with a diffusers scheduler, feeding it our
 # prior's $\epsilon_\theta$. DDPM's ancestral sampler (Ho et al., Alg. 2) adds fresh noise at every
 # step; DDIM with $\eta=0$ (Song et al. 2021) is deterministic. Both start from the same noise here
-# and use `profile.sampling_steps` steps. Real training crops of the same size are shown for
-# comparison.
+# and use `profile.sampling_steps` steps. Real crops of the four training photos, of the same
+# size, are shown for comparison.
 
 # %%
 config = scheduler_config(prior.schedule, prior.learned_variance)
@@ -327,8 +328,8 @@ print(f"a uniform t in 0..{T - 1} lands at t > 500 with probability {(T - 1 - 50
 #
 # What it shows:
 #
-# - **The prior does judge.** Over most of the range of $t$ (up to the $t$ printed under the
-#   table) the order is the same: it rejects added noise most, then blur, then a genuine change of
+# - **The prior does judge.** Over the range of $t$ printed under the table the order is the
+#   same: it rejects added noise most, then blur, then a genuine change of
 #   content (the other image), and haze least. Relative to real content, noise is rejected
 #   over an order of magnitude more at small $t$, blur several times more (the factors printed).
 # - **Small $t$** (SNR up to $10^4$): the shares are tiny — with so little noise the prior keeps
@@ -350,8 +351,8 @@ print(f"a uniform t in 0..{T - 1} lands at t > 500 with probability {(T - 1 - 50
 #   $L_\text{nat}$ is larger between two natural images than between an image and its hazy and
 #   blurred versions, and, from a medium $t$ on, its noisy version (the $t$ printed above): $L_\text{nat}$ alone cannot tell
 #   "degraded" from "different". It is a regulariser next to a pixel loss, not a replacement.
-#   The tiny prior sees 32×32 patches of four photographs; a faded, hazy-looking patch is
-#   natural to it.
+#   The tiny prior sees 32×32 patches of the left three quarters of four photographs; a faded,
+#   hazy-looking patch is natural to it.
 #
 # **See it.** Move the slider over $t$: each row is one degradation of the first held-out crop,
 # showing $x_t$ (the clean image noised), $z_t$ (the degraded image under the *same* noise) and
@@ -512,13 +513,13 @@ plt.show()
 # heat map every image is a dark block. The last columns of the table say how much better than
 # pixels that is (the pixel ratio divided by the h-space ratio): h-space is several times more
 # tolerant of additive noise than pixel space (the U-Net's job is to see through noise), and from
-# medium $t$ on more tolerant of blur; for haze the gain stays small (the smallest of the three
-# from medium $t$ on).
-# In absolute terms, though, haze moves an image **furthest** in h-space (the "ratio" columns and
-# the last line): the semantic term does register a hazy version as different, more than a
-# blurred or noisy one — but haze also moves the pixels most, and h-space shrinks that distance
-# the least. As for $\epsilon_\theta$, the signal fades with $t$:
-# all distances shrink by about an order of magnitude between $t=200$ and $t=500$ (the factors
+# medium $t$ on more tolerant of blur; for haze there is the least to gain: from medium $t$ on
+# its "gain" is the smallest of the three, and where it is below 1× h-space is *less* tolerant
+# of haze than pixel space.
+# In absolute terms, haze moves an image **furthest** in h-space (the "ratio" columns and the
+# last line): the semantic term does register a hazy version as different, more than a blurred
+# or noisy one; haze also moves the pixels most. As for $\epsilon_\theta$, the signal fades
+# with $t$: all distances shrink several- to tens-fold between $t=200$ and $t=500$ (the factors
 # printed) and are orders of magnitude smaller still at $t=900$, where every input is mostly the same noise.
 #
 # **Both rankings, printed.** The summary below rests on two different orderings, which are easy
@@ -551,16 +552,16 @@ print(f"h-space at t = {t_show}: gain in tolerance over pixels: "
 # - The tiny prior has learned something real about natural images: it finds the noise in
 #   held-out crops far more easily than in structure-free ones, and its DDPM samples have natural
 #   colours and textures. But it is small: no objects.
-# - The **share** of a difference that the prior rejects ranks the differences the way a judge of
-#   naturalness should (noise > blur > real content > haze), most clearly at small and medium
-#   $t$. $L_\text{nat}$ itself does not rank them that way (the lines above): it also scales with
+# - The **share** of a difference that the prior rejects ranks noise and blur above a real change
+#   of content, as a judge of naturalness should, but haze below it: noise > blur > real content >
+#   haze, most clearly at small and medium $t$ (the weakness named in section 4). $L_\text{nat}$ itself does not rank them that way (the lines above): it also scales with
 #   $\text{SNR}_t$ and with the size of the difference, so a large real change of content (the
 #   other image) can outweigh a blur. At large $t$ it vanishes (for noise and blur it is then
 #   just a pixel MSE scaled by $\text{SNR}_t$).
 # - $h$ keeps image identity through degradations; its distances also vanish at large $t$.
 # - Haze is where the prior helps least, in the sense the lines above print: the smallest share
 #   rejected, the smallest $L_\text{nat}$ at every $t$, and in h-space, from medium $t$ on, the
-#   smallest gain over pixels — even though the h-space distance to a hazy version is the
+#   smallest gain over pixels (below 1×, none at all) — even though the h-space distance to a hazy version is the
 #   largest of the three degradations.
 #   Chapters 04–05 measure whether it still helps a dehazing network.
 #

@@ -207,8 +207,8 @@ print("the frozen prior received no gradient:", all(p.grad is None for p in prio
 # variant trains with the pixel loss alone, exactly as a plain MSE/L1 baseline would.
 #
 # The maps also show *where* the gradient goes: onto edges and texture where $z$ and $x$
-# differ (the hazy background, hardly the near foreground where the haze is thin), and it
-# weakens quickly as $t$ grows (see the maximum over each map).
+# differ (most where the haze is thickest: this crop's depth proxy puts its top farthest away),
+# and it weakens quickly as $t$ grows (see the maximum over each map).
 #
 # **Move $t$ yourself.** The slider runs over more timesteps than the figure: each frame shows
 # $|z-x|$ beside $|\partial L/\partial z|$ at that $t$ (same seeded $\epsilon$), the map scaled to
@@ -316,9 +316,9 @@ print(f"λ·‖∂L_sem/∂z‖ / ‖∂L_DiffLoss/∂z‖ at most {(LAMBDA * se
 # **Magnitude.** $\lVert\partial L_\text{nat}/\partial z\rVert$ is largest at $t = 0$ and falls by
 # several orders of magnitude towards $t = T - 1$: at large $t$, $z_t$ and $x_t$ are nearly the
 # same noise ($z_t - x_t$ shrinks as $\sqrt{\bar\alpha_t}$) and the prior's outputs barely depend
-# on the image. $\lVert\partial L_\text{sem}/\partial z\rVert$ is flat over the first couple of hundred
-# steps, then falls the same way; with $\lambda = 10^{-3}$ its share of the total is negligible
-# (last line above).
+# on the image. $\lVert\partial L_\text{sem}/\partial z\rVert$ starts lower but falls more slowly over
+# the first couple of hundred steps (compare the two columns), then steeply as well; with
+# $\lambda = 10^{-3}$ its share of the total is negligible (last line above).
 #
 # **Direction.** The two ends carry different signals. At small $t$ the gradient is large but
 # only weakly aligned with $x - z$: the noise prediction is most sensitive to fine detail, so the
@@ -459,9 +459,10 @@ frame_viewer({g: gamma_frame(g) for g in gammas}, "γ", value=gamma_star,
 # under the table). At γ\*, where it matters, it slows the climb
 # in PSNR a lot: its gradient is noisy (a fresh $t$ and $\epsilon$ every step, with rare large
 # gradients from small $t$) and only weakly aligned with $x - z$, and Adam's per-pixel step size
-# turns that noise into real moves: after the last step the γ\* image is still visibly hazy
-# where L1 has removed the haze. Used alone, it does move the image towards the ground truth,
-# but only by a fraction of a dB, far less than L1 gains (last line under the table): its
+# turns that noise into real moves: after the last step the γ\* image is still visibly degraded
+# where L1's is clean. Used alone, it ends closer to the ground truth than it started, but only
+# by a fraction of a dB, far less than L1 gains (last line under the table), and not
+# monotonically (the table's rows): its
 # minimum is at $z = x$, yet it is a weak, indirect signal compared with the target itself.
 #
 # That is what a prior is for: not to replace the target where the target is known, but to
@@ -597,8 +598,9 @@ print("\n".join(line for line in block.splitlines() if line.strip()))
 #
 # ## Exercises
 #
-# The solutions work on a small version of section 5's setting (`motorcycle_left` at 64 px, 30
-# Adam steps, the tiny prior) so that each runs in seconds on a CPU. That image is an
+# The solutions use a smaller variant of section 5's optimisation on another image,
+# `motorcycle_left` at 64 px (30 Adam steps, the tiny prior), so that each runs in seconds on a
+# CPU. That image is an
 # out-of-distribution *test* scene: the exercises look at DiffLoss on it, and nothing is chosen
 # from what they print; `tests/test_exercises.py` runs
 # every one of them. Each starts with the same few lines of set-up.
@@ -655,8 +657,8 @@ print("\n".join(line for line in block.splitlines() if line.strip()))
 #
 # Both terms alone move $z$ towards $x$, and $L_\text{sem}$ further: with Adam, which rescales each
 # pixel's step, the *direction* of the gradient matters more than its size, and section 4's table
-# shows $-\partial L_\text{sem}/\partial z$ better aligned with $x-z$ than $-\partial L_\text{nat}/\partial z$ at the
-# small $t$ that dominate. With $\lambda=10^{-3}$, though, $L_\text{sem}$ contributes almost nothing
+# (measured on its validation crop) shows $-\partial L_\text{sem}/\partial z$ better aligned with $x-z$
+# than $-\partial L_\text{nat}/\partial z$ at the small $t$ that dominate. With $\lambda=10^{-3}$, though, $L_\text{sem}$ contributes almost nothing
 # to the sum (section 4): the authors' weighting leaves the loss to the less well-aimed term, with
 # this prior. (Ours is not the authors' prior; this is a question to ask of theirs, too.)
 #
@@ -722,7 +724,8 @@ print("\n".join(line for line in block.splitlines() if line.strip()))
 #
 # </details>
 #
-# **Exercise 3.3 — the effect of `t_range`.** Section 4 suggests `t_range=(0, 200)`. Compare
+# **Exercise 3.3 — the effect of `t_range`.** Section 4 found that $t \le 200$ carries most of the
+# mean gradient norm. Compare
 # `(0, 999)`, `(0, 200)` and `(500, 999)`: the mean gradient norm and the mean cosine of
 # $-\partial L_\text{DiffLoss}/\partial z$ with $x-z$ over a batch of random draws, and the PSNR gain of 30
 # Adam steps with DiffLoss alone.
