@@ -252,8 +252,9 @@ else:
 #
 # On a CPU, the `small` profile trains those runs two at a time, each in a process of its own
 # with one torch thread (`run_paired(parallel=2)`, `diffloss.parallel`). MSBDN.small on 64×64
-# crops keeps about one core busy, so a second process trains a second run in the same wall
-# time, and each run computes the same bits as it would alone: same code, seeds, kernels and
+# crops keeps about one core busy, so two processes train two runs at once; each may run
+# slower than it would alone (compare the seconds of seed 0's runs, trained one at a time, with
+# the others'), and each computes the same bits as it would alone: same code, seeds, kernels and
 # thread count (`tests/test_experiments.py` checks it). The seconds printed are each run's own.
 
 # %%
@@ -314,7 +315,8 @@ plt.show()
 # ## 8. What the restorations look like, by the numbers
 #
 # For each seed, the last checkpoint of each run restores every image of both test splits, and
-# we measure (lower is better for all but PSNR/SSIM):
+# we measure (lower is better for the error measures; for the prior loss 0 means as natural as
+# the ground truth, and a value below 0, like the hazy input's, means smoother, not better):
 #
 # * **PSNR / SSIM**: RGB in [0, 1], mean of per-image values (`diffloss.metrics`);
 # * **colour error** and **structure error**: mean absolute error of the colour map (low-passed
@@ -435,9 +437,10 @@ plt.show()
 # %% [markdown]
 # ## 10. A longer run, loaded
 #
-# A notebook's budget allows a few hundred steps on a CPU. `results/` holds a longer run of the
-# same recipe (`python tools/experiments.py medium --profile small`, with the command, commit,
-# machine and wall time that made it). Its curves are **loaded from disk, not recomputed here**.
+# A notebook's budget allows a few hundred steps on a CPU. `results/` holds a longer run made by
+# an earlier version of this recipe (`python tools/experiments.py medium --profile small`; its
+# provenance, printed below, says which prior, its `config.json` gives its knobs, which may
+# differ from section 5's choice). Its curves are **loaded from disk, not recomputed here**.
 # Its cosine learning-rate schedule spans *its* length, so its step 400 is early in its decay
 # while this chapter's step 400 is the end of ours: the curves are drawn against the **fraction
 # of each run's schedule**, not against the step.
@@ -553,7 +556,8 @@ if (medium_dir / "provenance.json").exists():
 # A result is only as good as the questions it survives. Five of them, each answered by the
 # next cell from this run's numbers:
 #
-# 1. **Out of distribution, is a restoration better than doing nothing?** PSNR says yes, but
+# 1. **Out of distribution, is a restoration better than doing nothing?** The split's mean PSNR
+#    says yes (item 2 looks at the scene where it may not), but
 #    SSIM compares local structure, and a network that has seen four photos can sharpen the
 #    wrong things on a scene it never saw. The cell compares every run's SSIM with the hazy
 #    input's.
@@ -565,9 +569,9 @@ if (medium_dir / "provenance.json").exists():
 #    are easy to denoise, so the hazy input can score as "more natural" than a correct
 #    restoration. The cell prints the input's score beside the restorations'.
 # 4. **Is the knob choice a choice?** The sweep of section 5 trained one seed per setting. Its
-#    top settings are a choice only if they differ by more than a re-run moves: the cell sets
-#    the gap between the two best settings against the spread of this chapter's seeds at the
-#    chosen setting, and against the same setting re-run here (seed 0, today's code).
+#    top settings are a choice only if they differ by more than another seed moves: the cell
+#    sets the gap between the two best settings against the spread of this chapter's seeds at
+#    the chosen setting, and checks the sweep's seed-0 run against the one made here.
 # 5. **Does the longer run change the picture?** Section 10 plots it against the fraction of
 #    its schedule, and item 4 of section 11 gives its paired verdicts.
 
@@ -627,8 +631,8 @@ if (medium_dir / "provenance.json").exists():
 # adds in PSNR and SSIM is measured against L1 in paired seeds; whether a restoration is better
 # than the hazy input out of distribution, and on which scene it fails, is a property of a
 # restorer trained on four photos, with or without DiffLoss. The prior's own verdict cannot
-# referee a loss that is made of it. And a knob "chosen" by a gap smaller than a re-run's
-# spread is a default, not a finding: two seeds per setting would be the next sweep.
+# referee a loss that is made of it. And a knob "chosen" by a gap smaller than the spread
+# between seeds is a default, not a finding: two seeds per setting would be the next sweep.
 #
 # ## Exercises
 #

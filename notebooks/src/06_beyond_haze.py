@@ -35,8 +35,6 @@ from diffloss import current_profile
 from diffloss.data import synthetic_dataset
 from diffloss.experiments import (
     MIN_EFFECT,
-    aligned_curves,
-    diverged,
     input_scores,
     paired_scores,
     portable_config,
@@ -147,10 +145,6 @@ for t in TASK_NAMES:
           f"λ = {profile.lambda_sem:g}, t_range = {profile.t_range}")
     histories[t] = run_paired(bases[t], losses, profile.seeds,
                               repo_root() / "runs" / f"06_{profile.name}" / t, prior=prior)
-gone = [(t, *d) for t in TASK_NAMES for d in diverged(histories[t])]
-print(f"runs that diverged (stopped on a non-finite value): {len(gone)} of "
-      f"{sum(len(h) for h in histories.values())}"
-      + "".join(f"\n  {t}, {label}, seed {s}: at step {step}" for t, label, s, step in gone))
 
 # %% [markdown]
 # ## 4. PSNR against training progress
@@ -164,14 +158,12 @@ fig, axes = plt.subplots(len(TASK_NAMES), 2, figsize=(9, 3.4 * len(TASK_NAMES)),
 for row, t in zip(axes, TASK_NAMES):
     for ax, (split, title) in zip(row, splits.items()):
         for color, label in zip(("C0", "C3"), losses):
-            # NaN where a run has no score: it diverged before that step (run_paired's log says)
-            steps_k, values = aligned_curves([histories[t][label, s] for s in profile.seeds],
-                                             f"{split}_psnr")
-            ax.plot(steps_k, values.nanmean(0), color=color, marker="o", ms=3, label=label)
+            curves = [histories[t][label, s].column(f"{split}_psnr") for s in profile.seeds]
+            values = torch.tensor([c[1] for c in curves])
+            ax.plot(curves[0][0], values.mean(0), color=color, marker="o", ms=3, label=label)
             if len(profile.seeds) > 1:
-                low = torch.where(values.isnan(), float("inf"), values).min(0).values
-                high = torch.where(values.isnan(), float("-inf"), values).max(0).values
-                ax.fill_between(steps_k, low, high, color=color, alpha=0.2)
+                ax.fill_between(curves[0][0], values.min(0).values, values.max(0).values,
+                                color=color, alpha=0.2)
         ax.axhline(baselines[t][split]["psnr"], color="0.4", ls="--", lw=1, label="input")
         ax.set(xlabel="training step", ylabel=f"PSNR, {TASKS[t].metric_space} (dB)",
                title=f"{t} ({bases[t].model}): {title}")
@@ -203,8 +195,7 @@ for ax_row, (t, name, outs) in zip(axes, rows):
     y = TASKS[t].y_channel
     for k, (ax, img) in enumerate(zip(ax_row, outs)):
         ax.imshow(img.clamp(0, 1).permute(1, 2, 0))
-        score = "" if k == 3 else (f": {float(psnr(img[None], outs[3][None], y_channel=y)):.1f} dB"
-                                   + (" (Y)" if y else ""))
+        score = "" if k == 3 else f": {float(psnr(img[None], outs[3][None], y_channel=y)):.1f} dB"
         ax.set_title(f"{t}, {name}\n{titles[k]}{score}" if k == 0 else f"{titles[k]}{score}",
                      fontsize=8)
         ax.axis("off")
@@ -297,12 +288,8 @@ print(f"Scale: {steps}-step runs with the {prior_name} on synthetic data: they t
 # %% [markdown]
 # How to read these lines, whatever they say on your machine:
 #
-# * A verdict needs the same sign in every seed, a mean larger than the seeds' spread and every
-#   seed at least 0.1 dB (0.005 SSIM); anything else is "no consistent difference" or says
-#   which seeds fall short. These words describe the seeds, they do not test significance:
-#   with three seeds, even the same sign in all three has a two-sided sign-test p of 0.25.
-# * A run that diverges (a non-finite loss or gradient) is a result, not a crash: the training
-#   cell names it and its step, its curve ends there, and it counts with its last good scores.
+# * A verdict needs the same sign in every seed, a mean larger than the seeds' spread and at
+#   least 0.1 dB (0.005 SSIM); anything else is "no consistent difference".
 # * The knobs were tuned for haze. A task where DiffLoss does not help with them is not
 #   evidence that it cannot: it says that the setting does not transfer as it is, and that a
 #   validation sweep per task (chapter 04's) is the next step. The weight $\gamma$ is relative
