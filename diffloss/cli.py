@@ -163,7 +163,9 @@ def config_from_args(args: argparse.Namespace) -> Any:
     from .training import TrainConfig
 
     base = TrainConfig.load(args.config).to_dict() if args.config else {}
-    saved = Path(args.out) / "config.json" if getattr(args, "out", None) else None
+    from .training.config import CONFIG_FILE
+
+    saved = Path(args.out) / CONFIG_FILE if getattr(args, "out", None) else None
     if not args.config and getattr(args, "resume", False) and saved is not None and saved.is_file():
         base = TrainConfig.load(saved).to_dict()  # --resume --out X: the run's own config, then the flags
     for f in dataclasses.fields(TrainConfig):

@@ -18,16 +18,16 @@ import os
 import struct
 import subprocess
 import sys
-import threading
 import time
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+from tests.local_server import PayloadServer
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "data_scripts"
@@ -333,39 +333,12 @@ def test_prepare_rebuilds_its_own_output_with_force(tmp_path):
 # ------------------------------------------------------------------------------------------
 
 
-class _Server:
-    """Serves ``payload`` for any GET on 127.0.0.1; records the paths asked for."""
+class _Server(PayloadServer):
+    """The ADM checkpoint's download address on the local server."""
 
     def __init__(self, payload: bytes) -> None:
-        self.payload, self.requests = payload, []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                outer.requests.append(self.path)
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(outer.payload)))
-                self.end_headers()
-                self.wfile.write(outer.payload)
-
-        class Quiet(ThreadingHTTPServer):
-            daemon_threads = True
-
-            def handle_error(self, request, client_address) -> None:
-                pass  # a client hanging up early is not the test's business
-
-        self.httpd = Quiet(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/256x256_diffusion_uncond.pt"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                       daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(payload)
+        self.url = self.root + "256x256_diffusion_uncond.pt"
 
 
 @pytest.fixture(scope="module")

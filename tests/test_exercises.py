@@ -100,22 +100,18 @@ def test_each_chapter_has_two_or_three_exercises_with_solutions(chapter):
     assert len(solutions(src)) == len(numbers), f"{src.name}: every exercise needs one hidden solution"
 
 
-@pytest.mark.parametrize(("src", "index"), CASES)
-def test_solution_runs(src, index, tmp_path, monkeypatch):
+def run_solution(src: Path, index: int) -> str:
+    """Run solution ``index`` of chapter ``src`` as the reader would, in a fresh namespace with
+    one torch thread and any plot closed after; returns what it printed. (Also used by
+    ``tools/refresh_expected.py``, which writes that output into the chapter.)"""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     code = solutions(src)[index]
-    monkeypatch.setenv("DIFFLOSS_FIGURES", str(tmp_path))
-    monkeypatch.setenv("DIFFLOSS_PROFILE", "ci")
-    monkeypatch.chdir(ROOT)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    expected = expected_outputs(src)[index]
-    assert expected is not None, f"{src.name} solution {index + 1} shows no expected output"
-    start = time.perf_counter()
     printed = io.StringIO()
     try:
         with contextlib.redirect_stdout(printed):
@@ -123,9 +119,21 @@ def test_solution_runs(src, index, tmp_path, monkeypatch):
     finally:
         torch.set_num_threads(threads)
         plt.close("all")
+    return printed.getvalue()
+
+
+@pytest.mark.parametrize(("src", "index"), CASES)
+def test_solution_runs(src, index, tmp_path, monkeypatch):
+    monkeypatch.setenv("DIFFLOSS_FIGURES", str(tmp_path))
+    monkeypatch.setenv("DIFFLOSS_PROFILE", "ci")
+    monkeypatch.chdir(ROOT)
+    expected = expected_outputs(src)[index]
+    assert expected is not None, f"{src.name} solution {index + 1} shows no expected output"
+    start = time.perf_counter()
+    printed = run_solution(src, index)
     elapsed = time.perf_counter() - start
     if elapsed > TIME_LIMIT_S:  # the reader's budget, reported; never a failure that depends on the machine
         warnings.warn(f"{src.name} solution {index + 1} took {elapsed:.0f} s (budget {TIME_LIMIT_S} s)",
                       stacklevel=1)
-    assert same_output(printed.getvalue(), expected), (
-        f"{src.name} solution {index + 1} printed\n{printed.getvalue()}\nbut shows\n{expected}")
+    assert same_output(printed, expected), (
+        f"{src.name} solution {index + 1} printed\n{printed}\nbut shows\n{expected}")

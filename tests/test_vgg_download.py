@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -27,6 +25,7 @@ from diffloss.loss import (
     vgg16_weights_available,
     vgg16_weights_path,
 )
+from tests.local_server import PayloadServer
 
 
 def fake_checkpoint() -> tuple[dict[str, torch.Tensor], bytes]:
@@ -45,37 +44,12 @@ def hashed_name(payload: bytes, stem: str = "vggtest") -> str:
     return f"{stem}-{hashlib.sha256(payload).hexdigest()[:8]}.pth"
 
 
-class WeightsServer:
-    """Serves ``payload`` at any path; ``status`` forces an error response."""
+class WeightsServer(PayloadServer):
+    """Serves ``payload`` at any path under ``base``; ``status`` forces an error response."""
 
     def __init__(self, payload: bytes) -> None:
-        self.payload = payload
-        self.status: int | None = None
-        self.requests: list[str] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                server.requests.append(self.path)
-                body = server.payload if server.status is None else b"<html>not found</html>"
-                self.send_response(server.status or 200)
-                self.send_header("Content-Type", "application/octet-stream")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}/models/"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                       daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(payload)
+        self.base = self.root + "models/"
 
 
 @pytest.fixture

@@ -10,8 +10,6 @@ Run `make notebooks` (or `python tools/build_notebooks.py`) and re-execute the c
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import sys
 from pathlib import Path
@@ -27,26 +25,12 @@ def _commented(text: str) -> str:
 
 def refresh(src: Path) -> int:
     """Rewrite the expected outputs of ``src``; returns how many changed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import torch
-
-    from tests.test_exercises import expected_outputs, same_output, solutions
+    from tests.test_exercises import expected_outputs, run_solution, same_output
 
     text, changed = src.read_text(), 0
-    for i, (code, old) in enumerate(zip(solutions(src), expected_outputs(src))):
-        printed = io.StringIO()
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            with contextlib.redirect_stdout(printed):
-                exec(compile(code, f"{src.name}:solution-{i + 1}", "exec"), {"__name__": "__solution__"})
-        finally:
-            torch.set_num_threads(threads)
-            plt.close("all")
-        new = printed.getvalue().rstrip("\n") + "\n"
+    for i, old in enumerate(expected_outputs(src)):
+        printed = run_solution(src, i)
+        new = printed.rstrip("\n") + "\n"
         if old is None or same_output(new, old):
             continue
         before = _commented(old)
