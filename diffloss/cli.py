@@ -90,6 +90,16 @@ def _checked_model(text: str) -> str:
 _checked_model.__name__ = "model"
 
 
+def _gamma_value(text: str) -> float | str | None:
+    """``--gamma``: a number, ``auto`` (the gradient-balance rule) or ``none`` (the term's default)."""
+    if text.strip().lower() in ("auto", "none", "null"):
+        return None if text.strip().lower() != "auto" else "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, auto or none, got {text!r}") from None
+
+
 def _json_object(text: str) -> dict[str, Any] | None:
     """A ``--model-kwargs`` value: a JSON object such as ``'{"width": 32}'`` (``none``: no arguments)."""
     if text.strip().lower() in ("none", "null", ""):
@@ -150,8 +160,10 @@ def _add_train(sub: Any) -> None:
         elif f.name == "model":
             convert = _checked_model
             text = text.rstrip(".") + f"; one of {{{','.join(MODELS)}}} or package.module:ClassName"
-        elif f.name == "model_kwargs":
+        elif f.name in ("model_kwargs", "auto_gamma"):
             convert = _json_object
+        elif f.name == "gamma":
+            convert = _gamma_value
         metavar = f.name.upper() if nargs is None else ("A", "B")
         p.add_argument(*flags, dest=f.name, type=convert, nargs=nargs, default=None, metavar=metavar,
                        help=text)

@@ -74,3 +74,30 @@ class FailsAtStep(TinyNet):
             if self.calls == self.fail_at:
                 raise RuntimeError(f"broken at training call {self.calls}")
         return super().forward(y)
+
+
+
+class Black(nn.Module):
+    """A black image from the start: z = y·ReLU(w) with w = −1, through which no gradient passes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.full((1,), -1.0))
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return y * torch.relu(self.w)
+
+
+class GoesBlack(nn.Module):
+    """Returns its input until its first training forward pass, a black image after it: a run
+    that collapses in its first step (IAT's collapse in chapter 06, made certain)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(1))
+        self.register_buffer("trained", torch.zeros(()))
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.trained.fill_(1.0)
+        return y * self.w * (1 - self.trained)

@@ -180,3 +180,15 @@ def test_a_local_official_checkpoint_loads(tmp_path, reference):
     (tmp_path / "bad.pth").write_bytes(b"junk")
     with pytest.raises(ValueError, match="bad.pth is not a readable PyTorch state dict"):
         IAT.from_official_checkpoint(tmp_path / "bad.pth")
+
+
+def test_stages_show_the_clamp_before_the_gamma() -> None:
+    from diffloss.models.iat import IAT
+
+    torch.manual_seed(0)
+    net = IAT().eval()
+    y = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        s = net.stages(y)
+        assert torch.allclose(s["mixed"].clamp(1e-8, 1) ** s["gamma"].view(-1, 1, 1, 1), s["z"])
+        assert torch.equal(s["z"], net(y))

@@ -132,7 +132,7 @@ def test_the_same_process_cannot_take_a_held_lock_twice(tmp_path):
     ({"betas": 0.9}, r"betas must be a list of 2 values \(a number, a number\), got 0.9"),
     ({"lr": "fast"}, r"lr must be a number, got the string 'fast'"),
     ({"seed": True}, r"seed must be an integer, got True \(bool\)"),
-    ({"gamma": [1.0]}, r"gamma must be a number or null \(None\), got \[1.0\]"),
+    ({"gamma": [1.0]}, r"gamma must be a number or a string or null \(None\), got \[1.0\]"),
     ({"t_range": [0, "x"]}, r"t_range must be a list of 2 values"),
     ({"loss": 3}, r"loss must be a string, got 3 \(int\)"),
 ])

@@ -3,6 +3,7 @@
     python tools/experiments.py knobs --profile small     # γ, λ, t_range chosen on validation
     python tools/experiments.py medium --profile small    # the same recipe, more steps, 3 seeds
     python tools/experiments.py cheaper --profile small   # cheaper DiffLoss options, paired seeds
+    python tools/experiments.py rho --profile small       # gamma="auto"'s default rho, from knobs
 
 ``knobs`` trains L1 + DiffLoss (and L1, for reference) for each setting of a small grid on one
 seed and scores the **validation** split only; the setting with the best validation PSNR is
@@ -203,6 +204,38 @@ def cheaper(args: argparse.Namespace, argv: list[str]) -> Path:
     return out
 
 
+def rho(args: argparse.Namespace, argv: list[str]) -> Path:
+    """The default ρ of ``gamma="auto"``, from haze validation: the pull of the knob sweep's best
+    γ (``results/04_knobs_<profile>.json``, chosen on validation only) at the initial weights,
+    measured as the trainer's rule measures it (its first batches, the median), on each seed."""
+    import statistics
+
+    from diffloss.training.balance import initial_pull
+
+    t0 = time.perf_counter()
+    profile = profiles.get(args.profile)
+    knobs = json.loads((ROOT / "results" / f"04_knobs_{profile.name}.json").read_text())["chosen"]
+    prior = load_profile_prior(profile)
+    rows = []
+    for seed in args.seeds:
+        config = TrainConfig.for_profile(profile, None, "cpu", seed=seed, loss="l1+diffloss",
+                                         gamma=knobs["gamma"], lambda_sem=knobs["lambda_sem"],
+                                         t_range=knobs["t_range"])
+        b = initial_pull(config, prior)  # as the trainer's gamma="auto" measures
+        rows.append({"seed": seed, "ratios": b.ratios, "median_ratio": statistics.median(b.ratios),
+                     "pull_at_chosen_gamma": b.pull(knobs["gamma"])})
+        print(rows[-1], flush=True)
+    pull = statistics.mean(r["pull_at_chosen_gamma"] for r in rows)
+    out = ROOT / "results" / f"rho_{profile.name}.json"
+    out.write_text(json.dumps({
+        "chosen_knobs": knobs, "model": config.model, "task": "dehaze (synthetic)", "seeds": rows,
+        "mean_pull": pull, "rho": float(f"{pull:.1g}"),
+        "rule": "rho = the mean over seeds of gamma_chosen * median(|grad diffloss| / |grad l1|) "
+                "on the first AUTO_BATCHES training batches at the initial weights, to 1 significant digit",
+        "provenance": provenance(argv, t0, seeds=list(args.seeds))}, indent=1) + "\n")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -222,10 +255,13 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("cheaper", help="cheaper DiffLoss options against full DiffLoss and L1")
     c.add_argument("--profile", default="small")
     c.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    r = sub.add_parser("rho", help="the default rho of gamma='auto', from the sweep's best gamma")
+    r.add_argument("--profile", default="small")
+    r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    out = {"knobs": knobs, "medium": medium, "cheaper": cheaper}[args.command](args, argv)
+    out = {"knobs": knobs, "medium": medium, "cheaper": cheaper, "rho": rho}[args.command](args, argv)
     print(f"wrote {out.relative_to(ROOT)}")
     return 0
 

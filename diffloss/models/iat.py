@@ -194,16 +194,24 @@ class IAT(nn.Module):
         self.local_branch = LocalBranch(in_channels)
         self.global_branch = GlobalBranch(in_channels) if with_global else None
 
+    def stages(self, y: Tensor) -> dict[str, Tensor]:
+        """Every intermediate of ``z = clamp(C·(y·M + A), 1e-8, 1)^γ``: ``mul`` (M), ``add`` (A),
+        ``local`` (y·M + A), ``mixed`` (C·local, what the clamp acts on), ``gamma``, ``color``
+        (C) and ``z``; without the global branch, ``z`` is ``local``."""
+        mul, add = self.local_branch(y)
+        local = y * mul + add
+        if self.global_branch is None:
+            return {"mul": mul, "add": add, "local": local, "z": local}
+        gamma, color = self.global_branch(y)
+        mixed = torch.einsum("bij,bjhw->bihw", color, local)          # C applied per pixel
+        z = mixed.clamp(1e-8, 1.0) ** gamma.view(-1, 1, 1, 1)         # then the gamma
+        return {"mul": mul, "add": add, "local": local, "mixed": mixed, "gamma": gamma,
+                "color": color, "z": z}
+
     def components(self, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(M, A, z)``: the multiplication and addition maps and the enhanced image."""
-        mul, add = self.local_branch(y)
-        z = y * mul + add
-        if self.global_branch is None:
-            return mul, add, z
-        gamma, color = self.global_branch(y)
-        z = torch.einsum("bij,bjhw->bihw", color, z)                  # C applied per pixel
-        z = z.clamp(1e-8, 1.0) ** gamma.view(-1, 1, 1, 1)             # then the gamma
-        return mul, add, z
+        s = self.stages(y)
+        return s["mul"], s["add"], s["z"]
 
     def forward(self, y: Tensor) -> Tensor:
         return self.components(y)[2]

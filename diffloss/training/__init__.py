@@ -8,6 +8,9 @@ One concern a module, in the order a run uses them:
   are a pure function of ``(seed, step)``, so a resumed run sees the same batches.
 - :mod:`.terms` — the loss: fidelity plus the registered terms (DiffLoss, perceptual,
   adversarial), ``L_total = fidelity(z, x) + Σ γ_k·term_k(z, x)`` (seed Eq. 8).
+- :mod:`.balance` — ``gamma="auto"``: an extra term's γ set so that its pull on the network,
+  γ·‖∇θ term‖ / ‖∇θ fidelity‖, is a target ρ (:func:`balance_gamma`, also for your own loop).
+- :mod:`.collapse` — a run whose output goes black (or worse than its input) is reported once.
 - :mod:`.loop` — :func:`train` and :func:`train_step`, the step on one screen.
 - :mod:`.evaluation` — whole-image or tiled restoration and PSNR/SSIM over a dataset.
 - :mod:`.ema`, :mod:`.checkpoint`, :mod:`.atomic`, :mod:`.rundir`, :mod:`.history`,
@@ -17,6 +20,7 @@ One concern a module, in the order a run uses them:
 The command line is ``diffloss train`` (:mod:`diffloss.cli`).
 """
 
+from .balance import DEFAULT_RHO, GammaBalance, balance_gamma
 from .build import MODELS, build_model, load_prior
 from .checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from .config import TrainConfig
@@ -40,7 +44,7 @@ from .terms import (
 )
 
 __all__ = [
-    "EMA", "FIDELITIES", "LOSS_TERMS", "MODELS", "CheckpointError", "Datasets", "EvalResult",
+    "DEFAULT_RHO", "EMA", "FIDELITIES", "GammaBalance", "balance_gamma", "LOSS_TERMS", "MODELS", "CheckpointError", "Datasets", "EvalResult",
     "History", "LossTerm", "NonFiniteLossError", "RunFolderLocked", "StepBatchSampler", "TrainConfig",
     "TrainingInterrupted", "build_datasets", "build_model", "build_terms", "eval_max_size_for",
     "evaluate", "gradient_ratio", "load_checkpoint", "load_model", "load_prior", "loss_parts",

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,11 +15,12 @@ import torch
 from .atomic import atomic_write_text
 from .build import check_model_name
 from .fieldtypes import check_field_types, yaml_loader
+from .ranges import check_numbers
 from .tasks import TASKS, task_of_layout
 from .terms import LOSS_TERMS, PRIOR_INPUTS, parse_loss
 
 __all__ = ["TrainConfig", "CONFIG_FILE", "DATA", "SCHEDULES", "MIXED_PRECISION",
-           "RESUMABLE_CHANGES", "eval_max_size_for", "lr_factor"]
+           "RESUMABLE_CHANGES", "eval_max_size_for"]
 
 #: ``data`` values: the offline default and the folder layouts of :class:`PairedImageDataset`.
 DATA: tuple[str, ...] = ("synthetic", "dense_haze", "lol", "rain")
@@ -31,7 +31,7 @@ CONFIG_FILE = "config.json"
 #: Config fields that may change when a run is resumed; any other difference is an error.
 RESUMABLE_CHANGES: frozenset[str] = frozenset(
     {"iterations", "epochs", "eval_every", "save_every", "out", "workers", "eval_tile",
-     "eval_overlap", "root", "compile_prior", "log_every"}
+     "eval_overlap", "root", "compile_prior", "log_every", "auto_gamma", "stop_on_collapse"}
 )
 
 
@@ -77,7 +77,12 @@ class TrainConfig:
             ``"mse+diffloss"``, ... (see :func:`valid_losses`).
         gamma: γ, weight of the extra term(s); ``None`` (default) takes each term's own default
             (:attr:`LossTerm.default_gamma`): 1e-3 for DiffLoss (the authors' value) and the
-            perceptual loss, 5e-3 for the adversarial loss (the supplement's values).
+            perceptual loss, 5e-3 for the adversarial loss (the supplement's values); ``"auto"``:
+            each term's γ set by the gradient-balance rule before step 1, γ = ρ / mean of
+            ‖∇θ term‖ / ‖∇θ fidelity‖ over the first training batches (:mod:`~diffloss.training.balance`).
+        rho: ρ, the target pull of ``gamma="auto"`` (default :data:`~diffloss.training.balance.DEFAULT_RHO`).
+        auto_gamma: the γ of each term that ``gamma="auto"`` measured; written by the trainer
+            into ``config.json`` (a resume reuses it; give it to repeat a run without measuring).
         vgg_weights: the perceptual loss's VGG16 weights, ``"IMAGENET1K_V1"`` (from the local
             torch hub cache; never downloaded) or ``None``: random weights, a random-feature
             control that is *not* the perceptual loss (:class:`~diffloss.loss.PerceptualLoss`).
@@ -124,6 +129,8 @@ class TrainConfig:
             so a run still stops with nothing from the bad step on applied. Every step still
             gets its history row.
         out: output folder (config.json, history.csv/json, last.pt, best.pt).
+        stop_on_collapse: stop (``last.pt`` saved) when the run collapses
+            (:mod:`~diffloss.training.collapse`); it is reported once either way.
         workers: DataLoader worker processes.
     """
 
@@ -140,7 +147,9 @@ class TrainConfig:
     val: int | None = None
 
     loss: str = "l1"
-    gamma: float | None = None
+    gamma: float | str | None = None
+    rho: float | None = None
+    auto_gamma: dict[str, float] | None = None
     vgg_weights: str | None = "IMAGENET1K_V1"
     disc_channels: int = 64
     prior: str = "tiny"
@@ -178,6 +187,7 @@ class TrainConfig:
     save_every: int | None = None
     log_every: int | None = None
     out: str = "runs/train"
+    stop_on_collapse: bool = False
     workers: int = 0
 
     def __post_init__(self) -> None:
@@ -213,51 +223,7 @@ class TrainConfig:
                              "root='data' (--root data)")
         if self.vgg_weights is not None and self.vgg_weights.strip().lower() in ("none", "null", ""):
             self.vgg_weights = None
-        self._check_numbers()
-
-    def _check_numbers(self) -> None:
-        """Every number in its valid range: a bad value is one clear ``ValueError`` naming the
-        field, never a run that trains backwards (``grad_clip < 0``), stands still
-        (``grad_clip = 0``) or turns into NaN (``lr = inf``)."""
-        def need(ok: bool, name: str, rule: str) -> None:
-            if not ok:
-                raise ValueError(f"{name} must be {rule}, got {getattr(self, name)!r}")
-
-        def finite(name: str) -> bool:
-            value = getattr(self, name)
-            return isinstance(value, (int, float)) and not isinstance(value, bool) and \
-                math.isfinite(value)
-
-        for name in ("crop", "iterations", "batch", "grad_accum", "disc_channels"):
-            need(int(getattr(self, name)) >= 1, name, ">= 1")
-        for name in ("eval_every", "warmup", "workers", "eval_overlap", "data_seed", "seed"):
-            need(int(getattr(self, name)) >= 0, name, ">= 0")
-        for name in ("max_size", "train_items", "eval_max_size", "save_every", "prior_size",
-                     "eval_tile"):
-            need(getattr(self, name) is None or int(getattr(self, name)) >= 1, name,
-                 "None or an integer >= 1")
-        need(finite("lr") and self.lr > 0, "lr", "a finite number > 0")
-        need(finite("min_lr") and 0 <= self.min_lr <= self.lr, "min_lr", "finite, in [0, lr]")
-        need(finite("weight_decay") and self.weight_decay >= 0, "weight_decay", "finite and >= 0")
-        need(finite("lambda_sem") and self.lambda_sem >= 0, "lambda_sem", "finite and >= 0")
-        need(finite("nat_weight") and self.nat_weight >= 0, "nat_weight", "finite and >= 0")
-        need(self.gamma is None or (finite("gamma") and self.gamma >= 0), "gamma",
-             "None or a finite number >= 0")
-        need(self.grad_clip is None or (finite("grad_clip") and self.grad_clip > 0), "grad_clip",
-             "None (no clipping) or a finite max-norm > 0")
-        need(all(math.isfinite(b) and 0 <= b < 1 for b in self.betas), "betas",
-             "two numbers in [0, 1)")
-        need(self.ema is None or (finite("ema") and 0.0 < self.ema < 1.0), "ema",
-             "None or a decay in (0, 1)")
-        need(self.val is None or int(self.val) >= 0, "val", "None or >= 0")
-        need(finite("diffloss_fraction") and 0 < self.diffloss_fraction <= 1, "diffloss_fraction",
-             "in (0, 1]")
-        need(int(self.diffloss_every) >= 1, "diffloss_every", ">= 1")
-        need(self.log_every is None or int(self.log_every) >= 1, "log_every", "None or >= 1")
-        need(self.epochs is None or (finite("epochs") and self.epochs > 0), "epochs",
-             "None or a finite number > 0")
-        if self.eval_tile is not None and self.eval_tile <= 2 * self.eval_overlap:
-            raise ValueError(f"eval_tile ({self.eval_tile}) must exceed 2·eval_overlap ({self.eval_overlap})")
+        check_numbers(self)
 
     # -- derived -------------------------------------------------------------------------------
     @property
@@ -272,6 +238,11 @@ class TrainConfig:
 
     def gamma_for(self, term: str) -> float:
         """γ of the extra term ``term``: ``gamma`` when set, else the term's default."""
+        if self.gamma == "auto":
+            if term not in (self.auto_gamma or {}):
+                raise ValueError(f"gamma='auto' has no measured γ for {term!r} yet: the trainer measures "
+                                 "it before step 1 (in your own loop: diffloss.training.balance_gamma)")
+            return float(self.auto_gamma[term])  # type: ignore[index]
         return float(self.gamma) if self.gamma is not None else LOSS_TERMS[term].default_gamma
 
     def resolved_mixed_precision(self) -> str:
@@ -382,17 +353,3 @@ def eval_max_size_for(profile: str, device: str | torch.device) -> int | None:
         return None
     return 128 if profile == "ci" else 256
 
-
-def lr_factor(config: TrainConfig, iterations: int) -> Callable[[int], float]:
-    """Linear warm-up over ``warmup`` steps, then constant or cosine decay to ``min_lr``."""
-    warmup, ratio = config.warmup, config.min_lr / config.lr
-
-    def factor(step: int) -> float:  # step = optimiser steps done so far
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        if config.schedule == "constant":
-            return 1.0
-        progress = min(1.0, (step - warmup) / max(1, iterations - warmup))
-        return ratio + (1 - ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return factor

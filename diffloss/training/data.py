@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from .config import TrainConfig
 
 __all__ = ["Datasets", "Downscaled", "KeyedPairs", "StepBatchSampler", "build_datasets",
-           "eval_max_size_for", "mix_seed"]
+           "eval_max_size_for", "first_batches", "mix_seed"]
 
 
 class KeyedPairs(Dataset):
@@ -170,6 +170,19 @@ class StepBatchSampler:
         while True:
             yield self.keys(m)
             m += 1
+
+
+def first_batches(train_ds: Dataset, config: TrainConfig, k: int, rank: int = 0,
+                  world: int = 1) -> list[tuple[Tensor, Tensor]]:
+    """The run's first ``k`` training batches ``(degraded, clean)``, as its steps will see them."""
+    sampler = StepBatchSampler(len(train_ds), config.batch, config.seed, rank=rank,  # type: ignore[arg-type]
+                               world=world)
+    keyed = KeyedPairs(train_ds)
+    batches = []
+    for _, keys in zip(range(k), sampler):
+        items = [keyed[key] for key in keys]
+        batches.append((torch.stack([y for y, _ in items]), torch.stack([x for _, x in items])))
+    return batches
 
 
 def mix_seed(*values: int) -> int:

@@ -23,7 +23,13 @@ from torch.utils.data import Dataset
 
 from ..metrics import psnr, ssim
 
-__all__ = ["EvalResult", "evaluate", "forward_fn", "restore"]
+__all__ = ["EvalResult", "evaluate", "forward_fn", "restore", "saturated_share"]
+
+
+def saturated_share(image: Tensor) -> float:
+    """The share of the values of an image in [0, 1] within 1/255 of 0 or 1 (at the clamp;
+    :mod:`.collapse`)."""
+    return float(((image <= 1 / 255) | (image >= 1 - 1 / 255)).float().mean())
 
 
 def forward_fn(model: nn.Module) -> Callable[[Tensor], Tensor]:
@@ -88,6 +94,7 @@ class EvalResult:
     seconds: float
     space: str = "RGB"
     lpips: float | None = None
+    saturated: float | None = None  # share of output values at the clamp (:mod:`.collapse`)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -123,7 +130,8 @@ def evaluate(model: nn.Module, dataset: Dataset, tile: int | None = None, overla
                 pred = restore(model, degraded[None].to(dev), tile=tile, overlap=overlap)
                 target = clean[None].to(dev)
                 row = {"name": name, "psnr": float(psnr(pred, target, y_channel=y_channel)),
-                       "ssim": float(ssim(pred, target, y_channel=y_channel))}
+                       "ssim": float(ssim(pred, target, y_channel=y_channel)),
+                       "saturated": saturated_share(pred)}
                 if lpips is not None:
                     row["lpips"] = float(lpips(pred.clamp(0, 1), target)[0])
                 rows.append(row)
@@ -134,7 +142,7 @@ def evaluate(model: nn.Module, dataset: Dataset, tile: int | None = None, overla
 
     return EvalResult(psnr=mean("psnr"), ssim=mean("ssim"), per_image=rows,
                       seconds=time.perf_counter() - t0, space="Y" if y_channel else "RGB",
-                      lpips=mean("lpips") if lpips is not None else None)
+                      lpips=mean("lpips") if lpips is not None else None, saturated=mean("saturated"))
 
 
 def check_finite_scores(res: EvalResult, split: str, step: int, checkpoint: Path | None) -> None:

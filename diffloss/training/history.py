@@ -17,7 +17,7 @@ from .atomic import atomic_write_text
 from .checkpoint import BEST, LAST
 from .config import CONFIG_FILE, TrainConfig
 
-__all__ = ["History", "HISTORY_CSV", "HISTORY_JSON", "history_columns"]
+__all__ = ["History", "HISTORY_CSV", "HISTORY_JSON", "history_columns", "run_meta"]
 
 HISTORY_CSV = "history.csv"
 HISTORY_JSON = "history.json"
@@ -48,6 +48,16 @@ class History:
     meta: dict[str, Any] = field(default_factory=dict)
     model: nn.Module | None = field(default=None, repr=False)
     raw_model: nn.Module | None = field(default=None, repr=False)
+
+    def resume_from(self, state: dict[str, Any]) -> None:
+        """The rows, evaluations and best of a run saved at ``state["step"]`` (``last.pt``), and
+        its first step's time (kept by a resume that runs no step)."""
+        start = int(state["step"])
+        if "first_step_seconds" in (state.get("meta") or {}):
+            self.meta["first_step_seconds"] = state["meta"]["first_step_seconds"]
+        self.rows = [r for r in state.get("history", []) if r["step"] <= start]
+        self.best = state.get("best")
+        self.evals = [e for e in state.get("evals", []) if e["step"] <= start]
 
     # -- access -----------------------------------------------------------------------------
     @property
@@ -144,3 +154,17 @@ def history_columns(config: TrainConfig, has_val: bool, test_splits: list[str]) 
     if has_val:
         cols += ["val_psnr", "val_ssim"]
     return cols
+
+
+def run_meta(config: TrainConfig, world: int, device: Any, mixed: str, iterations: int, n_train: int,
+             val_ds: Any, tests: dict[str, Any]) -> dict[str, Any]:
+    """``history.meta`` at the start of a run: where and how it runs, and on what."""
+    from .tasks import TASKS
+
+    return {"world_size": world, "device": str(device), "mixed_precision": mixed,
+            "metric_space": TASKS[str(config.task)].metric_space, "iterations": iterations,
+            "train_items": n_train, "val_items": 0 if val_ds is None else len(val_ds),
+            "test_items": {k: len(d) for k, d in tests.items()},
+            "best_selection": ("val_psnr" if val_ds is not None else
+                               "none: no validation split, best.pt is not written "
+                               "(report the last checkpoint)")}

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from .balance import resolve_auto_gamma
 from .build import build_model, check_restorer
 from .checkpoint import (
     BEST,
@@ -37,7 +38,8 @@ from .checkpoint import (
     seed_all,
     set_rng_state,
 )
-from .config import CONFIG_FILE, TrainConfig, lr_factor
+from .collapse import CollapseWatch
+from .config import CONFIG_FILE, TrainConfig
 from .data import KeyedPairs, StepBatchSampler, build_datasets, mix_seed
 from .distributed import barrier, fused_adam, has_scaler, make_accelerator
 from .ema import EMA
@@ -51,8 +53,9 @@ from .guards import (
     discriminator_step,
     read_all,
 )
-from .history import History, history_columns
+from .history import History, history_columns, run_meta
 from .lock import RunLock
+from .lr import lr_factor
 from .rundir import check_resume_config, clear_old_run, lock_run_folder, open_run_folder
 from .step import train_step
 from .tasks import TASKS
@@ -121,9 +124,10 @@ def _train(config: TrainConfig, accelerator: Any, lock: RunLock | None, progress
     n_train = len(train_ds)  # type: ignore[arg-type]
     iterations = (math.ceil(config.epochs * n_train / (config.batch * world * config.grad_accum))
                   if config.epochs is not None else config.iterations)
-    # The frozen prior is only moved to the device: accelerator.prepare (DDP) would wrap a
-    # module without trainable parameters for nothing.
+    # The frozen prior is only moved to the device (accelerator.prepare would wrap it for nothing).
     terms = {k: t.to(device) for k, t in build_terms(config, prior).items()}
+    config, rule = resolve_auto_gamma(config, model, train_ds, terms, device,  # gamma="auto"
+                                      state["config"] if state is not None else None, rank, world)
     if state is not None and int(state["step"]) > iterations:
         raise ValueError(f"cannot resume {out} with iterations={iterations}: the run is already at step "
                          f"{int(state['step'])}. Nothing was changed. Pass a larger --iterations to "
@@ -142,28 +146,18 @@ def _train(config: TrainConfig, accelerator: Any, lock: RunLock | None, progress
                                  weight_decay=config.weight_decay, fused=fused_adam(device))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config, iterations))
     history = History(columns=history_columns(config, val_ds is not None, list(tests)), config=config,
-                      folder=out, meta={
-                          "world_size": world, "device": str(device), "mixed_precision": mixed,
-                          "metric_space": TASKS[str(config.task)].metric_space,
-                          "iterations": iterations, "train_items": n_train,
-                          "val_items": 0 if val_ds is None else len(val_ds),  # type: ignore[arg-type]
-                          "test_items": {k: len(d) for k, d in tests.items()},  # type: ignore[arg-type]
-                          "best_selection": ("val_psnr" if val_ds is not None else
-                                             "none: no validation split, best.pt is not written "
-                                             "(report the last checkpoint)")})
+                      folder=out, meta=run_meta(config, world, device, mixed, iterations, n_train, val_ds, tests))
+    if rule:
+        history.meta["gamma_rule"] = rule  # what gamma="auto" measured (config.json: auto_gamma)
     if lock is not None and lock.stale is not None:
         history.meta["stale_lock"] = lock.stale  # a crashed run held the folder before
     start, elapsed0, last_good = 0, 0.0, None
     done, saved, dirty = 0, 0, False  # last finished step, last saved; a failure saves `done` first
     if state is not None:
         load_weights(model, state["model"], f"cannot resume {out}: the weights in {LAST}", repr(config.model))
-        if "first_step_seconds" in (state.get("meta") or {}):  # kept by a resume that runs no step
-            history.meta["first_step_seconds"] = state["meta"]["first_step_seconds"]
+        history.resume_from(state)
         start, elapsed0 = int(state["step"]), float(state.get("elapsed", 0.0))
         done = saved = start
-        history.rows = [r for r in state.get("history", []) if r["step"] <= start]
-        history.best = state.get("best")
-        history.evals = [e for e in state.get("evals", []) if e["step"] <= start]
         scheduler.load_state_dict(state["scheduler"])
         last_good = out / LAST
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -186,6 +180,8 @@ def _train(config: TrainConfig, accelerator: Any, lock: RunLock | None, progress
     batches = iter(DataLoader(KeyedPairs(train_ds), batch_sampler=sampler,
                               num_workers=config.workers, pin_memory=device.type == "cuda"))
     eval_model = ema.shadow if ema is not None else raw
+    watch = CollapseWatch.for_run(config, val_ds, tests, device) if main_proc else None
+    collapsed = False  # stop_on_collapse: stop at this evaluation
     t_start = time.perf_counter()
 
     def elapsed() -> float:
@@ -201,6 +197,9 @@ def _train(config: TrainConfig, accelerator: Any, lock: RunLock | None, progress
                 history.evals.append({"step": step, "split": split, **res.to_dict()})
                 scores[split] = res
                 check_finite_scores(res, split, step, last_good)  # NaN: a failure, never a best.pt
+            if watch is not None and watch.notice(step, scores, history.meta, step >= iterations):
+                nonlocal collapsed
+                collapsed = config.stop_on_collapse
             v = scores.get("val")
             if v is not None and step > 0 and (history.best is None or v.psnr > history.best["val_psnr"]):
                 history.best = {"step": step, "val_psnr": v.psnr, "val_ssim": v.ssim,
@@ -252,11 +251,10 @@ def _train(config: TrainConfig, accelerator: Any, lock: RunLock | None, progress
         if isinstance(exc, NonFiniteLossError):
             exc.checkpoint = out / LAST
 
-    bar = None
-    if progress and main_proc:
-        from tqdm.auto import tqdm
+    from tqdm.auto import tqdm
 
-        bar = tqdm(total=iterations, initial=start, desc=config.loss, dynamic_ncols=True)
+    bar = tqdm(total=iterations, initial=start, desc=config.loss, dynamic_ncols=True) \
+        if progress and main_proc else None
     last_psnr = next((r["test_psnr"] for r in reversed(history.rows)
                       if r.get("test_psnr") is not None), None)
     save_every = config.save_every or config.eval_every or iterations
@@ -354,7 +352,7 @@ def _train(config: TrainConfig, accelerator: Any, lock: RunLock | None, progress
                     if last_psnr is not None:
                         post["test_psnr"] = f"{last_psnr:.2f}"
                     bar.set_postfix(post, refresh=False)
-                stop = stop or bool(signals)  # Ctrl-C / SIGTERM: save last.pt, then stop
+                stop = stop or bool(signals) or collapsed  # Ctrl-C / SIGTERM: save last.pt, then stop
                 if world > 1:
                     flag = torch.tensor([1.0 if stop else 0.0], device=device)
                     stop = bool(accelerator.reduce(flag, "sum").item() > 0)
@@ -390,6 +388,8 @@ def _train(config: TrainConfig, accelerator: Any, lock: RunLock | None, progress
 
     if main_proc:
         history.meta["finished"] = step >= iterations
+        if collapsed:
+            history.meta["stopped"] = f"collapse at step {step} (stop_on_collapse); {out / LAST} saved"
         if device.type == "cuda":
             history.meta["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
         history.write_json()
