@@ -144,3 +144,17 @@ def test_initial_pull_measures_what_the_trainer_measures(tmp_path: Path, tiny_pr
     run = train(config, progress=False, prior=tiny_prior)
     assert measured.gamma == run.config.auto_gamma["diffloss"]
     assert measured.pull(measured.gamma) == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("loss, extra", [("l1+perceptual", {"vgg_weights": None}), ("l1+adversarial", {"disc_channels": 4, "crop": 32}),
+                                         ("l1+diffloss+perceptual", {"vgg_weights": None})])
+def test_the_rule_sets_every_extra_term(tmp_path: Path, tiny_prior, loss, extra) -> None:
+    h = train(cfg(tmp_path, loss=loss, iterations=1, **extra), progress=False, prior=tiny_prior)
+    terms = loss.split("+")[1:]
+    assert set(h.config.auto_gamma) == set(terms) and all(g > 0 for g in h.config.auto_gamma.values())
+    assert all(h.meta["gamma_rule"][t]["gamma"] == h.config.auto_gamma[t] for t in terms)
+
+
+def test_gamma_auto_without_an_extra_term_is_one_clear_error() -> None:
+    with pytest.raises(ValueError, match="gamma='auto' sets the weight of an extra loss term, but loss='l1'"):
+        TrainConfig(loss="l1", gamma="auto")

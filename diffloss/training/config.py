@@ -224,6 +224,9 @@ class TrainConfig:
         if self.vgg_weights is not None and self.vgg_weights.strip().lower() in ("none", "null", ""):
             self.vgg_weights = None
         check_numbers(self)
+        if self.gamma == "auto" and not self.terms:
+            raise ValueError(f"gamma='auto' sets the weight of an extra loss term, but loss={self.loss!r} "
+                             "has none: pass loss='l1+diffloss' (--loss l1+diffloss), or leave gamma out")
 
     # -- derived -------------------------------------------------------------------------------
     @property

@@ -84,8 +84,9 @@ t_chapter = time.perf_counter()
 # The perceptual loss needs torchvision's ImageNet VGG16 weights (`VGG16_Weights.IMAGENET1K_V1`,
 # 528 MB). Where the network is there (Colab, a workstation), `PerceptualLoss` downloads them once
 # through torchvision's usual mechanism and caches them in `~/.cache/torch/hub/checkpoints/`.
-# Offline (or with `HF_HUB_OFFLINE=1`, as the tests run), this chapter does not try: it runs the
-# third training with a **randomly initialised VGG16** instead and labels it "L1 + random-VGG
+# With `HF_HUB_OFFLINE=1` (as `make` and the tests set it) it does not try; without a network the
+# attempt fails with one clear message. Either way, when the weights are missing this chapter runs
+# the third training with a **randomly initialised VGG16** instead and labels it "L1 + random-VGG
 # (control)". That is *not* the perceptual loss: random convolutional features are a fixed
 # multi-scale filter bank, not the ImageNet features the perceptual loss relies on; its numbers
 # must not be read as the perceptual loss's.
@@ -228,7 +229,7 @@ print(f"{len(histories)} runs in {time.perf_counter() - t_train:.0f} s")
 # ## 4. The table
 #
 # Per test split: PSNR/SSIM (RGB in [0, 1], mean over the images, last checkpoint), the colour
-# and structure errors of section 6, and the artefact energy of chapter 04 (error energy above
+# and structure errors of section 7, and the artefact energy of chapter 04 (error energy above
 # 1/4 cycle per pixel, ×10⁴), each the mean ± standard deviation over the seeds. *s/step*: one
 # training step of each loss through the trainer's own `train_step` (restorer forward and
 # backward, the extra term, Adam, and for the adversarial loss the discriminator's own step), on
@@ -328,8 +329,10 @@ if not have_vgg:
 #
 # Each extra term against L1, seed by seed (same initial weights, same batches), in words by
 # chapter 04's rule (`diffloss.experiments.verdict`): "better/worse in every seed" needs the same
-# sign in every seed, a mean larger than the seeds' spread and at least a minimum effect — 0.1 dB
-# of PSNR, 0.005 of SSIM, 5 % of L1's value for the three error measures (lower is better).
+# sign in every seed, every seed at least a minimum effect — 0.1 dB of PSNR, 0.005 of SSIM, 5 % of
+# L1's value for the three error measures (lower is better) — and a mean larger than the seeds'
+# spread. With three seeds these words describe the seeds; they are not a significance test (a
+# sign test over three seeds cannot go below p = 0.25, two-sided).
 # Everything is written to `figures/05_results.json` first and printed from it.
 
 # %%
@@ -492,7 +495,8 @@ plt.show()
 # with the caveat of section 2: its weight was matched at step 1, against an untrained
 # discriminator. A discriminator that learns to separate real from restored makes $-\log D(z)$
 # and its gradient grow, so a weight that is fair at step 1 can dominate later; GAN recipes
-# therefore use far smaller weights than the other terms, and the paper's $\gamma = 0.005$ is one.
+# therefore keep the adversarial weight small against the fidelity (the supplement's
+# $\gamma = 0.005$, beside 0.001 for its other terms: small next to L1, not next to them).
 # Where this run's adversarial training collapsed, that is what the matched-pull rule does to
 # it, not a verdict on adversarial losses at their own tuned weight.
 
