@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .device import to_device
+from .precision import autocast_dtype
 from .priors import DiffusionPrior
 
 #: Values beyond this margin outside [0, 1] are treated as a caller error (wrong range).
@@ -138,7 +139,11 @@ class DiffLoss(nn.Module):
             both images: ``"crop"`` (default) takes one aligned random ``prior_size`` crop per sample
             from the same place in ``restored`` and ``target``; ``"resize"`` resizes both
             (bilinear, antialiased) to ``prior_size``×``prior_size``.
-        autocast: run the prior in bfloat16 autocast on CUDA (default True there; CPU stays float32).
+        autocast: the prior's precision (:func:`diffloss.precision.autocast_dtype`): ``None``
+            (default) bf16 autocast on a CUDA card with bf16 hardware, fp16 on an older one
+            (T4, V100), float32 on the CPU; ``False``/``"no"``: float32; ``"bf16"``, ``"fp16"`` or a
+            dtype: that one. In fp16 the first call checks the prior's outputs: if they overflow,
+            the prior falls back to float32 with one warning.
         channels_last: run the prior in channels-last memory format (default True: on the CPU its
             convolutions are about 10 % faster so, on an H100 within the spread of eager timings).
         check_values: check at each call that the images are finite and in [0, 1] (default).
@@ -157,7 +162,7 @@ class DiffLoss(nn.Module):
 
     def __init__(self, prior: DiffusionPrior, lambda_sem: float = 1e-3, nat_weight: float = 1.0,
                  t_range: tuple[int, int] | None = None, prior_size: int | None = None,
-                 size_policy: str = "crop", autocast: bool | None = None,
+                 size_policy: str = "crop", autocast: bool | str | torch.dtype | None = None,
                  channels_last: bool | None = None, check_values: bool = True) -> None:
         super().__init__()
         if not isinstance(prior, DiffusionPrior):
@@ -190,7 +195,9 @@ class DiffLoss(nn.Module):
         self.t_range = (t_min, t_max)
         self.prior_size = size
         self.size_policy = size_policy
+        autocast_dtype("cpu", autocast)  # a bad value: a ValueError now, not at the first call
         self.autocast = autocast
+        self._fp16_checked = False  # fp16: the first call's outputs are checked for overflow
         self.channels_last = channels_last
         self.check_values = bool(check_values)
         self._warned_small = False
@@ -231,11 +238,15 @@ class DiffLoss(nn.Module):
 
         return crop(restored), crop(target)
 
+    def autocast_dtype(self, device: torch.device | str) -> torch.dtype | None:
+        """The dtype the prior runs in on ``device`` (``None``: float32)."""
+        return autocast_dtype(device, self.autocast)
+
     def _context(self, device: torch.device):
-        use = self.autocast if self.autocast is not None else device.type == "cuda"
-        if use and device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        dtype = self.autocast_dtype(device)
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=dtype)
 
     def _prepare(self, x: Tensor) -> Tensor:
         if self.channels_last is False:
@@ -271,6 +282,7 @@ class DiffLoss(nn.Module):
             check_images(restored, target)
         else:
             check_pair(restored, target, channels=3)
+        given, drawn = (restored, target), generator.get_state() if generator is not None else None
         restored, target = self.fit_to_prior(restored, target, generator)
         self._warn_if_small(*restored.shape[-2:])
         b, device = restored.shape[0], restored.device
@@ -291,6 +303,15 @@ class DiffLoss(nn.Module):
         # frozen VAE encoder of a latent prior) to z.
         z_t = self._prepare(schedule.q_sample(self._encode(restored.to(dtype)), t, noise))
         eps_z, h_z = self._branch(z_t, t)
+        if not self._fp16_checked and self.autocast_dtype(device) == torch.float16:
+            self._fp16_checked = True  # one host sync, at the first call only
+            if not all(bool(torch.isfinite(v).all()) for v in (eps_x, h_x, eps_z, h_z) if v is not None):
+                warnings.warn("the prior's outputs overflow in float16 (inf/NaN at the first call): "
+                              "it runs in float32 from now on (DiffLoss(autocast=False))", stacklevel=2)
+                self.autocast = False
+                if generator is not None:
+                    generator.set_state(drawn)  # the same t, ε and crop, in float32
+                return self.forward(*given, generator=generator)
         sem = F.mse_loss(h_z, h_x)
         nat = F.mse_loss(eps_z, eps_x) if eps_z is not None else sem.new_zeros(())
         loss = self.nat_weight * nat + self.lambda_sem * sem

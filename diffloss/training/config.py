@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from ..precision import native_half
 from .atomic import atomic_write_text
 from .build import check_model_name
 from .fieldtypes import check_field_types, yaml_loader
@@ -253,9 +254,7 @@ class TrainConfig:
         ``"fp16"`` on older ones (T4, V100; with loss scaling), ``"no"`` on the CPU."""
         if self.mixed_precision != "auto":
             return self.mixed_precision
-        if not torch.cuda.is_available() or self.cpu:
-            return "no"
-        return "bf16" if torch.cuda.get_device_capability()[0] >= 8 else "fp16"
+        return "no" if self.cpu else native_half("cuda")  # diffloss.precision: one rule for all
 
     def resolved_log_every(self, device: torch.device) -> int:
         """``log_every``, or its default for ``device``: 1 on the CPU, 10 on CUDA."""

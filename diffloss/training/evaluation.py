@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ..metrics import psnr, ssim
+from ..precision import autocast_dtype
 
 __all__ = ["EvalResult", "evaluate", "forward_fn", "restore", "saturated_share"]
 
@@ -102,12 +103,13 @@ class EvalResult:
 
 def evaluate(model: nn.Module, dataset: Dataset, tile: int | None = None, overlap: int = 32,
              device: torch.device | str | None = None, max_items: int | None = None,
-             amp: bool = False, y_channel: bool = False,
+             amp: bool | str = False, y_channel: bool = False,
              lpips: Callable[[Tensor, Tensor], Tensor] | None = None) -> EvalResult:
     """PSNR/SSIM of ``model`` on ``dataset`` items ``(degraded, clean[, name])``, image by image.
 
     Full resolution through the model's own padding (or :func:`restore` tiles), eval mode,
-    ``torch.no_grad``, fp32 unless ``amp`` (bf16 autocast on CUDA). The output is clamped to
+    ``torch.no_grad``, fp32 unless ``amp`` (on CUDA: the card's half precision,
+    :func:`diffloss.precision.native_half`, or ``"bf16"``/``"fp16"``). The output is clamped to
     [0, 1] before scoring. ``y_channel``: score the Y channel of YCbCr (BT.601, as MATLAB's
     ``rgb2ycbcr``; deraining's convention) instead of RGB. ``lpips``: also score LPIPS (on RGB,
     as papers report it) with this metric, e.g. :func:`diffloss.lpips.load_lpips`. The model's
@@ -119,8 +121,8 @@ def evaluate(model: nn.Module, dataset: Dataset, tile: int | None = None, overla
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []
     n = len(dataset) if max_items is None else min(max_items, len(dataset))  # type: ignore[arg-type]
-    ctx = (torch.autocast("cuda", dtype=torch.bfloat16) if amp and dev.type == "cuda"
-           else contextlib.nullcontext())
+    half = autocast_dtype(dev, amp) if amp and dev.type == "cuda" else None
+    ctx = torch.autocast("cuda", dtype=half) if half is not None else contextlib.nullcontext()
     try:
         with torch.no_grad(), ctx:
             for i in range(n):

@@ -136,6 +136,7 @@ def _build_diffloss(config: Config, prior: Any) -> nn.Module:
     return _DiffLossTerm(DiffLoss(prior, lambda_sem=config.lambda_sem, nat_weight=config.nat_weight,
                                   t_range=config.t_range, prior_size=config.prior_size,
                                   size_policy=config.size_policy,
+                                  autocast=config.resolved_mixed_precision(),  # the run's precision
                                   check_values=config.prior_input == "raw"), config.prior_input,
                          fraction=config.diffloss_fraction, every=config.diffloss_every)
 
