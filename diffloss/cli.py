@@ -100,6 +100,14 @@ def _gamma_value(text: str) -> float | str | None:
         raise argparse.ArgumentTypeError(f"expected a number, auto or none, got {text!r}") from None
 
 
+def _compile_value(text: str) -> bool | str:
+    """``--compile-model``: true/false, or a ``torch.compile`` backend (inductor, aot_eager, eager)."""
+    low = text.strip().lower()
+    if low in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        return low in ("1", "true", "yes", "on")
+    return low
+
+
 def _json_object(text: str) -> dict[str, Any] | None:
     """A ``--model-kwargs`` value: a JSON object such as ``'{"width": 32}'`` (``none``: no arguments)."""
     if text.strip().lower() in ("none", "null", ""):
@@ -164,6 +172,8 @@ def _add_train(sub: Any) -> None:
             convert = _json_object
         elif f.name == "gamma":
             convert = _gamma_value
+        elif f.name == "compile_model":
+            convert = _compile_value
         metavar = f.name.upper() if nargs is None else ("A", "B")
         p.add_argument(*flags, dest=f.name, type=convert, nargs=nargs, default=None, metavar=metavar,
                        help=text)

@@ -11,6 +11,7 @@ One concern a module, in the order a run uses them:
 - :mod:`.balance` — ``gamma="auto"``: an extra term's γ set so that its pull on the network,
   γ·‖∇θ term‖ / ‖∇θ fidelity‖, is a target ρ (:func:`balance_gamma`, also for your own loop).
 - :mod:`.collapse` — a run whose output goes black (or worse than its input) is reported once.
+- :mod:`.setup` — everything before the first step, as one :class:`~.setup.Run`.
 - :mod:`.loop` — :func:`train` and :func:`train_step`, the step on one screen.
 - :mod:`.evaluation` — whole-image or tiled restoration and PSNR/SSIM over a dataset.
 - :mod:`.ema`, :mod:`.checkpoint`, :mod:`.atomic`, :mod:`.rundir`, :mod:`.history`,

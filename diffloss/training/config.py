@@ -28,11 +28,13 @@ DATA: tuple[str, ...] = ("synthetic", "dense_haze", "lol", "rain")
 SCHEDULES: tuple[str, ...] = ("constant", "cosine")
 MIXED_PRECISION: tuple[str, ...] = ("auto", "no", "bf16", "fp16")
 CONFIG_FILE = "config.json"
+#: ``compile_model`` backends (``torch.compile(backend=...)``).
+COMPILE_BACKENDS: tuple[str, ...] = ("inductor", "aot_eager", "eager")
 
 #: Config fields that may change when a run is resumed; any other difference is an error.
 RESUMABLE_CHANGES: frozenset[str] = frozenset(
     {"iterations", "epochs", "eval_every", "save_every", "out", "workers", "eval_tile",
-     "eval_overlap", "root", "compile_prior", "log_every", "auto_gamma", "stop_on_collapse"}
+     "eval_overlap", "root", "compile_prior", "compile_model", "log_every", "auto_gamma", "stop_on_collapse"}
 )
 
 
@@ -99,6 +101,11 @@ class TrainConfig:
             pass instead of stored, for much less GPU memory at the cost of one more forward.
         diffloss_fraction, diffloss_every: cheaper DiffLoss, unbiased: on a random fraction of
             each batch's images, and/or on a random 1/k of the steps (weighted by k there).
+        compile_model: run the restorer's training forward through ``torch.compile``: ``True``
+            (inductor, its default mode) or a backend name (``"eager"``: dynamo only, the same
+            arithmetic, for tests; ``"aot_eager"``, ``"inductor"``). Evaluation stays eager (its
+            image sizes vary). CUDA graphs (``mode="reduce-overhead"``) are not used: not yet
+            measured on a card.
         compile_prior: run the frozen prior's U-Net through ``torch.compile``
             (:meth:`~diffloss.prior.DiffusionPrior.compile_unet`); the first step then compiles
             (shown in the progress bar, recorded as ``history.meta["first_step_seconds"]``).
@@ -164,6 +171,7 @@ class TrainConfig:
     diffloss_fraction: float = 1.0
     diffloss_every: int = 1
     compile_prior: bool = False
+    compile_model: bool | str = False
 
     iterations: int = 1000
     epochs: float | None = None
@@ -225,6 +233,9 @@ class TrainConfig:
         if self.vgg_weights is not None and self.vgg_weights.strip().lower() in ("none", "null", ""):
             self.vgg_weights = None
         check_numbers(self)
+        if isinstance(self.compile_model, str) and self.compile_model not in COMPILE_BACKENDS:
+            raise ValueError(f"compile_model must be true/false or a backend, one of "
+                             f"{', '.join(COMPILE_BACKENDS)}; got {self.compile_model!r}")
         if self.gamma == "auto" and not self.terms:
             raise ValueError(f"gamma='auto' sets the weight of an extra loss term, but loss={self.loss!r} "
                              "has none: pass loss='l1+diffloss' (--loss l1+diffloss), or leave gamma out")

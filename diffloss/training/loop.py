@@ -1,5 +1,6 @@
-"""The training loop: :func:`train` builds a run, then repeats :func:`train_step`
-(:mod:`.step`, the whole step on one screen: z = g(y), L = fidelity + Σ γ·term, ∇θ L, Adam).
+"""The training loop: :func:`train` sets a run up (:func:`~.setup.set_up`: folder, network, data,
+terms, optimizer, resume), then repeats :func:`train_step` (:mod:`.step`, the whole step on one
+screen: z = g(y), L = fidelity + Σ γ·term, ∇θ L, Adam).
 
 On the CPU every step's values are read and checked before Adam runs; on CUDA they are read
 every ``log_every`` steps (each read is a host–device synchronisation), and in between the
@@ -15,7 +16,6 @@ an exclusive lock on the run folder for the run's life (:mod:`.lock`).
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 import time
@@ -24,28 +24,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
 
-from .balance import resolve_auto_gamma
-from .build import build_model, check_restorer
 from .checkpoint import (
     BEST,
     LAST,
-    load_weights,
     nonfinite_count,
     rng_state,
     save_checkpoint,
-    seed_all,
-    set_rng_state,
 )
-from .collapse import CollapseWatch
-from .config import CONFIG_FILE, TrainConfig
-from .data import KeyedPairs, StepBatchSampler, build_datasets, mix_seed
-from .distributed import barrier, fused_adam, has_scaler, make_accelerator
-from .ema import EMA
+from .config import TrainConfig
+from .data import mix_seed
+from .distributed import barrier, has_scaler, make_accelerator
 from .evaluation import check_finite_scores, evaluate
 from .guards import (
-    DeviceGuard,
     NonFiniteLossError,
     StepValues,
     TrainingInterrupted,
@@ -53,13 +44,12 @@ from .guards import (
     discriminator_step,
     read_all,
 )
-from .history import History, history_columns, run_meta
+from .history import History
 from .lock import RunLock
-from .lr import lr_factor
-from .rundir import check_resume_config, clear_old_run, lock_run_folder, open_run_folder
+from .rundir import lock_run_folder
+from .setup import set_up
 from .step import train_step
 from .tasks import TASKS
-from .terms import LOSS_TERMS, build_terms
 
 __all__ = ["NonFiniteLossError", "TrainingInterrupted", "train", "train_step"]
 
@@ -105,82 +95,13 @@ def train(config: TrainConfig | dict[str, Any] | str | os.PathLike, progress: bo
 
 def _train(config: TrainConfig, accelerator: Any, lock: RunLock | None, progress: bool, callback: Any,
            resume: bool, overwrite: bool, prior: Any, stop_after: int | None) -> History:
-    out = Path(config.out)
-    mixed = config.resolved_mixed_precision()
-    device, main_proc = accelerator.device, accelerator.is_main_process
-    rank, world = accelerator.process_index, accelerator.num_processes
-    state = open_run_folder(out, resume, overwrite, main_process=main_proc)
-    if state is not None:
-        check_resume_config(state["config"], config, out / LAST)
-    barrier(accelerator)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)  # history.meta["peak_memory_gib"]: this run's
-
-    # -- build ------------------------------------------------------------------------------
-    seed_all(config.seed)
-    model = build_model(config.model, config.model_kwargs)
-    train_ds, val_ds, tests = build_datasets(config)
-    check_restorer(model, str(config.model), lambda: KeyedPairs(train_ds)[(0, 0)][0][None])
-    n_train = len(train_ds)  # type: ignore[arg-type]
-    iterations = (math.ceil(config.epochs * n_train / (config.batch * world * config.grad_accum))
-                  if config.epochs is not None else config.iterations)
-    # The frozen prior is only moved to the device (accelerator.prepare would wrap it for nothing).
-    terms = {k: t.to(device) for k, t in build_terms(config, prior).items()}
-    config, rule = resolve_auto_gamma(config, model, train_ds, terms, device,  # gamma="auto"
-                                      state["config"] if state is not None else None, rank, world)
-    if state is not None and int(state["step"]) > iterations:
-        raise ValueError(f"cannot resume {out} with iterations={iterations}: the run is already at step "
-                         f"{int(state['step'])}. Nothing was changed. Pass a larger --iterations to "
-                         "train further, or leave it out to finish the run as configured.")
-    if overwrite and state is None and main_proc:  # the new run is built: only now the old one goes
-        clear_old_run(out)
-    stateful = [name for name in terms if LOSS_TERMS[name].stateful]  # the discriminator
-    # Values are read every log_every steps (CUDA: 10), a DeviceGuard stopping fused Adam after a
-    # NaN meanwhile; not with a discriminator (it reads), nor fp16 (GradScaler owns found_inf).
-    log_every = config.resolved_log_every(device)
-    deferred = log_every > 1 and not stateful
-    guard = DeviceGuard(device) if deferred and mixed != "fp16" else None
-    # Fused Adam wherever the device has it, guard or not: log_every never changes the run
-    # (foreach and fused Adam differ in the last bits, which Adam's first steps amplify to ±lr).
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.betas,
-                                 weight_decay=config.weight_decay, fused=fused_adam(device))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config, iterations))
-    history = History(columns=history_columns(config, val_ds is not None, list(tests)), config=config,
-                      folder=out, meta=run_meta(config, world, device, mixed, iterations, n_train, val_ds, tests))
-    if rule:
-        history.meta["gamma_rule"] = rule  # what gamma="auto" measured (config.json: auto_gamma)
-    if lock is not None and lock.stale is not None:
-        history.meta["stale_lock"] = lock.stale  # a crashed run held the folder before
-    start, elapsed0, last_good = 0, 0.0, None
-    done, saved, dirty = 0, 0, False  # last finished step, last saved; a failure saves `done` first
-    if state is not None:
-        load_weights(model, state["model"], f"cannot resume {out}: the weights in {LAST}", repr(config.model))
-        history.resume_from(state)
-        start, elapsed0 = int(state["step"]), float(state.get("elapsed", 0.0))
-        done = saved = start
-        scheduler.load_state_dict(state["scheduler"])
-        last_good = out / LAST
-    model, optimizer = accelerator.prepare(model, optimizer)
-    raw = accelerator.unwrap_model(model)
-    ema = EMA(raw, config.ema) if config.ema is not None else None  # on the device
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])
-        for name in stateful:
-            terms[name].load_state_dict((state.get("terms") or {})[name])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
-    if main_proc:
-        config.save(out / CONFIG_FILE)
-        history.write_csv()
-        history.write_json()
-
-    sampler = StepBatchSampler(n_train, config.batch, config.seed, start=start * config.grad_accum,
-                               rank=rank, world=world)
-    batches = iter(DataLoader(KeyedPairs(train_ds), batch_sampler=sampler,
-                              num_workers=config.workers, pin_memory=device.type == "cuda"))
-    eval_model = ema.shadow if ema is not None else raw
-    watch = CollapseWatch.for_run(config, val_ds, tests, device) if main_proc else None
+    r = set_up(config, accelerator, lock, resume, overwrite, prior)  # everything but the loop
+    config, out, device, main_proc, world, rank = r.config, r.out, r.device, r.main_proc, r.world, r.rank
+    model, raw, optimizer, scheduler, ema, terms = r.model, r.raw, r.optimizer, r.scheduler, r.ema, r.terms
+    history, tests, val_ds, iterations, batches = r.history, r.tests, r.val_ds, r.iterations, r.batches
+    stateful, deferred, guard, log_every, watch = r.stateful, r.deferred, r.guard, r.log_every, r.watch
+    start, elapsed0, last_good, eval_model = r.start, r.elapsed0, r.last_good, r.eval_model
+    done, saved, dirty = start, start, False  # last finished step, last saved; a failure saves `done` first
     collapsed = False  # stop_on_collapse: stop at this evaluation
     t_start = time.perf_counter()
 
