@@ -89,11 +89,6 @@ def _value(out: Any, name: str | None) -> Tensor:
                     "of them (with name=) or an object with a .loss tensor (DiffLoss)")
 
 
-def _norm(loss: Tensor, params: list[Tensor]) -> float:
-    grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-    return math.sqrt(sum(float(g.double().pow(2).sum()) for g in grads if g is not None))
-
-
 def balance_gamma(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]],
                   term: Callable[..., Any], rho: float = DEFAULT_RHO, *, fidelity: str = "l1",
                   name: str | None = None,
@@ -113,6 +108,7 @@ def balance_gamma(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]],
     zero or not finite (γ cannot be set relative to it).
     """
     from ..loss import fidelity_loss
+    from .terms import grad_norm_of
 
     if not isinstance(rho, (int, float)) or isinstance(rho, bool) or not math.isfinite(rho) or rho <= 0:
         raise ValueError(f"rho must be a finite number > 0 (the term's pull relative to the fidelity's), "
@@ -124,8 +120,8 @@ def balance_gamma(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]],
     ratios: list[float] = []
     for k, (degraded, clean) in enumerate(batches):
         restored = model(degraded)
-        g_fid = _norm(fidelity_loss(restored.float(), clean, fidelity), params)
-        g_term = _norm(_value(term(restored, clean, **kwargs), name), params)
+        g_fid = grad_norm_of(fidelity_loss(restored.float(), clean, fidelity), params)
+        g_term = grad_norm_of(_value(term(restored, clean, **kwargs), name), params)
         if not (math.isfinite(g_fid) and g_fid > 0):
             raise ValueError(f"the fidelity's gradient on batch {k} is {g_fid}: γ cannot be set relative "
                              "to it (does the output depend on the weights? is it already exact?); "

@@ -249,9 +249,10 @@ def build_terms(config: Config, prior: Any = None) -> dict[str, nn.Module]:
     return {name: LOSS_TERMS[name].build(config, prior) for name in config.terms}
 
 
-def _grad_norm(loss: Tensor, params: list[Tensor]) -> float:
+def grad_norm_of(loss: Tensor, params: list[Tensor]) -> float:
+    """‖∇_params loss‖ (summed in float64; the graph is kept, nothing is left in ``.grad``)."""
     grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-    return math.sqrt(sum(float(g.pow(2).sum()) for g in grads if g is not None))
+    return math.sqrt(sum(float(g.double().pow(2).sum()) for g in grads if g is not None))
 
 
 def gradient_ratio(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], term: nn.Module,
@@ -266,7 +267,7 @@ def gradient_ratio(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], t
     ratios = []
     for degraded, clean in batches:
         restored = model(degraded)
-        g_fid = _grad_norm(fidelity_loss(restored, clean, fidelity), params)
-        g_term = _grad_norm(term(restored, clean, generator=generator)[name], params)
+        g_fid = grad_norm_of(fidelity_loss(restored, clean, fidelity), params)
+        g_term = grad_norm_of(term(restored, clean, generator=generator)[name], params)
         ratios.append(gamma * g_term / g_fid)
     return ratios
