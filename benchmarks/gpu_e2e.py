@@ -103,21 +103,43 @@ def _history_numbers(folder: Path) -> dict[str, float | str]:
             "mixed_precision": h["meta"].get("mixed_precision", "?")}
 
 
-def _as_script(notebook: Path) -> str:
-    """The chapter's code cells in order: what a fresh kernel runs (no Jupyter needed)."""
-    cells = json.loads(notebook.read_text())["cells"]
-    return "\n\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+#: Run first by ``--t4``: the card reports a T4's compute capability (7, 5), so the package's own
+#: precision rule picks fp16 with loss scaling, and the process may use a T4's 15 GiB only.
+T4_PRELUDE = """import torch
+torch.cuda.get_device_capability = lambda *args, **kwargs: (7, 5)  # T4-shaped (gpu_e2e.py --t4)
+if torch.cuda.is_available():
+    _total = torch.cuda.get_device_properties(0).total_memory / 2**30
+    torch.cuda.set_per_process_memory_fraction(min(1.0, 15.0 / _total))
+"""
 
 
-def stage_chapters(out: Path, iters: int, profile: str = "gpu") -> list[dict]:
-    """Run chapters 04 and 05's code under ``profile``, keep their figures apart, read the runs."""
+def chapter_script(notebook: str, until: str | None = None, prelude: str = "") -> str:
+    """The chapter's code cells in order: what a fresh kernel runs (no Jupyter needed); with
+    ``until``, up to and including the first cell that contains that text."""
+    cells = [c for c in json.loads((ROOT / "notebooks" / notebook).read_text())["cells"]
+             if c["cell_type"] == "code"]
+    sources = []
+    for c in cells:
+        sources.append("".join(c["source"]))
+        if until is not None and until in sources[-1]:
+            break
+    else:
+        if until is not None:
+            raise ValueError(f"no code cell of {notebook} contains {until!r}")
+    return "\n\n".join([prelude, *sources] if prelude else sources)
+
+
+def stage_chapters(out: Path, iters: int, profile: str = "gpu", chapters: tuple[str, ...] = CHAPTERS,
+                   t4: bool = False) -> list[dict]:
+    """Run the chapters' code under ``profile`` (T4-shaped with ``t4``), keep their figures
+    apart, read the runs."""
     env = dict(os.environ, DIFFLOSS_PROFILE=profile, DIFFLOSS_TRAIN_ITERS=str(iters),
                DIFFLOSS_FIGURES=str(out / "figures"), MPLBACKEND="Agg")
     results = []
-    for nb in CHAPTERS:
+    for nb in chapters:
         t0 = time.perf_counter()
         script = out / nb.replace(".ipynb", ".py")
-        script.write_text(_as_script(ROOT / "notebooks" / nb))
+        script.write_text(chapter_script(nb, prelude=T4_PRELUDE if t4 else ""))
         res = subprocess.run([sys.executable, str(script)], cwd=ROOT, env=env,
                              capture_output=True, text=True)
         (out / nb.replace(".ipynb", ".log")).write_text(res.stdout + res.stderr)
@@ -139,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "results" / "gpu_e2e")
     p.add_argument("--append", action="store_true", help="append a summary to benchmarks/RESULTS.md")
     p.add_argument("--profile", default="gpu", help="profile of the chapters (ci: a CPU rehearsal)")
+    p.add_argument("--chapter", action="append", choices=CHAPTERS, help="only these chapters (repeatable)")
+    p.add_argument("--t4", action="store_true",
+                   help="T4-shaped: capability (7, 5) reported (fp16 with loss scaling), memory capped at 15 GiB")
     args = p.parse_args(argv)
     stages = args.stage or ["data", "prior", "chapters"]
     args.out.mkdir(parents=True, exist_ok=True)
@@ -157,14 +182,17 @@ def main(argv: list[str] | None = None) -> int:
     if "prior" in stages:
         report["prior"] = str(stage_prior(work))
     if "chapters" in stages:
-        report["results"] = stage_chapters(args.out, args.iters, args.profile)
+        report["t4_shaped"] = args.t4
+        report["results"] = stage_chapters(args.out, args.iters, args.profile,
+                                           tuple(args.chapter or CHAPTERS), args.t4)
     shutil.rmtree(work, ignore_errors=True)
     text = json.dumps(report, indent=1)
     (args.out / "gpu_e2e.json").write_text(text + "\n")
     print(text)
     if args.append and "results" in report:
         lines = [f"\n### gpu profile end to end (benchmarks/gpu_e2e.py) — {report['when']}\n",
-                 f"device: {report['device']}; {args.iters} steps per run; synthetic Dense-Haze "
+                 f"device: {report['device']}{' T4-shaped (capability 7.5: fp16; 15 GiB cap)' if args.t4 else ''}; "
+                 f"{args.iters} steps per run; synthetic Dense-Haze "
                  "stand-in, random-weight ADM-256 prior (same cost as the real weights).\n",
                  "| run | loss | s/step | peak GPU memory | precision |", "|---|---|---|---|---|"]
         for r in report["results"]:
