@@ -65,6 +65,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_diffloss import build_prior, build_restorer, sync, time_variants  # noqa: E402
 from gpu_e2e import chapter_script  # noqa: E402
+from gpu_perf import Recorder  # noqa: E402
 
 from diffloss import profiles  # noqa: E402
 from diffloss.loss import DiffLoss  # noqa: E402
@@ -88,20 +89,6 @@ T4_MEMORY_GIB = 15.0
 def card(name: str) -> tuple[float, float] | None:
     """(dense half-precision peak FLOP/s, memory bandwidth B/s) of a card by its name."""
     return next((v for k, v in CARDS.items() if k in name), None)
-
-
-class Recorder:
-    """The run's JSON record, rewritten after every stage."""
-
-    def __init__(self, out: Path) -> None:
-        self.path = out / "gpu_card.json"
-        self.data: dict[str, Any] = {}
-        out.mkdir(parents=True, exist_ok=True)
-
-    def put(self, key: str, value: Any) -> None:
-        self.data[key] = value
-        self.path.write_text(json.dumps(self.data, indent=1, default=str))
-        print(f"== {key}: {json.dumps(value, default=str)[:2000]}", flush=True)
 
 
 def _peak_gib(device: torch.device) -> float | None:
@@ -440,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
         args.device, args.prior, args.restorer, args.size, args.paper_batch = "cuda", "adm-random", "msbdn", 256, 8
         args.backend, args.chapter_profile = "inductor", "gpu"
     out = Path(args.out)
-    rec = Recorder(out)
+    rec = Recorder(out, "gpu_card.json")
     work = Path(os.environ.get("TMPDIR", "/tmp")) / "gpu_card_runs"
     device = torch.device(args.device)
     prior, args.prior_name = build_prior(args.prior, device)

@@ -66,8 +66,10 @@ def peak_flops(name: str) -> float | None:
 
 
 class Recorder:
-    def __init__(self, out: Path) -> None:
-        self.path = out / "gpu_perf.json"
+    """A run's JSON record (``out/name``), rewritten after every stage; the newest value printed."""
+
+    def __init__(self, out: Path, name: str = "gpu_perf.json") -> None:
+        self.path = out / name
         self.data: dict[str, Any] = {}
         out.mkdir(parents=True, exist_ok=True)
 
