@@ -2,7 +2,9 @@
 
 - :func:`high_frequency_error`: the energy of the restoration error ``z − x`` above a spatial
   frequency. Checkerboard and grid artefacts of an early-trained network, and noise, live near
-  the Nyquist frequency; haze, tints and blur do not. By Parseval, the value is the mean square
+  the Nyquist frequency, and so does the fine detail a blurry restoration lost: the value
+  counts both (a blurrier output raises it too). Haze and tints change an image slowly and
+  barely enter it. By Parseval, the value is the mean square
   of the error after an ideal high-pass filter:
 
   ``HFE(z, x) = 1/(C·(H·W)²) · Σ_c Σ_{|f| > f_c} |F[z_c − x_c](f)|²``,

@@ -10,11 +10,14 @@ at least a stated minimum size (:data:`MIN_EFFECT`).
 
 from __future__ import annotations
 
+import os
+import platform
 import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from .diagnostics import paired_differences
@@ -23,7 +26,7 @@ from .training import History, TrainConfig, evaluate
 from .training.tasks import TASKS
 
 __all__ = ["MIN_EFFECT", "aligned_curves", "diverged", "input_scores", "paired_scores", "portable_config", "run_folder_names",
-           "run_paired", "verdict"]
+           "made_on", "machine_description", "run_paired", "verdict"]
 
 #: The smallest paired difference worth a word: 0.1 dB of PSNR, 0.005 of SSIM.
 MIN_EFFECT: dict[str, float] = {"psnr": 0.1, "ssim": 0.005}
@@ -206,6 +209,28 @@ def verdict(d: Mapping[str, Any], unit: str = "", higher_is_better: bool = True,
         word = "better" if (d["mean"] > 0) == higher_is_better else "worse"
         return f"{word} in every seed ({numbers}){tail}"
     return f"no consistent difference ({numbers}, signs {signs_text}){tail}"
+
+
+def machine_description() -> str:
+    """The CPU's model name, core count, torch version and threads, e.g. ``"AMD EPYC, 2 cores,
+    torch 2.14.1, 1 thread(s)"``: what a results file records of the machine that made it."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} thread(s)"
+
+
+def made_on() -> dict[str, str]:
+    """Where and when a chapter's results were made: ``{"machine": ..., "device": ..., "date": ...}``
+    (UTC date), so that the README written from a results file can say so without typing it."""
+    from datetime import datetime, timezone
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    return {"machine": machine_description(), "device": device,
+            "date": datetime.now(timezone.utc).date().isoformat()}
 
 
 def portable_config(config: TrainConfig, root: str | Path | None = None) -> dict[str, Any]:

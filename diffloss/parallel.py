@@ -1,8 +1,9 @@
 """Several training runs at once, each in a process of its own (CPU profiles).
 
 A CPU run of a narrow restorer on small crops keeps about one core busy: a second torch thread
-buys little (chapter 04 runs with one), while a second *process* trains a second run in the
-same wall time (``benchmarks/bench_parallel.py``). :func:`train_in_processes` gives each run to
+buys little (chapter 04 runs with one), while a second *process* trains a second run
+alongside: two runs in two one-thread processes took ×0.60–0.70 of their sequential wall time
+(``benchmarks/bench_parallel.py``, ``benchmarks/RESULTS.md``). :func:`train_in_processes` gives each run to
 one of ``processes`` spawned workers that use this process's number of torch threads, so a run
 computes the same bits as it would here: same code, same seeds, same kernels, same threads.
 

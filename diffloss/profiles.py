@@ -160,7 +160,8 @@ PROFILES: dict[str, Profile] = {
     ),
     "paper": Profile(
         name="paper",
-        description="the authors' recipe on a large GPU (opt-in): Dense-Haze, the ADM 256 prior, "
+        description="a paper-scale recipe on a large GPU (opt-in; this project's setting, not checked "
+                    "against the authors' code): Dense-Haze, the ADM 256 prior, "
                     "full MSBDN, 8×256² crops, 20,000 steps × 3 seeds × 2 losses; eager about 40 GiB "
                     "and 10 GPU-hours on an H200; the prior is compiled, which at 4×256² on an H100 "
                     "cut the DiffLoss step by 31 % and its memory by 45 % (benchmarks/RESULTS.md; "

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import shutil
 import subprocess
@@ -42,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from diffloss import profiles  # noqa: E402
+from diffloss.experiments import machine_description  # noqa: E402
 from diffloss.prior import load_profile_prior  # noqa: E402
 from diffloss.training import TrainConfig, train  # noqa: E402
 
@@ -65,17 +65,9 @@ START = {"commit": _git("rev-parse", "HEAD"), "dirty": bool(_git("status", "--po
 def provenance(argv: list[str], t0: float, **extra: Any) -> dict[str, Any]:
     """Who made these numbers, how and where."""
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f
-                        if line.startswith("model name")), cpu)
-    except OSError:
-        pass
     return {"command": "python tools/experiments.py " + shlex.join(argv),
             "commit": START["commit"], "dirty_diffloss_at_start": START["dirty"],
-            "machine": f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, "
-                       f"{torch.get_num_threads()} thread(s)",
+            "machine": machine_description(),
             "load_average_at_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "wall_time_s": round(time.perf_counter() - t0, 1),
