@@ -242,6 +242,11 @@ def _add_evaluate(sub: Any) -> None:
     p.add_argument("--lpips", choices=("alex", "vgg", "squeeze"), nargs="?", const="alex",
                    help="also report LPIPS with this pretrained backbone (default alex; needs "
                         "torchvision's ImageNet weights, downloaded once; an error offline)")
+    p.add_argument("--semantics", action="store_true",
+                   help="also report semantic recovery: an ImageNet classifier's (EfficientNet-Lite0) "
+                        "top-1 agreement, top-5 overlap and KL between restored and clean crops, "
+                        "against the same for the degraded input (needs diffloss[semantics]; offline)")
+    p.add_argument("--crops", type=int, default=16, help="crops per image for --semantics (default 16)")
     p.set_defaults(run=_run_evaluate)
 
 
@@ -266,6 +271,16 @@ def _run_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         try:
             lpips = load_lpips(args.lpips, device=device)
         except LPIPSUnavailable as exc:
+            raise CommandError(str(exc)) from exc
+    classifier = None
+    if args.semantics:  # before any work, like --lpips
+        from .classifier import ClassifierUnavailable, imagenet_classifier
+
+        if args.crops < 1:
+            parser.error(f"--crops must be at least 1, got {args.crops}")
+        try:
+            classifier = imagenet_classifier(device)
+        except ClassifierUnavailable as exc:
             raise CommandError(str(exc)) from exc
     ckpt = checkpoint_path(path, args.which)
     state = load_checkpoint(ckpt)  # read and verified once: the weights and the run's config
@@ -298,6 +313,16 @@ def _run_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
 
         print(f"{split}: {len(res.per_image)} images | restored {scores(res)} | "
               f"input {scores(degraded)}")
+        if classifier is not None:
+            from .semantics import semantic_scores
+
+            sem = {"restored": semantic_scores(model, ds, classifier, args.crops, device=device),
+                   "input": semantic_scores(nn.Identity(), ds, classifier, args.crops, device=device)}
+            for who, sc in sem.items():
+                report["splits"][split][who]["semantics"] = sc.to_dict()
+            print(f"{split}: semantics over {sem['restored'].views} crops | " + " | ".join(
+                f"{who} top-1 agreement {sc.top1_agreement:.3f}, top-5 overlap {sc.top5_overlap:.3f}, "
+                f"KL {sc.kl:.4f}" for who, sc in sem.items()))
         if not (math.isfinite(res.psnr) and math.isfinite(res.ssim)):
             raise CommandError(f"{ckpt} gives non-finite scores on {split} (PSNR {res.psnr}): the "
                                "network's output in eval() mode is not finite; this checkpoint "

@@ -106,6 +106,9 @@ CASES: list[Case] = [
     ("evaluate: --data with a missing root", lambda t: [
         "evaluate", str(_run_folder(t)), "--which", "last", "--cpu", "--data", "dense_haze",
         "--root", str(t / "dat")], 1, "dat"),
+    ("evaluate: --semantics with no crops", lambda t: [
+        "evaluate", str(_run_folder(t)), "--which", "last", "--cpu", "--semantics", "--crops", "0"],
+     2, "--crops must be at least 1"),
     # -- convert-adm
     ("convert-adm: missing checkpoint", lambda t: ["convert-adm", str(t / "adm.pt"), str(t / "out")],
      1, "adm.pt"),
