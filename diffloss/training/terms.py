@@ -142,7 +142,7 @@ def _build_diffloss(config: Config, prior: Any) -> nn.Module:
 
 
 class _PerceptualTerm(nn.Module):
-    """Adapter: :class:`~diffloss.loss.PerceptualLoss` → ``{"perceptual"}`` (supplement Eq. 5)."""
+    """Adapter: :class:`~diffloss.comparison_losses.PerceptualLoss` → ``{"perceptual"}`` (supplement Eq. 5)."""
 
     def __init__(self, loss: nn.Module) -> None:
         super().__init__()
@@ -154,13 +154,15 @@ class _PerceptualTerm(nn.Module):
 
 
 def _build_perceptual(config: Config, prior: Any) -> nn.Module:
-    from ..loss import PerceptualLoss
+    from ..comparison_losses import LitePerceptualLoss, PerceptualLoss
 
+    if config.perceptual_net == "efficientnet-lite0":
+        return _PerceptualTerm(LitePerceptualLoss())
     return _PerceptualTerm(PerceptualLoss(weights=config.vgg_weights))
 
 
 class _AdversarialTerm(nn.Module):
-    """Adapter: :class:`~diffloss.loss.AdversarialLoss` → ``{"adversarial"}`` (−log D(z),
+    """Adapter: :class:`~diffloss.comparison_losses.AdversarialLoss` → ``{"adversarial"}`` (−log D(z),
     supplement Eq. 7) for the generator, and :meth:`step` (one discriminator update) after it."""
 
     def __init__(self, loss: nn.Module) -> None:
@@ -177,7 +179,7 @@ class _AdversarialTerm(nn.Module):
 
 
 def _build_adversarial(config: Config, prior: Any) -> nn.Module:
-    from ..loss import AdversarialLoss
+    from ..comparison_losses import AdversarialLoss
 
     return _AdversarialTerm(AdversarialLoss(channels=config.disc_channels, lr=config.lr,
                                             betas=(0.5, 0.999)))
