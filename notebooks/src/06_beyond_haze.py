@@ -4,7 +4,7 @@
 # The paper's claim is that DiffLoss is *plug-and-play*: any restoration network, any
 # degradation, the same frozen prior and the same loss,
 #
-# $$\mathcal L_\text{total} = \lVert g(y) - x\rVert_1
+# $$\mathcal L_\text{total} = \tfrac1n\lVert g(y) - x\rVert_1
 #   + \gamma\,\big(\mathcal L_\text{nat} + \lambda\,\mathcal L_\text{sem}\big).$$
 #
 # It reports dehazing, low-light enhancement and deraining. Chapter 04 tested dehazing. This
@@ -45,6 +45,7 @@ from diffloss.experiments import (
     aligned_curves,
     diverged,
     input_scores,
+    made_on,
     paired_scores,
     portable_config,
     run_paired,
@@ -125,8 +126,9 @@ plt.show()
 #
 # IAT is small and shallow by design: a full-resolution branch of three convolutional
 # "pixel-wise enhancement blocks" per map, and a global branch in which ten learned queries
-# attend to the image at 1/4 resolution to predict a gamma and a 3×3 colour matrix. At
-# initialisation the colour matrix is the identity and the gamma is 1, so training starts from
+# attend to the image at 1/4 resolution to predict an exponent $g$ (IAT's paper calls it a gamma;
+# this chapter writes $g$ to keep $\gamma$ for DiffLoss's weight) and a 3×3 colour matrix. At
+# initialisation the colour matrix is the identity and $g$ is 1, so training starts from
 # "multiply and add". Its parameter names and shapes map one to one onto the authors' network,
 # and on the same (random) weights both give the same outputs (`tests/test_iat.py`);
 # `IAT.from_official_checkpoint()` loads their LOL weights (their outputs with those weights
@@ -154,8 +156,9 @@ for t in TASK_NAMES:
 # the target $\rho^\star = 5$ chosen on *haze validation only*: the mean over three seeds of the
 # initial pull that chapter 04's best swept $\gamma$ has on MSBDN-small, rounded
 # (`python tools/experiments.py rho`, `results/rho_small.json`, which gives the seeds' values).
-# Nothing about low light or rain was looked at to choose it. The last line below pairs the
-# seeds of two different networks, so read it next to the per-seed values above it.
+# Nothing about low light or rain was looked at to choose it. The seeds of two different
+# networks draw different initial weights, so the last line compares the networks by the median
+# and the range over seeds, not seed by seed.
 
 # %%
 steps = profile.train_iters // 2 if profile.name == "small" else profile.train_iters
@@ -170,10 +173,15 @@ for t, base in measured.items():
           + ", ".join(f"{pulls[t, s].pull(profile.gamma):5.2f}" for s in profile.seeds)
           + f" (seeds {', '.join(map(str, profile.seeds))}); the rule's γ at ρ* = {DEFAULT_RHO:g}: "
           + ", ".join(f"{pulls[t, s].gamma:.3g}" for s in profile.seeds))
-iat_vs_haze = statistics.mean(pulls["lowlight", s].pull(1) / pulls["dehaze", s].pull(1)
-                              for s in profile.seeds)
-print(f"at the same γ, DiffLoss pulls on IAT {iat_vs_haze:.1f}× as hard as on haze's MSBDN "
-      f"(mean over seeds of the ratio; {AUTO_BATCHES} batches each)")
+pull_by_net = {t: [pulls[t, s].pull(profile.gamma) for s in profile.seeds] for t in ("dehaze", "lowlight")}
+iat_vs_haze = statistics.median(pull_by_net["lowlight"]) / statistics.median(pull_by_net["dehaze"])
+print(f"at the same γ, the median pull over seeds is {statistics.median(pull_by_net['lowlight']):.2f} on IAT "
+      f"(range {min(pull_by_net['lowlight']):.2f}–{max(pull_by_net['lowlight']):.2f}) and "
+      f"{statistics.median(pull_by_net['dehaze']):.2f} on haze's MSBDN "
+      f"(range {min(pull_by_net['dehaze']):.2f}–{max(pull_by_net['dehaze']):.2f}): "
+      f"a ratio of medians of {iat_vs_haze:.1f}; the ranges "
+      + ("overlap" if min(pull_by_net["lowlight"]) <= max(pull_by_net["dehaze"]) else "do not overlap")
+      + f" ({AUTO_BATCHES} batches each)")
 
 # %% [markdown]
 # ## 4. Three runs per seed, per task
@@ -222,7 +230,11 @@ for t in TASK_NAMES:
 # For the first seed, L1 + DiffLoss at $\gamma \in \{0.1, 0.3, 1, 10\}$ besides the haze value
 # trained above, each scored by its best validation PSNR (the split that chooses `best.pt`; the
 # test splits are not looked at). The rule "lands" if its validation PSNR is within the seeds'
-# spread (highest minus lowest seed of the rule's runs) of the best swept $\gamma$'s.
+# spread (highest minus lowest seed of the rule's runs) of the best swept $\gamma$'s. That test
+# says something only where the sweep itself varies more than the seeds do: where the whole
+# sweep's range is smaller than the seeds' spread, any $\gamma$ in it would "land", and the cell
+# says so instead. A swept run that the trainer flagged as collapsed is marked: two collapsed
+# runs can print the same PSNR (that of the same black image).
 
 # %%
 SWEEP = (0.1, 0.3, 1.0, 10.0)
@@ -238,30 +250,47 @@ sweeps = {}
 for t in TASK_NAMES:
     swept = run_paired(bases[t], {f"γ = {g:g}": dict(loss="l1+diffloss", gamma=g) for g in SWEEP},
                        [seed0], runs_dir / t / "sweep", prior=prior, parallel=parallel, log=None)
-    val = {g: best_val(swept[f"γ = {g:g}", seed0]) for g in SWEEP}
-    val[profile.gamma] = best_val(histories[t]["DiffLoss, haze γ", seed0])
-    val = dict(sorted(val.items()))
+    runs = {g: swept[f"γ = {g:g}", seed0] for g in SWEEP}
+    runs[profile.gamma] = histories[t]["DiffLoss, haze γ", seed0]
+    runs = dict(sorted(runs.items()))
+    val = {g: best_val(h) for g, h in runs.items()}
+    collapsed_at = {g: h.meta["collapse"]["step"] for g, h in runs.items() if h.meta.get("collapse")}
     rule = [best_val(histories[t]["DiffLoss, rule", s]) for s in profile.seeds]
     l1_val = best_val(histories[t]["L1", seed0])
     finite = {g: v for g, v in val.items() if math.isfinite(v)}
     best_g = max(finite, key=finite.get) if finite else None
     spread = max(rule) - min(rule) if len(rule) > 1 else None
     gap = finite[best_g] - rule[0] if best_g is not None else None
+    sweep_range = max(finite.values()) - min(finite.values()) if finite else None
     sweeps[t] = {"seed": seed0, "val_psnr_by_gamma": {f"{g:g}": v for g, v in val.items()},
-                 "best_gamma": best_g, "l1_val_psnr": l1_val,
+                 "collapsed_at_step_by_gamma": {f"{g:g}": st for g, st in collapsed_at.items()},
+                 "range": sweep_range, "best_gamma": best_g, "l1_val_psnr": l1_val,
                  "rule": {"gamma": histories[t]["DiffLoss, rule", seed0].config.auto_gamma["diffloss"],
                           "val_psnr_by_seed": rule, "spread": spread}, "gap_to_best": gap}
     print(f"{t}: validation PSNR (seed {seed0}) by γ: "
-          + ", ".join(f"{g:g} → {v:.2f}" for g, v in val.items()) + f" dB; L1 {l1_val:.2f} dB")
+          + ", ".join(f"{g:g} → {v:.2f}" + (" (collapsed)" if g in collapsed_at else "")
+                      for g, v in val.items()) + f" dB; L1 {l1_val:.2f} dB")
     if best_g is None:
         print("    every swept run diverged before its first evaluation")
         continue
     lands = spread is not None and gap <= spread
+    informative = spread is not None and sweep_range > spread
     sweeps[t]["pull_of_best_gamma"] = pulls[t, seed0].pull(best_g)
+    sweeps[t]["lands"] = lands if informative else None
+    if spread is None:
+        judged = "; one seed: no spread to compare with"
+    elif informative:
+        judged = f", seeds' spread {spread:.2f} dB: {'within' if lands else 'outside'} it"
+    else:
+        judged = (f"; the whole sweep spans {sweep_range:.2f} dB, less than the seeds' spread "
+                  f"({spread:.2f} dB): validation PSNR barely depends on γ here, so landing near "
+                  "the best says nothing about the rule")
     print(f"    best swept γ = {best_g:g}; the rule's γ = {sweeps[t]['rule']['gamma']:.3g} gives "
-          f"{rule[0]:.2f} dB ({gap:+.2f} dB short of the best)"
-          + (f", seeds' spread {spread:.2f} dB: {'within' if lands else 'outside'} it"
-             if spread is not None else "; one seed: no spread to compare with"))
+          f"{rule[0]:.2f} dB ({gap:+.2f} dB short of the best){judged}")
+    rule_collapsed = [s for s in profile.seeds if histories[t]["DiffLoss, rule", s].meta.get("collapse")]
+    if informative and rule_collapsed:
+        print(f"    the seeds' spread includes collapsed rule runs (seeds {', '.join(map(str, rule_collapsed))}): "
+              "it measures how differently the rule fails, not the noise of a working run")
     print(f"    the best swept γ pulls {sweeps[t]['pull_of_best_gamma']:.2f} at the start (seed {seed0}), "
           f"the rule's target ρ* = {DEFAULT_RHO:g}")
 
@@ -328,16 +357,21 @@ plt.show()
 # %% [markdown]
 # ### Looking inside IAT
 #
-# IAT's output is $z = \mathrm{clamp}\big(C\,(y\cdot M + A),\,10^{-8},\,1\big)^{\gamma}$: the
+# IAT's output is $z = \mathrm{clamp}\big(C\,(y\cdot M + A),\,10^{-8},\,1\big)^{g}$: the
 # local maps $M = \mathrm{ReLU}(\cdot)$ and $A = \tanh(\cdot)$, then the global colour matrix $C$,
-# the clamp, and the gamma. The clamp acts on $C\,(y\cdot M + A)$, *before* the gamma, so that is
-# where it is measured: the share of values at or below the lower clamp and at or above the upper
-# one (no gradient passes back at either clamp). The one-word label at the end of each line looks
-# at the lower clamp only: a run whose values sit above the upper clamp (a white image) is still
-# labelled "working" by it, so read the "above" share and the output's PSNR too. For every low-light run, over the two unseen scenes: the
-# share of pixels where $M = 0$ in all channels (a "dead" ReLU), the mean of $A$, the predicted
-# gamma, the mean diagonal of $C$, the two clamp shares, and the spread of the output
-# (`IAT.stages`).
+# the clamp, and the exponent $g$ that IAT predicts per image (its paper calls it a gamma; it is
+# not DiffLoss's weight $\gamma$, so this chapter writes $g$). The clamp acts on
+# $C\,(y\cdot M + A)$, *before* the exponent, so that is where it is measured: the share of values
+# at or below the lower clamp and at or above the upper one (no gradient passes back at either
+# clamp). For every low-light run, over the two unseen scenes: the share of pixels where $M = 0$
+# in all channels (a "dead" ReLU), the mean of $A$, the predicted exponent $g$, the mean diagonal
+# of $C$, the two clamp shares, and the spread of the output (`IAT.stages`). The label at the end
+# of each line reads both clamps, first match wins: *black* or *white* when more than 90 % of the
+# values sit at the lower or the upper clamp; *mostly clamped* when more than half sit at one of
+# the two; *M mostly dead* when more than half the pixels have $M = 0$ (the output no longer
+# multiplies the input); *partly clamped* when more than 10 % sit at a clamp (an L1 run that works
+# has well under 1 %); *flat* when the output barely varies; *working* otherwise. A label describes
+# the network's internals; the PSNR of section 8 says how good the output is.
 
 # %%
 ood_low = build_datasets(bases["lowlight"]).tests["ood"]
@@ -357,19 +391,24 @@ for label in losses:
                               "high": float((st["mixed"] >= 1).float().mean()),
                               "std": float(st["z"].std())})
         mean = {k: statistics.mean(r[k] for r in stats) for k in stats[0]}
-        if mean["low"] > 0.9 and mean["std"] < 0.01:
-            state = "collapsed: a black image, below the clamp, where no gradient passes back"
-        elif mean["low"] > 0.5:
-            state = "half black: most values below the clamp"
+        clamped = mean["low"] + mean["high"]
+        if mean["low"] > 0.9:
+            state = "black: over 90% of the values at the lower clamp, where no gradient passes back"
+        elif mean["high"] > 0.9:
+            state = "white: over 90% of the values at the upper clamp, where no gradient passes back"
+        elif clamped > 0.5:
+            state = "mostly clamped: over half the values at a clamp"
         elif mean["dead"] > 0.5:
-            state = "the multiplication map is mostly dead"
+            state = "M mostly dead: the output no longer multiplies the input"
+        elif clamped > 0.1:
+            state = f"partly clamped: {clamped:.0%} of the values at a clamp"
         elif mean["std"] < 0.02:
             state = "flat: the output barely depends on the input"
         else:
             state = "working"
         iat_state[label, s] = state
         print(f"{label:>16}, seed {s}: M = 0 at {mean['dead']:5.1%}, mean A {mean['add']:+.2f}, "
-              f"gamma {mean['gamma']:5.2f}, diag C {mean['diag']:+.2f}, below the clamp "
+              f"exponent g {mean['gamma']:5.2f}, diag C {mean['diag']:+.2f}, below the clamp "
               f"{mean['low']:5.1%}, above {mean['high']:5.1%}, output std {mean['std']:.3f} → {state}")
 
 # %% [markdown]
@@ -382,8 +421,8 @@ for label in losses:
 
 # %%
 labels = list(losses)
-results = {"profile": profile.name, "seeds": list(profile.seeds), "steps": steps,
-           "rho": DEFAULT_RHO, "tasks": {}}
+results = {"profile": profile.name, "made_on": made_on(), "seeds": list(profile.seeds), "steps": steps,
+           "rho": DEFAULT_RHO, "dehaze_pull_at_haze_gamma": pull_by_net["dehaze"], "tasks": {}}
 for t in TASK_NAMES:
     entry = {"model": bases[t].model, "metric_space": TASKS[t].metric_space, "data": assets[t].label,
              "configs": {label: portable_config(histories[t][label, seed0].config) for label in labels},
@@ -391,6 +430,8 @@ for t in TASK_NAMES:
              "rule_gamma": [histories[t]["DiffLoss, rule", s].config.auto_gamma["diffloss"]
                             for s in profile.seeds],
              "sweep": sweeps[t],
+             "iat_state": ({f"{label}, seed {s}": iat_state[label, s] for label in labels for s in profile.seeds}
+                           if t == "lowlight" else None),
              "diverged": [{"loss": label, "seed": s, "step": step} for label, s, step in diverged(histories[t])],
              "collapsed": [{"loss": label, "seed": s, **h.meta["collapse"]}
                            for (label, s), h in histories[t].items() if h.meta.get("collapse")],
@@ -415,19 +456,27 @@ for t, entry in results["tasks"].items():
                   f"SSIM {verdict(d['ssim'], '', True, MIN_EFFECT['ssim'])}")
     n_div, n_col = len(entry["diverged"]), len(entry["collapsed"])
     print(f"    {t}: {n_div} run(s) diverged, {n_col} collapse(s) noticed, of {len(histories[t])} runs")
+    d_in = entry["splits"]["in_distribution"]["final"]["paired_difference"]
     for label in labels[1:]:
         bad = [c["seed"] for c in entry["collapsed"] if c["loss"] == label]
-        print(f"    {label}: {len(bad)} of {len(profile.seeds)} seeds collapsed"
+        print(f"    {label}: {len(bad)} of {len(profile.seeds)} seeds flagged as collapsed by the trainer"
               + (f" (seeds {', '.join(map(str, bad))})" if bad else ""))
-    rule_bad = [c for c in entry["collapsed"] if c["loss"] == "DiffLoss, rule"]
-    if rule_bad:
-        p_best = entry["sweep"].get("pull_of_best_gamma")
-        print(f"    → the rule still fails on {t}: a pull of ρ* = {DEFAULT_RHO:g}, right for haze's "
-              f"MSBDN, is too strong for {entry['model']}"
-              + (f"; the sweep's best γ pulls {p_best:.2f} at the start, so what it would take is a "
-                 f"target about {DEFAULT_RHO / p_best:.0f}× lower for this network (the pull does not "
-                 "transfer between these networks either), or a network without an output clamp"
-                 if p_best else ""))
+        for k, seed in enumerate(profile.seeds):
+            gap = d_in[label]["psnr"]["per_seed"][k]
+            if seed not in bad and gap < -3:
+                inside = f"; inside IAT: {iat_state[label, seed]}" if t == "lowlight" else ""
+                print(f"      seed {seed} was not flagged, but is {gap:+.2f} dB against L1 in-distribution{inside}")
+    sw = entry["sweep"]
+    swept_val = {float(g): v for g, v in sw["val_psnr_by_gamma"].items()}
+    if sw["best_gamma"] is not None and all(v < sw["l1_val_psnr"] for v in swept_val.values()):
+        g_best = sw["best_gamma"]
+        lowest = g_best == min(swept_val)
+        print(f"    → on {t} every swept γ is below L1 on validation (seed {sw['seed']}): the best, "
+              f"γ = {g_best:g}{', the lowest tried,' if lowest else ''} is still "
+              f"{sw['l1_val_psnr'] - swept_val[g_best]:.1f} dB below L1 and pulls "
+              f"{sw['pull_of_best_gamma']:.2f} at the start, against the rule's ρ* = {DEFAULT_RHO:g}: "
+              "the pull that suits haze's MSBDN does not suit this network"
+              + ("; no γ tried here is low enough to show what would" if lowest else ""))
 n = len(profile.seeds)
 print(f"With {n} seed(s), 'in every seed' describes the seeds; it is not a significance test: the "
       f"smallest two-sided sign-test p with {n} seeds is 2·(1/2)^{n} = {min(1.0, 2 * 0.5 ** n):.2f}.")
@@ -464,11 +513,10 @@ for t in TASK_NAMES:
 #   the average initial pull of the $\gamma$ the haze sweep chose, instead of the $\gamma$ itself;
 #   whether equalising the pull prevents a collapse is what sections 4–5 and the lines above
 #   report, task by task.
-# * The "what it would take" line is an extrapolation from one seed's sweep: where the best swept
-#   $\gamma$ is the lowest one tried and still below L1 on validation, a lower target is needed,
-#   not shown to be enough. Where several swept $\gamma$ give the same validation PSNR as a
-#   collapsed run, they most likely collapsed too, and the seeds' spread that the rule is judged
-#   against is then set by collapsed runs.
+# * The sweep is one seed's. Where the best swept $\gamma$ is the lowest one tried and still below
+#   L1 on validation, a lower target is needed, but the sweep cannot show that any target is
+#   enough. Where the seeds' spread that the rule is judged against includes collapsed runs, it
+#   measures how differently the rule fails, not the noise of working runs.
 # * A hypothesis, not measured here: what can transfer is what the prior knows, natural-image
 #   statistics. DiffLoss never shows the prior the degraded input: it compares the restoration
 #   with the ground truth, both noised with the same $\epsilon$ and $t$, so what would matter is
