@@ -316,11 +316,14 @@ def _run_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         if classifier is not None:
             from .semantics import semantic_scores
 
-            sem = {"restored": semantic_scores(model, ds, classifier, args.crops, device=device),
-                   "input": semantic_scores(nn.Identity(), ds, classifier, args.crops, device=device)}
+            clean: dict = {}  # the clean crops' predictions, shared by the two scores
+            sem = {"restored": semantic_scores(model, ds, classifier, args.crops, device=device, clean_cache=clean),
+                   "input": semantic_scores(nn.Identity(), ds, classifier, args.crops, device=device,
+                                            clean_cache=clean)}
             for who, sc in sem.items():
                 report["splits"][split][who]["semantics"] = sc.to_dict()
-            print(f"{split}: semantics over {sem['restored'].views} crops | " + " | ".join(
+            print(f"{split}: semantics over {sem['restored'].views} crops (the classifier's mean top-1 "
+                  f"probability on the clean crops: {sem['input'].clean_confidence:.2f}) | " + " | ".join(
                 f"{who} top-1 agreement {sc.top1_agreement:.3f}, top-5 overlap {sc.top5_overlap:.3f}, "
                 f"KL {sc.kl:.4f}" for who, sc in sem.items()))
         if not (math.isfinite(res.psnr) and math.isfinite(res.ssim)):

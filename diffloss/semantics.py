@@ -42,12 +42,15 @@ DEFAULT_CROPS = 16
 
 @dataclass
 class SemanticScores:
-    """Means over every crop of every image; ``views`` is how many crops they are."""
+    """Means over every crop of every image; ``views`` is how many crops they are;
+    ``clean_confidence`` is the classifier's mean top-1 probability on the clean crops (how sure
+    the judge is of the reference: near 1/1000 it sees nothing, near 1 one clear class)."""
 
     top1_agreement: float
     top5_overlap: float
     kl: float
     views: int
+    clean_confidence: float
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -74,34 +77,40 @@ def _views(image: Tensor, boxes: list[tuple[int, int, int]]) -> Tensor:
 
 @torch.no_grad()
 def semantic_agreement(classifier: nn.Module, restored: Tensor, clean: Tensor,
-                       boxes: list[tuple[int, int, int]]) -> dict[str, Tensor]:
+                       boxes: list[tuple[int, int, int]], log_clean: Tensor | None = None) -> dict[str, Tensor]:
     """Per-crop top-1 agreement, top-5 overlap and KL(p(clean) ‖ p(restored)) for one image pair
-    (``3×H×W`` in [0, 1]) over the crop ``boxes``."""
+    (``3×H×W`` in [0, 1]) over the crop ``boxes``, and the clean crops' top-1 probability
+    (``confidence``) and log-probabilities (``log_clean``: pass them back to skip the clean
+    image's forward pass when the same crops are scored again)."""
     if restored.shape != clean.shape:
         raise ValueError(f"restored {tuple(restored.shape)} and clean {tuple(clean.shape)} differ in shape")
     dev = next(classifier.parameters()).device
     log_z = classifier(_views(restored.clamp(0, 1), boxes).to(dev)).float().log_softmax(-1)
-    log_x = classifier(_views(clean.clamp(0, 1), boxes).to(dev)).float().log_softmax(-1)
+    log_x = (log_clean.to(dev) if log_clean is not None else
+             classifier(_views(clean.clamp(0, 1), boxes).to(dev)).float().log_softmax(-1))
     top5_z, top5_x = log_z.topk(5, -1).indices, log_x.topk(5, -1).indices
     overlap = (top5_z[:, :, None] == top5_x[:, None, :]).any(-1).float().mean(-1)
     return {"top1": (log_z.argmax(-1) == log_x.argmax(-1)).float(), "top5": overlap,
-            "kl": (log_x.exp() * (log_x - log_z)).sum(-1)}
+            "kl": (log_x.exp() * (log_x - log_z)).sum(-1), "confidence": log_x.exp().amax(-1),
+            "log_clean": log_x}
 
 
 def semantic_scores(model: nn.Module, dataset: Dataset, classifier: nn.Module,
                     crops: int = DEFAULT_CROPS, seed: int = 0,
-                    device: torch.device | str = "cpu") -> SemanticScores:
+                    device: torch.device | str = "cpu",
+                    clean_cache: dict[int, Tensor] | None = None) -> SemanticScores:
     """:class:`SemanticScores` of ``model``'s restorations of ``dataset`` (items ``(degraded,
     clean[, name])``) against the clean images; ``nn.Identity()`` scores the degraded input. The
     crop windows depend on ``seed`` and each image's size only, so two models are scored on the
-    same views."""
+    same views. ``clean_cache``: a dict kept by the caller for one (dataset, crops, seed, classifier);
+    the clean crops' predictions are stored there and reused by the next call."""
     from .training.evaluation import restore
 
     if crops < 1:
         raise ValueError(f"crops must be at least 1, got {crops}")
     was_training = model.training
     model.eval()
-    rows: dict[str, list[Tensor]] = {"top1": [], "top5": [], "kl": []}
+    rows: dict[str, list[Tensor]] = {"top1": [], "top5": [], "kl": [], "confidence": []}
     try:
         for i in range(len(dataset)):  # type: ignore[arg-type]
             degraded, clean = dataset[i][0], dataset[i][1]
@@ -109,11 +118,16 @@ def semantic_scores(model: nn.Module, dataset: Dataset, classifier: nn.Module,
                 restored = restore(model, degraded[None].to(device))[0].float().cpu()
             g = torch.Generator().manual_seed(seed * 100_003 + i)
             boxes = crop_boxes(clean.shape[-2], clean.shape[-1], crops, g)
-            for k, v in semantic_agreement(classifier, restored, clean.float(), boxes).items():
-                rows[k].append(v.cpu())
+            cached = clean_cache.get(i) if clean_cache is not None else None
+            got = semantic_agreement(classifier, restored, clean.float(), boxes, log_clean=cached)
+            if clean_cache is not None:
+                clean_cache[i] = got["log_clean"].cpu()
+            for k in rows:
+                rows[k].append(got[k].cpu())
     finally:
         model.train(was_training)
     if not rows["top1"]:
         raise ValueError("the dataset is empty: nothing to score")
-    top1, top5, kl = (torch.cat(rows[k]) for k in ("top1", "top5", "kl"))
-    return SemanticScores(float(top1.mean()), float(top5.mean()), float(kl.mean()), len(top1))
+    top1, top5, kl, conf = (torch.cat(rows[k]) for k in ("top1", "top5", "kl", "confidence"))
+    return SemanticScores(float(top1.mean()), float(top5.mean()), float(kl.mean()), len(top1),
+                          float(conf.mean()))

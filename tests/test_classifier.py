@@ -114,6 +114,11 @@ def test_scores_of_a_perfect_and_of_a_destroyed_restoration(classifier):
     assert perfect.kl == pytest.approx(0.0, abs=1e-5)
     black = semantic_scores(torch.nn.Identity(), _Pairs(lambda x: 0.02 * x), classifier, crops=3)
     assert black.top5_overlap < 0.6 and black.kl > 1.0
+    cache = {}
+    first = semantic_scores(torch.nn.Identity(), _Pairs(lambda x: 0.3 * x), classifier, crops=3, clean_cache=cache)
+    assert sorted(cache) == [0, 1]                     # the clean crops' predictions, by image
+    again = semantic_scores(torch.nn.Identity(), _Pairs(lambda x: 0.3 * x), classifier, crops=3, clean_cache=cache)
+    assert again == first and 0 < first.clean_confidence <= 1
     with pytest.raises(ValueError, match="crops must be at least 1"):
         semantic_scores(torch.nn.Identity(), _Pairs(lambda x: x), classifier, crops=0)
 
@@ -136,7 +141,8 @@ def test_evaluate_semantics_on_the_command_line(tmp_path, capsys):
 
     report = json.loads(out_json.read_text())
     for split in report["splits"].values():
-        assert set(split["restored"]["semantics"]) == {"top1_agreement", "top5_overlap", "kl", "views"}
+        assert set(split["restored"]["semantics"]) == {"top1_agreement", "top5_overlap", "kl", "views",
+                                                          "clean_confidence"}
 
 
 def test_evaluate_semantics_without_the_package_is_one_line(tmp_path, capsys, monkeypatch):
