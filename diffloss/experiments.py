@@ -176,7 +176,7 @@ def input_scores(tests: Mapping[str, Any], task: str) -> dict[str, dict[str, flo
 
 
 def verdict(d: Mapping[str, Any], unit: str = "", higher_is_better: bool = True,
-            minimum: float = 0.0) -> str:
+            minimum: float = 0.0, words: tuple[str, str] = ("better", "worse")) -> str:
     """A paired difference (:func:`~diffloss.diagnostics.paired_differences`) in words:
 
     - "better/worse in every seed" when every seed has the same sign *and* clears ``minimum``,
@@ -187,7 +187,9 @@ def verdict(d: Mapping[str, Any], unit: str = "", higher_is_better: bool = True,
     - otherwise "no consistent difference".
 
     These words describe the seeds; they are not a significance test (with three seeds, a sign
-    test can never go below p = 2·(1/2)³ = 0.25, two-sided). Where seeds had a diverged run
+    test can never go below p = 2·(1/2)³ = 0.25, two-sided). ``words``: what to call the two
+    directions (e.g. ``("lower", "higher")`` for a score where lower is not simply better); a
+    seed whose difference is exactly 0 shows as "0" among the signs. Where seeds had a diverged run
     (``d["diverged_seeds"]``, set by :func:`paired_scores`), the count is appended.
     """
     per_seed = list(d["per_seed"])
@@ -195,7 +197,7 @@ def verdict(d: Mapping[str, Any], unit: str = "", higher_is_better: bool = True,
     same_sign = len(signs) > 1 and (all(v > 0 for v in per_seed) or all(v < 0 for v in per_seed))
     spread = f" ± {d['sd']:.3f}" if d.get("sd") is not None else ""
     numbers = f"{d['mean']:+.3f}{unit}{spread}"
-    signs_text = "".join("+" if s else "−" for s in signs)
+    signs_text = "".join("+" if v > 0 else "−" if v < 0 else "0" for v in per_seed)
     n_div = int(d.get("diverged_seeds") or 0)
     tail = f"; {n_div} of {len(per_seed)} seeds had a run that diverged" if n_div else ""
     if same_sign and d["sd"] is not None and abs(d["mean"]) > d["sd"]:
@@ -206,7 +208,7 @@ def verdict(d: Mapping[str, Any], unit: str = "", higher_is_better: bool = True,
         if small:
             return (f"same sign in every seed, but {small} of {len(per_seed)} seeds below the minimum "
                     f"effect of {minimum:g}{unit} ({numbers}){tail}")
-        word = "better" if (d["mean"] > 0) == higher_is_better else "worse"
+        word = words[0] if (d["mean"] > 0) == higher_is_better else words[1]
         return f"{word} in every seed ({numbers}){tail}"
     return f"no consistent difference ({numbers}, signs {signs_text}){tail}"
 

@@ -29,7 +29,7 @@ def test_a_collapsing_run_is_reported_once_and_runs_on(tmp_path: Path) -> None:
     notes = [w for w in caught if "collapsed" in str(w.message)]
     assert len(notes) == 1 and "step 4 (2 evaluations in a row)" in str(notes[0].message)
     assert h.meta["collapse"]["step"] == 4 and h.meta["collapse"]["split"] == "val"
-    assert "at the clamp" in h.meta["collapse"]["reason"] and "below the degraded input" in h.meta["collapse"]["reason"]
+    assert "sit at 0 or 1" in h.meta["collapse"]["reason"] and "below the degraded input" in h.meta["collapse"]["reason"]
     assert h.meta["finished"] and h.rows[-1]["step"] == 6
 
 
@@ -73,5 +73,5 @@ def test_a_black_phase_that_passes_is_not_a_collapse_but_an_end_in_black_is() ->
     assert watch.check(0, psnr=10.0, saturated=0.3) is None
     assert watch.check(1, psnr=10.0, saturated=1.0) is None  # black once (IAT under DiffLoss, early)
     assert watch.check(2, psnr=12.0, saturated=0.2) is None  # and out of it
-    assert "at the clamp" in watch.check(3, psnr=12.0, saturated=0.99, last=True)  # ends black
+    assert "sit at 0 or 1" in watch.check(3, psnr=12.0, saturated=0.99, last=True)  # ends black
     assert saturated_share(torch.tensor([0.0, 0.5, 1.0, 0.999])) == 0.75

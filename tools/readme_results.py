@@ -137,12 +137,13 @@ def chapter04() -> list[str]:
         f"{say(ood['paired_difference']['ssim'], 'ssim')}. The energy of the error above ¼ cycle/pixel "
         f"(checkerboard artefacts, but also detail a blurry output lost) is {artefact_share(ind):.0%} "
         f"of L1's in-distribution and {artefact_share(ood):.0%} out of distribution. The frozen prior's "
-        "own denoising loss on the restorations is lower with DiffLoss "
-        f"({pm(ind['paired_difference']['prior_loss'], 4)} in-distribution), but that is circular: "
+        "own denoising loss on the restorations, relative to the ground truth's (0 = as natural; below 0: "
+        f"smoother to the prior), is {'lower' if ind['paired_difference']['prior_loss']['mean'] < 0 else 'higher'} "
+        f"with DiffLoss ({pm(ind['paired_difference']['prior_loss'], 4)} in-distribution), which is circular: "
         "DiffLoss trains against the same prior"
-        + (f", and the prior scores the hazy input ({checks['prior_loss_input']['in_distribution']:+.4f}) "
-           f"as {'more' if checks['prior_loss_input']['in_distribution'] < mean(ind['l1']['prior_loss']) else 'less'}"
-           " natural than the L1 restorations" if checks.get("prior_loss_input") else "")
+        + (f"; the prior gives the hazy input {checks['prior_loss_input']['in_distribution']:+.4f}, "
+           f"against {mean(ind['l1']['prior_loss']):+.4f} for L1 and {mean(ind['l1+diffloss']['prior_loss']):+.4f} "
+           "with DiffLoss" if checks.get("prior_loss_input") else "")
         + ".")
     out.append(knob_sweep(r))
     out.append(leak_change(r))

@@ -94,13 +94,14 @@ class CollapseWatch:
         ceiling = max(self.baseline_saturated, (self.start[1] or 0.0) if self.start else 0.0)
         reasons = []
         if psnr < floor - COLLAPSE_MARGIN_DB:
-            reasons.append(f"{self.split} PSNR {psnr:.2f} dB is {floor - psnr:.1f} dB below the degraded "
-                           f"input's ({self.input_psnr:.2f} dB)" + (
-                               f" and the untrained network's ({self.start[0]:.2f} dB)" if self.start else ""))
+            reasons.append(f"{self.split} PSNR {psnr:.2f} dB is {self.input_psnr - psnr:.1f} dB below the "
+                           f"degraded input's ({self.input_psnr:.2f} dB)" + (
+                               f" and {self.start[0] - psnr:.1f} dB below the untrained network's "
+                               f"({self.start[0]:.2f} dB)" if self.start else ""))
         if saturated is not None and ceiling < 1 and (saturated - ceiling) / (1 - ceiling) > SATURATED_SHARE:
-            reasons.append(f"{saturated:.0%} of the output values sit at the clamp (0 or 1; the clean or "
-                           f"degraded images{' or the untrained output' if self.start else ''}: at most "
-                           f"{ceiling:.0%})")
+            reasons.append(f"{saturated:.0%} of the output values sit at 0 or 1, against at most {ceiling:.0%} "
+                           f"for the clean images, the degraded inputs"
+                           f"{' or the untrained network' if self.start else ''}")
         self.streak = self.streak + 1 if reasons else 0
         if not reasons or (self.streak < PATIENCE and not last):
             return None

@@ -252,7 +252,12 @@ print("Regression recovers the closed-form posterior within 5 standard errors:",
 # %% [markdown]
 # ## 5. Linear versus cosine schedules
 #
-# Nichol & Dhariwal's cosine schedule, $\bar\alpha(t)=\cos^2\!\big(\tfrac{t/T+s}{1+s}\tfrac{\pi}{2}\big)$,
+# Nichol & Dhariwal's cosine schedule, $\bar\alpha(t)=f(t/T)/f(0)$ with
+# $f(u)=\cos^2\!\big(\tfrac{u+s}{1+s}\tfrac{\pi}{2}\big)$ and $s = 0.008$ (so that $\bar\alpha(0) = 1$),
+# is defined through its betas, $\beta_t = \min\big(1 - f(\tfrac{t+1}{T})/f(\tfrac{t}{T}),\,0.999\big)$ for the
+# code's $t = 0, \dots, T-1$; their product gives $\bar\alpha_t = f(\tfrac{t+1}{T})/f(0)$ (one index
+# shifted: the code's $t$ is the noise after step $t + 1$) wherever the 0.999 cap does not bite,
+# which is only at the last steps. It
 # was designed against two faults of the linear one: the linear schedule destroys the signal early, and
 # it then spends many steps on images that are already almost pure noise. Under the cosine
 # schedule $\bar\alpha_t$ falls about linearly through the middle of the range and little time is

@@ -82,7 +82,8 @@ print(f"prior: {prior_label}" + (f", from {assets.prior_dir}" if assets.prior_di
 prior = load_profile_prior(profile if assets.prior == profile.prior else "small", root=repo_root()).to(device)
 f = prior.downsampling_factor
 print(f"U-Net: {prior.num_parameters():,} parameters, native size {prior.sample_size}×{prior.sample_size}, "
-      f"downsamples ×{f} (any side that is a multiple of {f} works: it is convolutional)")
+      f"downsamples ×{f} (any side that is a multiple of {f} works: convolutions and one self-attention block in the middle; "
+      f"sides far from {prior.sample_size} are outside what it was trained on)")
 print(prior.schedule)
 if assets.prior == "tiny":
     prov = json.loads((TINY_PRIOR_DIR / PROVENANCE).read_text())
@@ -200,7 +201,7 @@ print(f"spread of the image means relative to the real crops: DDPM {spread['DDPM
 # crops', last line above), the typical "average image" of an under-trained model, while DDPM's
 # fresh noise at every step keeps the samples varied in colour: by the spread of their image
 # means, at least as varied as the real crops (the ratio printed above). Under `gpu` and `paper` the ADM prior's
-# samples are ImageNet-like scenes. A prior this small is a weak judge; the next sections measure how weak.
+# samples should be ImageNet-like scenes (not run or shown here: this repository has no ADM samples). A prior this small is a weak judge; the next sections measure how weak.
 #
 # ## 4. The naturalness signal: $\epsilon_\theta$ of a degraded image under the same noise
 #
@@ -518,7 +519,8 @@ plt.show()
 # of haze than pixel space.
 # In absolute terms, haze moves an image **furthest** in h-space (the "ratio" columns and the
 # last line): the semantic term does register a hazy version as different, more than a blurred
-# or noisy one; haze also moves the pixels most. As for $\epsilon_\theta$, the signal fades
+# or noisy one; over the images of this table haze also moves the pixels most (not on every
+# image: read the rows). As for $\epsilon_\theta$, the signal fades
 # with $t$: all distances shrink several- to tens-fold between $t=200$ and $t=500$ (the factors
 # printed) and are orders of magnitude smaller still at $t=900$, where every input is mostly the same noise.
 #

@@ -40,7 +40,7 @@ plt.rcParams["figure.dpi"] = 72  # inline figures stay light; save_figure writes
 profile = current_profile()
 print(f"profile: {profile.name} ({profile.description})")
 device = "cuda" if torch.cuda.is_available() else "cpu"
-prior = load_profile_prior(profile).to(device)  # tiny prior (ci, small) or ADM 256 (paper); frozen
+prior = load_profile_prior(profile).to(device)  # tiny prior (ci, small) or ADM 256 (gpu, paper); frozen
 schedule = prior.schedule
 print(f"prior: {prior.num_parameters() / 1e6:.2f} M parameters, native size {prior.sample_size} px, "
       f"downsampling factor {prior.downsampling_factor}, T = {schedule.T}, on {device}")

@@ -197,8 +197,8 @@ print(f"at the same γ, the median pull over seeds is {statistics.median(pull_by
 #   before step 1 and records it in its `config.json`).
 #
 # On the `small` profile every run takes half of chapter 04's steps (200), two runs at a time,
-# one per core (the last cell prints the chapter's time; with the sweep it is the longest
-# chapter, about 25 minutes on two cores). A
+# one per core (the last cell prints the chapter's time: with the sweep, about 15 minutes on
+# two cores). A
 # run that stops on a non-finite value is a result: it is reported as diverged at its step, with
 # its last good scores, and the comparison goes on.
 
@@ -234,7 +234,7 @@ for t in TASK_NAMES:
 # says something only where the sweep itself varies more than the seeds do: where the whole
 # sweep's range is smaller than the seeds' spread, any $\gamma$ in it would "land", and the cell
 # says so instead. A swept run that the trainer flagged as collapsed is marked: two collapsed
-# runs can print the same PSNR (that of the same black image).
+# runs can print the same PSNR (that of the same constant image, e.g. all black).
 
 # %%
 SWEEP = (0.1, 0.3, 1.0, 10.0)
@@ -286,7 +286,7 @@ for t in TASK_NAMES:
                   f"({spread:.2f} dB): validation PSNR barely depends on γ here, so landing near "
                   "the best says nothing about the rule")
     print(f"    best swept γ = {best_g:g}; the rule's γ = {sweeps[t]['rule']['gamma']:.3g} gives "
-          f"{rule[0]:.2f} dB ({gap:+.2f} dB short of the best){judged}")
+          f"{rule[0]:.2f} dB ({abs(gap):.2f} dB {'below' if gap >= 0 else 'above'} the best){judged}")
     rule_collapsed = [s for s in profile.seeds if histories[t]["DiffLoss, rule", s].meta.get("collapse")]
     if informative and rule_collapsed:
         print(f"    the seeds' spread includes collapsed rule runs (seeds {', '.join(map(str, rule_collapsed))}): "
@@ -326,9 +326,10 @@ plt.show()
 # %% [markdown]
 # ## 7. What the restorations look like
 #
-# The two unseen scenes of each task, restored by the final networks of the first seed: input,
-# the three losses, ground truth, with the PSNR of each (RGB for low light, the Y channel for
-# rain, as the titles say).
+# The two unseen scenes of each task, restored by the final networks of the first seed (seed 0):
+# input, the three losses, ground truth, with the PSNR of each (RGB for low light, the Y channel
+# for rain, as the titles say). A collapsed IAT can end black or white (section 7 says which
+# seed ended how); the figure shows seed 0 only.
 
 # %%
 rows = []
@@ -367,8 +368,8 @@ plt.show()
 # in all channels (a "dead" ReLU), the mean of $A$, the predicted exponent $g$, the mean diagonal
 # of $C$, the two clamp shares, and the spread of the output (`IAT.stages`). The label at the end
 # of each line reads both clamps, first match wins: *black* or *white* when more than 90 % of the
-# values sit at the lower or the upper clamp; *mostly clamped* when more than half sit at one of
-# the two; *M mostly dead* when more than half the pixels have $M = 0$ (the output no longer
+# values sit at the lower or the upper clamp; *mostly clamped* when more than half sit at the
+# two clamps together; *M mostly dead* when more than half the pixels have $M = 0$ (the output no longer
 # multiplies the input); *partly clamped* when more than 10 % sit at a clamp (an L1 run that works
 # has well under 1 %); *flat* when the output barely varies; *working* otherwise. A label describes
 # the network's internals; the PSNR of section 8 says how good the output is.
@@ -408,13 +409,14 @@ for label in losses:
             state = "working"
         iat_state[label, s] = state
         print(f"{label:>16}, seed {s}: M = 0 at {mean['dead']:5.1%}, mean A {mean['add']:+.2f}, "
-              f"exponent g {mean['gamma']:5.2f}, diag C {mean['diag']:+.2f}, below the clamp "
-              f"{mean['low']:5.1%}, above {mean['high']:5.1%}, output std {mean['std']:.3f} → {state}")
+              f"exponent g {mean['gamma']:5.2f}, diag C {mean['diag']:+.2f}, at the lower clamp "
+              f"{mean['low']:5.1%}, at the upper {mean['high']:5.1%}, output std {mean['std']:.3f} → {state}")
 
 # %% [markdown]
 # ## 8. The results, machine-readable, and what they say
 #
-# `figures/06_results.json` holds, per task, the runs' configs, the pulls of section 3, the
+# `figures/06_results.json` holds, per task, the seed-0 config of each loss (the rule's γ of
+# every seed is under `rule_gamma`), the pulls of section 3, the
 # sweep of section 5 and, per test split, the input's scores, each seed's final and
 # best-by-validation PSNR/SSIM and the paired differences against L1, seed by seed. Everything
 # below is printed from it.
@@ -490,7 +492,8 @@ print(f"Scale: {steps}-step runs with the {prior_name} on synthetic data: they t
 #
 # A comparison is only as good as its baseline. For each task, every L1 seed's final gain over
 # the degraded input on the in-distribution test split, and, for low light, what section 7 found
-# inside the network; a seed whose gain is below half the best seed's is named.
+# inside the network on the two unseen scenes; a seed whose gain is below half the best seed's
+# is named.
 
 # %%
 for t in TASK_NAMES:
@@ -508,11 +511,13 @@ for t in TASK_NAMES:
 # * A verdict needs the same sign in every seed, every seed at least 0.1 dB (0.005 SSIM) and a
 #   mean larger than the seeds' standard deviation; the same sign with some seeds below the
 #   minimum is reported as such; anything else is "no consistent difference".
+# * The ± after a mean is the standard deviation over seeds; with three seeds, one weak
+#   baseline seed (the lines above name it) can set most of it.
 # * The haze $\gamma$ is a number tuned for one network. Section 3 measures how hard it pulls
 #   each network at the start; the pulls differ by network *and* by seed. The rule carries over
 #   the average initial pull of the $\gamma$ the haze sweep chose, instead of the $\gamma$ itself;
-#   whether equalising the pull prevents a collapse is what sections 4–5 and the lines above
-#   report, task by task.
+#   whether equalising the pull prevents a collapse is what the summary below says, task by
+#   task, from the numbers above.
 # * The sweep is one seed's. Where the best swept $\gamma$ is the lowest one tried and still below
 #   L1 on validation, a lower target is needed, but the sweep cannot show that any target is
 #   enough. Where the seeds' spread that the rule is judged against includes collapsed runs, it
@@ -523,6 +528,31 @@ for t in TASK_NAMES:
 #   how a restoration's *errors* look to the prior (residual noise and colour casts of an
 #   enhanced dark image, leftover rain streaks: the high-frequency errors the naturalness term
 #   sees at small $t$, chapter 03).
+
+# %%
+for t, entry in results["tasks"].items():
+    sw, n = entry["sweep"], len(profile.seeds)
+    col = {label: sum(c["loss"] == label for c in entry["collapsed"]) for label in labels[1:]}
+    d_in = entry["splits"]["in_distribution"]["final"]["paired_difference"]
+    d_ood = entry["splits"]["out_of_distribution"]["final"]["paired_difference"]
+    print(f"{t} ({entry['model']}): collapsed runs by loss: "
+          + ", ".join(f"{label} {k} of {n}" for label, k in col.items()) + ".")
+    for label in labels[1:]:
+        print(f"    {label} against L1: PSNR in-distribution "
+              f"{verdict(d_in[label]['psnr'], ' dB', True, MIN_EFFECT['psnr'])}, out of distribution "
+              f"{verdict(d_ood[label]['psnr'], ' dB', True, MIN_EFFECT['psnr'])}")
+    if sw.get("best_gamma") is not None:
+        lowest = sw["best_gamma"] == min(float(g) for g in sw["val_psnr_by_gamma"])
+        lands = {True: "lands within the seeds' spread of the best swept γ",
+                 False: "lands outside the seeds' spread of the best swept γ",
+                 None: "cannot be judged against the sweep (flatter than the seeds' spread, or one seed)"}
+        best_val_psnr = sw["val_psnr_by_gamma"][f"{sw['best_gamma']:g}"]
+        print(f"    the rule {lands[sw.get('lands')]}; the best swept γ is {sw['best_gamma']:g}"
+              + (" (the lowest tried)" if lowest else "")
+              + f", {best_val_psnr - sw['l1_val_psnr']:+.2f} dB against L1 on validation")
+    if col.get("DiffLoss, rule") == n and col.get("DiffLoss, haze γ") == n:
+        print(f"    → equalising the pull did not prevent the collapse on {t}: every run of both DiffLoss "
+              "settings collapsed")
 
 # %%
 # NBVAL_CHECK_OUTPUT
