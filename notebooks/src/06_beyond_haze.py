@@ -341,7 +341,7 @@ for t in TASK_NAMES:
                              for label in losses] + [target]
         rows.append((t, name, outs))
 titles = ["input", *losses, "ground truth"]
-fig, axes = plt.subplots(len(rows), len(titles), figsize=(13, 2.5 * len(rows)), squeeze=False)
+fig, axes = plt.subplots(len(rows), len(titles), figsize=(10, 1.95 * len(rows)), squeeze=False)
 for ax_row, (t, name, outs) in zip(axes, rows):
     y = TASKS[t].y_channel
     for k, (ax, img) in enumerate(zip(ax_row, outs)):
