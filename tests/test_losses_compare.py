@@ -263,7 +263,7 @@ def test_lite_perceptual_loss_is_eq5_on_timms_own_intermediate_features():
         fx = net.forward_intermediates((x - 0.5) / 0.5, indices=[0, 1, 2], intermediates_only=True)
     want = sum(((a - b) ** 2).mean() for a, b in zip(fz, fx))
     assert [f.shape[1] for f in fz] == [16, 24, 40]
-    assert float(got) == pytest.approx(float(want), rel=1e-5)
+    assert got.item() == pytest.approx(want.item(), rel=1e-5)
     got.backward()
     assert z.grad is not None and z.grad.abs().sum() > 0
     assert not any(p.requires_grad for p in loss.parameters())
