@@ -28,7 +28,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["high_frequency_error", "paired_differences", "prior_denoising_loss"]
+__all__ = ["DENOISING_TIMESTEPS", "denoising_timesteps", "high_frequency_error", "paired_differences",
+           "prior_denoising_loss"]
 
 
 def high_frequency_error(restored: Tensor, target: Tensor, cutoff: float = 0.25) -> Tensor:
@@ -51,10 +52,24 @@ def high_frequency_error(restored: Tensor, target: Tensor, cutoff: float = 0.25)
     return (energy / (err.shape[-3] * h * w) / (h * w)).float()
 
 
+#: The timesteps of :func:`prior_denoising_loss` for a prior that knows them all.
+DENOISING_TIMESTEPS = (50, 100, 200, 400)
+
+
+def denoising_timesteps(prior: Any) -> tuple[int, ...]:
+    """:data:`DENOISING_TIMESTEPS` when the prior knows them (a diffusion U-Net), else four evenly
+    spaced timesteps up to the last it knows (a denoiser prior: FFDNet's 42, 84, 125, 167)."""
+    lo, hi = getattr(prior, "valid_t_range", (0, 999))
+    if lo <= DENOISING_TIMESTEPS[0] and DENOISING_TIMESTEPS[-1] <= hi:
+        return DENOISING_TIMESTEPS
+    return tuple(max(lo, round(hi * k / 4)) for k in range(1, 5))
+
+
 @torch.no_grad()
-def prior_denoising_loss(prior: Any, images: Tensor, timesteps: Sequence[int] = (50, 100, 200, 400),
+def prior_denoising_loss(prior: Any, images: Tensor, timesteps: Sequence[int] | None = None,
                          seed: int = 0, tile: int | None = None) -> Tensor:
-    """Per-image DDPM loss of the frozen ``prior`` on ``images`` in [0, 1] (``B×3×H×W``).
+    """Per-image DDPM loss of the frozen ``prior`` on ``images`` in [0, 1] (``B×3×H×W``), at
+    ``timesteps`` (default :func:`denoising_timesteps`: 50, 100, 200, 400 for a diffusion U-Net).
 
     Each image is cut into non-overlapping ``tile×tile`` windows (default: the prior's native
     size, or the largest multiple of its downsampling factor that fits a smaller image; the
@@ -63,6 +78,7 @@ def prior_denoising_loss(prior: Any, images: Tensor, timesteps: Sequence[int] = 
     the image: restorations and ground truths are compared like for like), and the squared error
     of the predicted noise is averaged.
     """
+    timesteps = denoising_timesteps(prior) if timesteps is None else timesteps
     b, c, h, w = images.shape
     factor = int(getattr(prior, "downsampling_factor", 1))
     if tile is None:  # the native size, or the largest window the U-Net takes that fits

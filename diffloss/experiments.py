@@ -25,11 +25,19 @@ from .parallel import timed_train, train_in_processes
 from .training import History, TrainConfig, evaluate
 from .training.tasks import TASKS
 
-__all__ = ["MIN_EFFECT", "aligned_curves", "diverged", "input_scores", "paired_scores", "portable_config", "run_folder_names",
+__all__ = ["MIN_EFFECT", "aligned_curves", "diverged", "input_scores", "paired_scores", "portable_config",
+           "results_name", "run_folder_names",
            "made_on", "machine_description", "run_paired", "verdict"]
 
 #: The smallest paired difference worth a word: 0.1 dB of PSNR, 0.005 of SSIM.
 MIN_EFFECT: dict[str, float] = {"psnr": 0.1, "ssim": 0.005}
+
+
+def results_name(stem: str, profile: str, judge: str) -> str:
+    """The name of a results file of ``results/`` made with ``judge``: ``<stem>_<profile>`` for
+    the tiny prior (the files made before FFDNet judged), else ``<stem>_<profile>_<judge>``
+    (``results_name("04_knobs", "small", "ffdnet")`` is ``04_knobs_small_ffdnet``)."""
+    return f"{stem}_{profile}" if judge == "tiny" else f"{stem}_{profile}_{judge}"
 
 
 def run_paired(base: TrainConfig, losses: Mapping[str, Mapping[str, Any]], seeds: Sequence[int],

@@ -171,8 +171,9 @@ class DiffLoss(nn.Module):
         if size_policy not in ("crop", "resize"):
             raise ValueError(f"size_policy must be 'crop' or 'resize', got {size_policy!r}")
         T = prior.schedule.T
+        valid = prior.valid_t_range
         if t_range is None:
-            t_min, t_max = 0, T - 1
+            t_min, t_max = valid
         else:
             try:
                 t_min, t_max = (_as_int(v) for v in t_range)
@@ -181,6 +182,10 @@ class DiffLoss(nn.Module):
             if not 0 <= t_min <= t_max <= T - 1:
                 raise ValueError(f"t_range must be two integers (t_min, t_max) with 0 <= t_min <= t_max "
                                  f"<= {T - 1} (the prior has T = {T} steps), got {t_range!r}")
+            if not valid[0] <= t_min <= t_max <= valid[1]:
+                raise ValueError(f"t_range {t_range!r} goes beyond the timesteps this prior knows, "
+                                 f"{valid[0]}..{valid[1]} (a denoiser prior knows only its training "
+                                 f"noise levels): use t_range=({valid[0]}, {valid[1]}) or narrower")
         f = prior.downsampling_factor
         size = prior.sample_size if prior_size is None else _as_int(prior_size, -1)
         if size < f or size % f:
@@ -248,8 +253,8 @@ class DiffLoss(nn.Module):
     def _prepare(self, x: Tensor) -> Tensor:
         if self.channels_last is False:
             return x
-        if not _is_channels_last(self.prior.unet):
-            self.prior.unet.to(memory_format=torch.channels_last)
+        if not _is_channels_last(self.prior.network):
+            self.prior.network.to(memory_format=torch.channels_last)
         return x.contiguous(memory_format=torch.channels_last)
 
     def _encode(self, images: Tensor) -> Tensor:

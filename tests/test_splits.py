@@ -236,4 +236,8 @@ def test_the_shipped_prior_names_its_training_region() -> None:
 
     info = json.loads(files("diffloss").joinpath("assets/tiny_prior/provenance.json").read_text())
     assert info["train_region"]["columns"] == {n: [0, train_columns(w)[1], w] for n, w in ORIGINAL_WIDTH.items()}
-    assert info["heldout_images"] == list(TEST_IMAGES) and info["steps"] == 1200
+    # trained on the four training photos only: every out-of-distribution scene is unseen (the two
+    # it names, and the two scikit-learn photos added to the split after it was trained)
+    assert info["train_images"] == list(TRAIN_IMAGES) and info["steps"] == 1200
+    assert not set(info["train_images"]) & set(TEST_IMAGES)
+    assert set(info["heldout_images"]) <= set(TEST_IMAGES)

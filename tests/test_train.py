@@ -25,6 +25,7 @@ from conftest import make_tiny_prior, nan_in_diffloss
 import diffloss
 import diffloss.training.checkpoint as C
 from diffloss import cli
+from diffloss.data import TEST_IMAGES
 from diffloss.training import (
     LOSS_TERMS,
     CheckpointError,
@@ -145,7 +146,7 @@ def test_short_run_writes_history_checkpoints_and_config(tmp_path):
     assert loaded.final["step"] == 3 and loaded.final["test_psnr"] == pytest.approx(h.final["test_psnr"])
     assert {e["split"] for e in loaded.evals} == {"test", "ood", "val"}
     ood = next(e for e in loaded.evals if e["split"] == "ood")
-    assert len(ood["per_image"]) == 2  # rocket, motorcycle_left
+    assert len(ood["per_image"]) == len(TEST_IMAGES)  # rocket, motorcycle_left, china, flower
     # best.pt is chosen on validation PSNR, and load_model rebuilds the network from it
     best = load_checkpoint(folder / "best.pt")
     assert best["best"]["val_psnr"] == max(v for _, v in zip(*h.column("val_psnr")) if _ > 0)

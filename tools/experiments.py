@@ -41,16 +41,31 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from diffloss import profiles  # noqa: E402
-from diffloss.experiments import machine_description  # noqa: E402
-from diffloss.prior import load_profile_prior  # noqa: E402
+from diffloss.experiments import machine_description, results_name  # noqa: E402
+from diffloss.prior import DiffusionPrior, load_profile_judge  # noqa: E402
 from diffloss.training import TrainConfig, train  # noqa: E402
 
-#: (γ, λ, t_range) settings of the validation sweep.
-KNOB_GRID: tuple[tuple[float, float, tuple[int, int] | None], ...] = (
-    (0.3, 1e-3, None), (1.0, 1e-3, None), (3.0, 1e-3, None),
-    (0.3, 1e-3, (0, 200)), (1.0, 1e-3, (0, 200)), (3.0, 1e-3, (0, 200)),
-    (1.0, 1.0, (0, 200)), (3.0, 0.03, (0, 200)), (3.0, 0.1, (0, 200)), (3.0, 0.3, (0, 200)),
-)
+#: (γ, λ, t_range) settings of the validation sweep, per judge. The tiny prior's (all 1000 steps
+#: or t ≤ 200); FFDNet's within its noise levels, t ≤ 167 (σ_t ≤ 75/255), where γ = 1 pulls about
+#: 8× L1 at MSBDN-small's initial weights and L_sem is small beside L_nat, hence the larger λ.
+KNOB_GRIDS: dict[str, tuple[tuple[float, float, tuple[int, int] | None], ...]] = {
+    "tiny": ((0.3, 1e-3, None), (1.0, 1e-3, None), (3.0, 1e-3, None),
+             (0.3, 1e-3, (0, 200)), (1.0, 1e-3, (0, 200)), (3.0, 1e-3, (0, 200)),
+             (1.0, 1.0, (0, 200)), (3.0, 0.03, (0, 200)), (3.0, 0.1, (0, 200)), (3.0, 0.3, (0, 200))),
+    "ffdnet": ((0.3, 0.03, (0, 167)), (1.0, 0.03, (0, 167)), (3.0, 0.03, (0, 167)),
+               (0.3, 0.03, (0, 60)), (1.0, 0.03, (0, 60)),
+               (1.0, 3.0, (0, 167)), (1.0, 30.0, (0, 167)),
+               # λ = 30 won at the grid's edge: then one step further, and γ around it
+               (1.0, 300.0, (0, 167)), (0.3, 30.0, (0, 167)), (3.0, 30.0, (0, 167))),
+}
+
+
+def judge_prior(profile: Any, judge: str | None) -> tuple[str, Any]:
+    """(name, prior) of the judge: the profile's own (``profile.judge``) or the one named."""
+    judge = judge or profile.judge
+    if judge == profile.judge:
+        return judge, load_profile_judge(profile)
+    return judge, {"tiny": DiffusionPrior.tiny, "ffdnet": DiffusionPrior.ffdnet}[judge]()
 
 
 def _git(*args: str) -> str:
@@ -85,9 +100,9 @@ def _shipped_prior_region() -> Any:
 def knobs(args: argparse.Namespace, argv: list[str]) -> Path:
     t0 = time.perf_counter()
     profile = profiles.get(args.profile)
-    prior = load_profile_prior(profile)
-    base = TrainConfig.for_profile(profile, None, "cpu", seed=args.seed, eval_every=0)
-    tmp = ROOT / "runs" / f"knobs_{profile.name}"
+    judge, prior = judge_prior(profile, args.judge)
+    base = TrainConfig.for_profile(profile, None, "cpu", seed=args.seed, eval_every=0, prior=judge)
+    tmp = ROOT / "runs" / f"knobs_{profile.name}_{judge}"
 
     from diffloss.parallel import train_in_processes
     from diffloss.training import build_datasets, evaluate
@@ -105,12 +120,12 @@ def knobs(args: argparse.Namespace, argv: list[str]) -> Path:
             print(config.out, scores[-1], flush=True)
         return scores
 
-    out = ROOT / "results" / f"04_knobs_{profile.name}.json"
+    out = ROOT / "results" / f"{results_name('04_knobs', profile.name, judge)}.json"
     earlier = json.loads(out.read_text()) if args.extend and out.exists() else None
     grid = list(earlier["grid"]) if earlier is not None else []  # deterministic: keep what is measured
     done = {(r["gamma"], r["lambda_sem"], tuple(r["t_range"]) if r["t_range"] else None)
             for r in grid}
-    todo = [k for k in KNOB_GRID if k not in done]
+    todo = [k for k in KNOB_GRIDS[judge] if k not in done]
     configs = [base.replace(loss="l1+diffloss", gamma=gamma, lambda_sem=lam, t_range=t_range,
                             out=str(tmp / f"g{gamma}_l{lam}_t{t_range}")) for gamma, lam, t_range in todo]
     if earlier is None:
@@ -123,7 +138,7 @@ def knobs(args: argparse.Namespace, argv: list[str]) -> Path:
                      **score})
     chosen = max(grid, key=lambda r: r["val_psnr"])
     out.parent.mkdir(exist_ok=True)
-    record = {"l1": l1, "grid": grid, "chosen": chosen, "selection": "max val_psnr",
+    record = {"judge": judge, "l1": l1, "grid": grid, "chosen": chosen, "selection": "max val_psnr",
               "provenance": provenance(argv, t0, seed=args.seed, steps=base.iterations)}
     if earlier is not None:
         record["provenance"]["extends"] = earlier["provenance"]
@@ -134,7 +149,7 @@ def knobs(args: argparse.Namespace, argv: list[str]) -> Path:
 def medium(args: argparse.Namespace, argv: list[str]) -> Path:
     t0 = time.perf_counter()
     profile = profiles.get(args.profile)
-    prior = load_profile_prior(profile)
+    prior = load_profile_judge(profile)
     out = ROOT / "results" / f"04_medium_{profile.name}"
     runs = ROOT / "runs" / f"medium_{profile.name}"
     base = TrainConfig.for_profile(profile, None, "cpu", iterations=args.steps,
@@ -160,7 +175,7 @@ def cheaper(args: argparse.Namespace, argv: list[str]) -> Path:
 
     t0 = time.perf_counter()
     profile = profiles.get(args.profile)
-    prior = load_profile_prior(profile)
+    prior = load_profile_judge(profile)
     base = TrainConfig.for_profile(profile, None, "cpu")
     base = base.replace(eval_every=base.iterations)  # score the test splits at the end only
     options = {"L1": dict(loss="l1"), "full DiffLoss": dict(loss="l1+diffloss"),
@@ -206,11 +221,12 @@ def rho(args: argparse.Namespace, argv: list[str]) -> Path:
 
     t0 = time.perf_counter()
     profile = profiles.get(args.profile)
-    knobs = json.loads((ROOT / "results" / f"04_knobs_{profile.name}.json").read_text())["chosen"]
-    prior = load_profile_prior(profile)
+    judge, prior = judge_prior(profile, args.judge)
+    knobs = json.loads((ROOT / "results" / f"{results_name('04_knobs', profile.name, judge)}.json")
+                       .read_text())["chosen"]
     rows = []
     for seed in args.seeds:
-        config = TrainConfig.for_profile(profile, None, "cpu", seed=seed, loss="l1+diffloss",
+        config = TrainConfig.for_profile(profile, None, "cpu", seed=seed, loss="l1+diffloss", prior=judge,
                                          gamma=knobs["gamma"], lambda_sem=knobs["lambda_sem"],
                                          t_range=knobs["t_range"])
         b = initial_pull(config, prior)  # as the trainer's gamma="auto" measures
@@ -218,9 +234,9 @@ def rho(args: argparse.Namespace, argv: list[str]) -> Path:
                      "pull_at_chosen_gamma": b.pull(knobs["gamma"])})
         print(rows[-1], flush=True)
     pull = statistics.mean(r["pull_at_chosen_gamma"] for r in rows)
-    out = ROOT / "results" / f"rho_{profile.name}.json"
+    out = ROOT / "results" / f"{results_name('rho', profile.name, judge)}.json"
     out.write_text(json.dumps({
-        "chosen_knobs": knobs, "model": config.model, "task": "dehaze (synthetic)", "seeds": rows,
+        "judge": judge, "chosen_knobs": knobs, "model": config.model, "task": "dehaze (synthetic)", "seeds": rows,
         "mean_pull": pull, "rho": float(f"{pull:.1g}"),
         "rule": "rho = the mean over seeds of gamma_chosen * median(|grad diffloss| / |grad l1|) "
                 "on the first AUTO_BATCHES training batches at the initial weights, to 1 significant digit",
@@ -235,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     k = sub.add_parser("knobs", help="choose γ, λ, t_range on the validation split")
     k.add_argument("--profile", default="small")
     k.add_argument("--seed", type=int, default=0)
+    k.add_argument("--judge", choices=sorted(KNOB_GRIDS), default=None,
+                   help="the prior DiffLoss judges with (default: the profile's judge)")
     k.add_argument("--parallel", type=int, default=2,
                    help="runs at a time, each in a process of its own (1: one after the other)")
     k.add_argument("--extend", action="store_true",
@@ -250,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("rho", help="the default rho of gamma='auto', from the sweep's best gamma")
     r.add_argument("--profile", default="small")
     r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    r.add_argument("--judge", choices=sorted(KNOB_GRIDS), default=None,
+                   help="the prior DiffLoss judges with (default: the profile's judge)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)

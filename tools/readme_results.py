@@ -8,9 +8,9 @@ Every number in the section between the markers
 comes from one of these files, read here and nowhere typed:
 
 - ``figures/04_results.json``: chapter 04 (MSBDN with and without DiffLoss, paired seeds, its checks);
-- ``results/04_knobs_small.json``: the knob sweep on validation that chose γ, λ and the t range;
-- ``results/04_small_leaky_prior.json``: chapter 04 as run before the prior was retrained
-  (its provenance says from which commit);
+- ``results/04_knobs_small_ffdnet.json`` and ``results/rho_small_ffdnet.json``: the knob sweep on
+  validation that chose λ and the t range with the FFDNet judge, and the γ rule's ρ* from it;
+- ``results/04_small_tiny_judge.json``: chapter 04 as run before FFDNet judged (the tiny prior);
 - ``results/04_medium_small/``: the longer run (histories and provenance);
 - ``figures/05_results.json``: chapter 05 (the loss comparison);
 - ``figures/06_results.json``: chapter 06 (low light and rain).
@@ -88,26 +88,33 @@ def made_on(r: dict[str, Any]) -> str:
 def knobs_of(config: dict[str, Any]) -> str:
     t = config.get("t_range")
     trange = f"t ≤ {t[1]}" if t else "every t"
-    return f"γ = {config['gamma']:g}, λ = {config['lambda_sem']:g}, {trange}"
+    gamma = config["gamma"]
+    if gamma == "auto":
+        rho = config.get("rho")
+        gamma = "by the rule" + (f" at ρ = {rho:g}" if rho is not None else "")
+    else:
+        gamma = f"= {gamma:g}"
+    return f"γ {gamma}, λ = {config['lambda_sem']:g}, {trange}"
 
 
 def chapter04() -> list[str]:
     r = load("figures/04_results.json")
     cfg = r["configs"]["L1 + DiffLoss"]
     ind, ood = r["splits"]["in_distribution"], r["splits"]["out_of_distribution"]
-    n = len(r["seeds"])
+    n, n_ood = len(r["seeds"]), len(ood["images"])
     out = [
         f"The figures in `figures/` are written by the notebooks; each is stamped with the profile "
         f"that made it. The committed ones come from the `{r['profile']}` profile "
-        f"({made_on(r)}): {cfg['model']}, the {cfg['prior']} prior, synthetic haze, "
-        f"{cfg['iterations']} steps of {cfg['batch']} crops of {cfg['crop']}², {n} paired seeds. "
+        f"({made_on(r)}): {cfg['model']}, synthetic haze, {cfg['iterations']} steps of {cfg['batch']} "
+        f"crops of {cfg['crop']}², {n} paired seeds; DiffLoss judged by {r['judge']} (trained on other "
+        "photos; chapter 02, section 6), and by the tiny prior as a third arm. "
         "`figures/04_results.json` holds every number of the first bullets.",
         "",
     ]
     g_in = mean(ind["l1"]["psnr"]) - ind["hazy"]["psnr"]
     line = (f"- **The L1 baseline** scores {mean(ind['l1']['psnr']):.2f} dB against "
             f"{ind['hazy']['psnr']:.2f} dB for the hazy input on the in-distribution test split "
-            f"({signed(g_in, ' dB', 1)}, mean of {n} seeds); on the unseen scenes "
+            f"({signed(g_in, ' dB', 1)}, mean of {n} seeds); on the {n_ood} unseen scenes "
             f"{mean(ood['l1']['psnr']):.2f} dB against {ood['hazy']['psnr']:.2f} dB")
     ssim_l1, ssim_dl, ssim_in = mean(ood["l1"]["ssim"]), mean(ood["l1+diffloss"]["ssim"]), ood["hazy"]["ssim"]
     if ssim_l1 < ssim_in:
@@ -129,65 +136,83 @@ def chapter04() -> list[str]:
     def artefact_share(split: dict[str, Any]) -> float:
         return mean(split["l1+diffloss"]["artefacts"]) / mean(split["l1"]["artefacts"])
 
+    def per_scene(key: str) -> str:
+        d = [mean([a - b for a, b in zip(x, y)]) for x, y in
+             zip(zip(*ood[key]["psnr_per_image"]), zip(*ood["l1"]["psnr_per_image"]))]
+        return ", ".join(f"{name} {v:+.2f}" for name, v in zip(ood["images"], d))
+
+    gammas = ", ".join(f"{g:.3g}" for g in r["auto_gamma"]["L1 + DiffLoss"])
     out.append(
-        f"- **L1 + DiffLoss against L1** ({knobs_of(cfg)}, chosen on the validation split), paired "
-        f"differences, mean ± sd over seeds: in-distribution PSNR "
+        f"- **L1 + DiffLoss (FFDNet) against L1** ({knobs_of(cfg)}: γ = {gammas} by seed; λ and t chosen "
+        f"on the validation split), paired differences, mean ± sd over seeds: in-distribution PSNR "
         f"{say(ind['paired_difference']['psnr'], 'psnr')}, SSIM {say(ind['paired_difference']['ssim'], 'ssim')}; "
-        f"out of distribution PSNR {say(ood['paired_difference']['psnr'], 'psnr')}, SSIM "
-        f"{say(ood['paired_difference']['ssim'], 'ssim')}. The energy of the error above ¼ cycle/pixel "
+        f"out of distribution ({n_ood} scenes) PSNR {say(ood['paired_difference']['psnr'], 'psnr')}, SSIM "
+        f"{say(ood['paired_difference']['ssim'], 'ssim')}; per scene, mean over seeds: {per_scene('l1+diffloss')} dB. "
+        f"The energy of the error above ¼ cycle/pixel "
         f"(checkerboard artefacts, but also detail a blurry output lost) is {artefact_share(ind):.0%} "
-        f"of L1's in-distribution and {artefact_share(ood):.0%} out of distribution. The frozen prior's "
+        f"of L1's in-distribution and {artefact_share(ood):.0%} out of distribution. FFDNet's "
         "own denoising loss on the restorations, relative to the ground truth's (0 = as natural; below 0: "
-        f"smoother to the prior), is {'lower' if ind['paired_difference']['prior_loss']['mean'] < 0 else 'higher'} "
+        f"smoother to it), is {'lower' if ind['paired_difference']['prior_loss']['mean'] < 0 else 'higher'} "
         f"with DiffLoss ({pm(ind['paired_difference']['prior_loss'], 4)} in-distribution), which is circular: "
-        "DiffLoss trains against the same prior"
-        + (f"; the prior gives the hazy input {checks['prior_loss_input']['in_distribution']:+.4f}, "
+        "DiffLoss trains against the same judge"
+        + (f"; it gives the hazy input {checks['prior_loss_input']['in_distribution']:+.4f}, "
            f"against {mean(ind['l1']['prior_loss']):+.4f} for L1 and {mean(ind['l1+diffloss']['prior_loss']):+.4f} "
            "with DiffLoss" if checks.get("prior_loss_input") else "")
         + ".")
+    if "paired_difference_tiny" in ind:
+        tcfg = r["configs"]["L1 + DiffLoss (tiny prior)"]
+        val = checks.get("val_psnr_final", {})
+        dv = {k: paired_differences(val["L1"], val[k]) for k in ("L1 + DiffLoss", "L1 + DiffLoss (tiny prior)")} \
+            if val else {}
+        out.append(
+            f"- **Judged by the tiny prior instead** (the third arm, {knobs_of(tcfg)}, its knobs chosen earlier "
+            "on the validation split it had trained on): in-distribution PSNR "
+            f"{say(ind['paired_difference_tiny']['psnr'], 'psnr')}, SSIM "
+            f"{say(ind['paired_difference_tiny']['ssim'], 'ssim')}; out of distribution PSNR "
+            f"{say(ood['paired_difference_tiny']['psnr'], 'psnr')}, SSIM "
+            f"{say(ood['paired_difference_tiny']['ssim'], 'ssim')}; per scene {per_scene('l1+diffloss_tiny')} dB."
+            + (f" On validation the gains over L1 are {pm(dv['L1 + DiffLoss'])} dB (FFDNet) and "
+               f"{pm(dv['L1 + DiffLoss (tiny prior)'])} dB (tiny prior), against "
+               f"{pm(ind['paired_difference']['psnr'])} and {pm(ind['paired_difference_tiny']['psnr'])} dB "
+               "on the in-distribution test split." if dv else ""))
     out.append(knob_sweep(r))
-    out.append(leak_change(r))
+    out.append(judge_change(r))
     out.append(longer_run())
     return out
 
 
 def knob_sweep(r: dict[str, Any]) -> str:
-    k = load("results/04_knobs_small.json")
+    name = f"results/04_knobs_small_{r['judge']}.json"
+    k = load(name)
     grid = k["grid"]
-    lam = min(g["lambda_sem"] for g in grid)
-    pairs = []
-    for gamma in sorted({g["gamma"] for g in grid}):
-        full = [g for g in grid if g["gamma"] == gamma and g["lambda_sem"] == lam and g["t_range"] is None]
-        low = [g for g in grid if g["gamma"] == gamma and g["lambda_sem"] == lam and g["t_range"]]
-        if full and low:
-            pairs.append((gamma, low[0]["val_psnr"] - full[0]["val_psnr"], low[0]["t_range"][1]))
     ranked = sorted(grid, key=lambda g: g["val_psnr"], reverse=True)
     gap = ranked[0]["val_psnr"] - ranked[1]["val_psnr"]
     vals = r.get("checks", {}).get("val_psnr_final", {}).get("L1 + DiffLoss")
-    spread = (f"; this chapter's {len(vals)} seeds at the chosen setting spread by "
+    spread = (f"; this chapter's {len(vals)} seeds at the chosen λ and t, γ by the rule, spread by "
               f"{statistics.stdev(vals):.2f} dB (sd) of validation PSNR") if vals and len(vals) > 1 else ""
+    rho = load(f"results/rho_small_{r['judge']}.json")
     prov = k["provenance"]
-    return (f"- **The knobs** (`results/04_knobs_small.json`, one seed, {prov['steps']} steps per "
-            f"setting, {prov['machine'].split(',')[0]}, {prov['date'][:10]}): at λ = {lam:g}, the "
-            f"validation PSNR of t ≤ {pairs[0][2] if pairs else '?'} minus the full timestep range is "
-            + ", ".join(f"{signed(d, ' dB')} at γ = {g:g}" for g, d, _ in pairs)
-            + f". The chosen setting ({knobs_of(k['chosen'])}) beats the next best by {gap:.2f} dB"
-            + spread + ": with one seed per setting, the choice among the top settings is a default, "
-            "not a finding.")
+    return (f"- **The knobs** (`{name}`, one seed, {prov['steps']} steps per setting, "
+            f"{prov['machine'].split(',')[0]}, {prov['date'][:10]}): validation PSNR "
+            + ", ".join(f"{g['val_psnr']:.2f} dB at {knobs_of(g)}" for g in ranked)
+            + f"; L1 {k['l1']['val_psnr']:.2f} dB. The chosen setting beats the next best by {gap:.2f} dB"
+            + spread + f". Its γ pulls {rho['mean_pull']:.2g}× L1 at the initial weights (mean of "
+            f"{len(rho['seeds'])} seeds, `results/rho_small_{r['judge']}.json`): the γ rule's ρ* = {rho['rho']:g}.")
 
 
-def leak_change(r: dict[str, Any]) -> str:
-    old = load("results/04_small_leaky_prior.json")
+def judge_change(r: dict[str, Any]) -> str:
+    old = load("results/04_small_tiny_judge.json")
     new_in, new_ood = (r["splits"][s]["paired_difference"]["psnr"] for s in SPLITS)
-    old_in, old_ood = (old["paired_difference"][s]["psnr"] for s in SPLITS)
-    return (f"- **What the clean prior changed** (`results/04_small_leaky_prior.json`: chapter 04 "
-            f"as run before, {old['provenance']['file']}, with the earlier tiny prior, whose training "
-            f"crops covered the in-distribution test band, and λ = {old['knobs']['lambda_sem']:g}): "
-            f"DiffLoss's PSNR gain was {pm(old_in)} dB in-distribution and {pm(old_ood)} dB out of "
-            f"distribution; now (the prior trained on the training region only, "
-            f"λ = {r['configs']['L1 + DiffLoss']['lambda_sem']:g} re-chosen on validation) "
-            f"{pm(new_in)} and {pm(new_ood)} dB. The prior and λ changed together (and the "
-            "machine: the old file does not record it), so this is not a clean measurement of the leak.")
+    old_in, old_ood = (old["splits"][s]["paired_difference"]["psnr"] for s in SPLITS)
+    old_cfg = old["configs"]["L1 + DiffLoss"]
+    old_val = old["checks"]["val_psnr_final"]
+    d_old_val = paired_differences(old_val["L1"], old_val["L1 + DiffLoss"])
+    return (f"- **What the judge changed** (`results/04_small_tiny_judge.json`: this chapter as run "
+            f"before on {old['made_on']['date']}, judged by the tiny prior, {knobs_of(old_cfg)}, "
+            "two unseen scenes): DiffLoss's PSNR gain was "
+            f"{pm(d_old_val)} dB on validation, {pm(old_in)} dB in-distribution and {pm(old_ood)} dB out of "
+            f"distribution; judged by FFDNet, {pm(new_in)} dB in-distribution and {pm(new_ood)} dB out of "
+            f"distribution ({len(r['splits']['out_of_distribution']['images'])} scenes).")
 
 
 def longer_run() -> str:
@@ -208,7 +233,8 @@ def longer_run() -> str:
     per = {m: ", ".join(f"{v:+.2f}" for v in d[m]["per_seed"]) for m in d}
     return (f"- **In a longer run** ({prov['steps']:,} steps, {len(prov['seeds'])} seeds, committed in "
             f"`results/04_medium_small/` by commit {prov['commit'][:7]} on {prov['date'][:10]}, "
-            f"{prov['machine'].split(',')[0]}: made with the earlier prior and λ = {lam:g}, not re-run; "
+            f"{prov['machine'].split(',')[0]}: made with the earlier tiny prior as the judge, λ = {lam:g} "
+            "and the two unseen scenes of its time, not re-run; "
             "plotted in chapter 04 against the fraction of its schedule) SSIM in-distribution: "
             f"{say(d['test_ssim'], 'ssim')}, out of distribution {say(d['ood_ssim'], 'ssim')}; the "
             f"PSNR differences by seed are {per['test_psnr']} dB in-distribution and "

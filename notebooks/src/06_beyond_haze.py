@@ -19,7 +19,7 @@
 #
 # The protocol is chapter 04's, from the package (`diffloss.experiments`): for each seed, every
 # loss starts from the same weights and sees the same batches; two test splits (in-distribution:
-# held-out bands of the training photos; out-of-distribution: two unseen scenes); the degraded
+# held-out bands of the training photos; out-of-distribution: four unseen scenes); the degraded
 # input scored as the baseline of each split; `best.pt` chosen on validation only; verdicts
 # printed from the numbers with a minimum effect size.
 #
@@ -53,8 +53,8 @@ from diffloss.experiments import (
 )
 from diffloss.metrics import psnr
 from diffloss.models.msbdn import count_parameters
-from diffloss.prior import load_profile_prior
-from diffloss.profiles import require_assets
+from diffloss.prior import load_profile_judge
+from diffloss.profiles import JUDGE_LABELS, require_assets
 from diffloss.training import DEFAULT_RHO, TrainConfig, build_datasets, build_model, restore
 from diffloss.training.balance import AUTO_BATCHES, initial_pull
 from diffloss.training.tasks import TASKS
@@ -153,16 +153,17 @@ for t in TASK_NAMES:
 # initial weights, the median over the batches (`diffloss.training.balance`). The rule
 # `gamma="auto"` inverts it: $\gamma = \rho^\star / \operatorname{median}_k
 # (\lVert\nabla_\theta \mathcal L_\text{DiffLoss}\rVert / \lVert\nabla_\theta \mathcal L_1\rVert)$, with
-# the target $\rho^\star = 5$ chosen on *haze validation only*: the mean over three seeds of the
-# initial pull that chapter 04's best swept $\gamma$ has on MSBDN-small, rounded
-# (`python tools/experiments.py rho`, `results/rho_small.json`, which gives the seeds' values).
+# the target $\rho^\star$ (`DEFAULT_RHO`, printed below) chosen on *haze validation only*: the mean
+# over three seeds of the initial pull that chapter 04's best swept $\gamma$ has on MSBDN-small with
+# the FFDNet judge, to one significant digit (`python tools/experiments.py rho`,
+# `results/rho_small_ffdnet.json`, which gives the seeds' values).
 # Nothing about low light or rain was looked at to choose it. The seeds of two different
 # networks draw different initial weights, so the last line compares the networks by the median
 # and the range over seeds, not seed by seed.
 
 # %%
 steps = profile.train_iters // 2 if profile.name == "small" else profile.train_iters
-prior = load_profile_prior(profile)
+prior = load_profile_judge(profile)
 bases = {t: TrainConfig.for_profile(profile, assets[t], device, iterations=steps) for t in TASK_NAMES}
 measured = {"dehaze": TrainConfig.for_profile(profile, None, device, iterations=steps), **bases}
 pulls = {}
@@ -326,7 +327,7 @@ plt.show()
 # %% [markdown]
 # ## 7. What the restorations look like
 #
-# The two unseen scenes of each task, restored by the final networks of the first seed (seed 0):
+# The four unseen scenes of each task, restored by the final networks of the first seed (seed 0):
 # input, the three losses, ground truth, with the PSNR of each (RGB for low light, the Y channel
 # for rain, as the titles say). A collapsed IAT can end black or white (section 7 says which
 # seed ended how); the figure shows seed 0 only.
@@ -364,7 +365,7 @@ plt.show()
 # not DiffLoss's weight $\gamma$, so this chapter writes $g$). The clamp acts on
 # $C\,(y\cdot M + A)$, *before* the exponent, so that is where it is measured: the share of values
 # at or below the lower clamp and at or above the upper one (no gradient passes back at either
-# clamp). For every low-light run, over the two unseen scenes: the share of pixels where $M = 0$
+# clamp). For every low-light run, over the four unseen scenes: the share of pixels where $M = 0$
 # in all channels (a "dead" ReLU), the mean of $A$, the predicted exponent $g$, the mean diagonal
 # of $C$, the two clamp shares, and the spread of the output (`IAT.stages`). The label at the end
 # of each line reads both clamps, first match wins: *black* or *white* when more than 90 % of the
@@ -482,7 +483,7 @@ for t, entry in results["tasks"].items():
 n = len(profile.seeds)
 print(f"With {n} seed(s), 'in every seed' describes the seeds; it is not a significance test: the "
       f"smallest two-sided sign-test p with {n} seeds is 2·(1/2)^{n} = {min(1.0, 2 * 0.5 ** n):.2f}.")
-prior_name = "ADM-256 prior" if assets[TASK_NAMES[0]].prior == "adm" else "tiny prior"
+prior_name = JUDGE_LABELS[assets[TASK_NAMES[0]].judge]
 print(f"Scale: {steps}-step runs with the {prior_name} on synthetic data: they test whether the "
       "haze setting and the rule transfer at this scale, not the paper's claim at the paper's scale."
       if profile.name in ("ci", "small") else f"Scale: {steps}-step runs with the {prior_name}.")
@@ -492,7 +493,7 @@ print(f"Scale: {steps}-step runs with the {prior_name} on synthetic data: they t
 #
 # A comparison is only as good as its baseline. For each task, every L1 seed's final gain over
 # the degraded input on the in-distribution test split, and, for low light, what section 7 found
-# inside the network on the two unseen scenes; a seed whose gain is below half the best seed's
+# inside the network on the four unseen scenes; a seed whose gain is below half the best seed's
 # is named.
 
 # %%
