@@ -112,8 +112,12 @@ def _json_object(text: str) -> dict[str, Any] | None:
     """A ``--model-kwargs`` value: a JSON object such as ``'{"width": 32}'`` (``none``: no arguments)."""
     if text.strip().lower() in ("none", "null", ""):
         return None
+    def non_finite(name: str) -> Any:
+        raise argparse.ArgumentTypeError(f"{text!r} holds {name}, not a finite number: give every "
+                                         "number of the JSON object a finite value")
+
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_constant=non_finite)
     except json.JSONDecodeError as exc:
         raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"width\": 32}}', got {text!r} "
                                          f"({exc.msg})") from None
@@ -177,7 +181,7 @@ def _add_train(sub: Any) -> None:
         metavar = f.name.upper() if nargs is None else ("A", "B")
         p.add_argument(*flags, dest=f.name, type=convert, nargs=nargs, default=None, metavar=metavar,
                        help=text)
-    p.set_defaults(run=_run_train)
+    p.set_defaults(run=_run_train, parser=p)
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
@@ -213,9 +217,15 @@ def _run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     history = train(config, progress=not args.no_progress, resume=args.resume,
                     overwrite=args.overwrite)
     final = history.final
-    if final is not None and history.folder is not None and int(os.environ.get("RANK", "0")) == 0:
-        print(f"done: step {final['step']}, test PSNR {final['test_psnr']:.2f} dB, "
-              f"SSIM {final['test_ssim']:.4f}; files in {history.folder}")
+    if history.folder is not None and int(os.environ.get("RANK", "0")) == 0:
+        stopped = history.meta.get("stopped")
+        head = f"stopped: {stopped}" if stopped else "done"
+        if final is not None and final.get("test_psnr") is not None:
+            print(f"{head}: step {final['step']}, test PSNR {final['test_psnr']:.2f} dB, "
+                  f"SSIM {final['test_ssim']:.4f}; files in {history.folder}")
+        else:  # no evaluation (--eval-every 0): the step and where the files are
+            step = history.rows[-1]["step"] if history.rows else 0
+            print(f"{head}: step {step}, not evaluated (--eval-every 0); files in {history.folder}")
     return 0
 
 
@@ -246,8 +256,52 @@ def _add_evaluate(sub: Any) -> None:
                    help="also report semantic recovery: an ImageNet classifier's (EfficientNet-Lite0) "
                         "top-1 agreement, top-5 overlap and KL between restored and clean crops, "
                         "against the same for the degraded input (needs diffloss[semantics]; offline)")
-    p.add_argument("--crops", type=int, default=16, help="crops per image for --semantics (default 16)")
-    p.set_defaults(run=_run_evaluate)
+    p.add_argument("--crops", type=int, default=None,
+                   help=f"crops per image for --semantics (default 16, at most {MAX_CROPS})")
+    p.set_defaults(run=_run_evaluate, parser=p)
+
+
+#: The most crops per image ``evaluate --semantics`` takes (each is classified, restored and clean).
+MAX_CROPS = 256
+
+
+def _check_evaluate_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Every ``evaluate`` option that can be checked before any work (usage errors, exit 2), and the
+    ``--json`` path, which must not be a file of the user's other than an earlier report."""
+    if args.eval_max_size is not None and args.eval_max_size < 1:
+        parser.error(f"--eval-max-size must be at least 1 (pixels of the longer side), got {args.eval_max_size}")
+    if args.tile is not None:
+        if args.tile < 1 or args.overlap < 0 or args.tile <= 2 * args.overlap:
+            parser.error(f"--tile must be at least 1 and --overlap at least 0 with tile > 2·overlap, got "
+                         f"--tile {args.tile} --overlap {args.overlap}")
+    elif args.overlap != 32:
+        parser.error("--overlap is the overlap of --tile's tiles: give --tile too")
+    if args.crops is not None and not args.semantics:
+        parser.error("--crops is the number of crops of --semantics: give --semantics too")
+    if args.semantics:
+        args.crops = 16 if args.crops is None else args.crops
+        if not 1 <= args.crops <= MAX_CROPS:
+            parser.error(f"--crops must be from 1 to {MAX_CROPS}, got {args.crops}")
+    if args.json is not None:
+        _check_report_path(args.json)
+
+
+def _check_report_path(path: Path) -> None:
+    """``evaluate --json PATH`` may create a file or replace an earlier report of this command;
+    anything else there (a checkpoint, a run's config.json, a folder) is refused before evaluating."""
+    if path.is_dir():
+        raise CommandError(f"--json {path} is a folder: give the path of a file, e.g. {path / 'report.json'}")
+    if not path.parent.is_dir():
+        raise CommandError(f"--json {path}: the folder {path.parent} does not exist")
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            old = None
+        if not (isinstance(old, dict) and {"checkpoint", "splits", "metric_space"} <= old.keys()):
+            raise CommandError(f"--json {path} exists and is not a report of `diffloss evaluate` (a "
+                               "checkpoint, a run's config or another file of yours): it is left as it "
+                               "is; give a new path")
 
 
 def _run_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -263,6 +317,7 @@ def _run_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     path = args.checkpoint
     if not path.exists():
         raise CommandError(f"no such run folder or checkpoint: {path}")
+    _check_evaluate_args(args, parser)
     device = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
     lpips = None
     if args.lpips:  # before any work: offline this stops at once, with what to do
@@ -276,8 +331,6 @@ def _run_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     if args.semantics:  # before any work, like --lpips
         from .classifier import ClassifierUnavailable, imagenet_classifier
 
-        if args.crops < 1:
-            parser.error(f"--crops must be at least 1, got {args.crops}")
         try:
             classifier = imagenet_classifier(device)
         except ClassifierUnavailable as exc:
@@ -289,7 +342,7 @@ def _run_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     changes: dict[str, Any] = {}
     if args.data:
         changes.update(data=args.data, root=args.root)
-    if args.eval_max_size:
+    if args.eval_max_size is not None:
         changes["eval_max_size"] = args.eval_max_size
     try:
         config = config.replace(**changes, val=0 if args.data else config.val)
@@ -355,7 +408,7 @@ def _add_convert_adm(sub: Any) -> None:
                         "256x256_diffusion_uncond.pt flags)")
     p.add_argument("--dtype", choices=sorted(_DTYPES), default="float32",
                    help="dtype of the saved weights")
-    p.set_defaults(run=_run_convert_adm)
+    p.set_defaults(run=_run_convert_adm, parser=p)
 
 
 def _run_convert_adm(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -400,15 +453,22 @@ def _add_train_tiny_prior(sub: Any) -> None:
     p.add_argument("--n-eval", type=int, default=96,
                    help="crops per split for the held-out/training loss (default 96)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(run=_run_train_tiny_prior)
+    p.set_defaults(run=_run_train_tiny_prior, parser=p)
 
 
 def _run_train_tiny_prior(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import math
+
     from .priors import train_tiny
 
     for name in ("steps", "batch_size", "size", "width", "n_eval"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        parser.error(f"--lr must be a finite number > 0, got {args.lr}")
+    if args.size % 4 or args.size < 8:
+        parser.error(f"--size must be a multiple of 4 and at least 8 (the tiny U-Net halves the crops "
+                     f"twice), got {args.size}")
     info = train_tiny(args.out, steps=args.steps, batch_size=args.batch_size, size=args.size,
                       width=args.width, lr=args.lr, seed=args.seed, n_eval=args.n_eval,
                       progress=not args.no_progress,
@@ -464,7 +524,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.argv = argv
     try:
-        return args.run(args, parser)
+        return args.run(args, getattr(args, "parser", parser))  # usage errors: the subcommand's
     except TrainingInterrupted as exc:
         print(f"interrupted: {exc}", file=sys.stderr)
         return 128 + exc.signum

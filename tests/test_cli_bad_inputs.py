@@ -108,7 +108,43 @@ CASES: list[Case] = [
         "--root", str(t / "dat")], 1, "dat"),
     ("evaluate: --semantics with no crops", lambda t: [
         "evaluate", str(_run_folder(t)), "--which", "last", "--cpu", "--semantics", "--crops", "0"],
-     2, "--crops must be at least 1"),
+     2, "--crops must be from 1 to 256"),
+    # issue 44, case by case (the issue's numbers)
+    ("44.1 evaluate: --json is the run's own checkpoint", lambda t: [
+        "evaluate", str(_run_folder(t)), "--which", "last", "--cpu", "--json", str(t / "run" / "last.pt")],
+     1, "not a report of `diffloss evaluate`"),
+    ("44.1 evaluate: --json is the run's config.json", lambda t: [
+        "evaluate", str(_run_folder(t)), "--which", "last", "--cpu", "--json", str(t / "run" / "config.json")],
+     1, "not a report of `diffloss evaluate`"),
+    ("44.14 evaluate: --json is a folder", lambda t: [
+        "evaluate", str(_run_folder(t)), "--which", "last", "--cpu", "--json", str(t)], 1, "is a folder"),
+    ("44.3 evaluate: --eval-max-size 0", lambda t: [
+        "evaluate", str(_run_folder(t)), "--which", "last", "--cpu", "--eval-max-size", "0"],
+     2, "--eval-max-size must be at least 1"),
+    ("44.12 evaluate: negative --overlap", lambda t: [
+        "evaluate", str(_run_folder(t)), "--which", "last", "--cpu", "--tile", "40", "--overlap", "-1"],
+     2, "--overlap at least 0"),
+    ("44.10 evaluate: too many --crops", lambda t: [
+        "evaluate", str(_run_folder(t)), "--which", "last", "--cpu", "--semantics", "--crops", "100000"],
+     2, "--crops must be from 1 to 256"),
+    ("44.10 evaluate: --crops without --semantics", lambda t: [
+        "evaluate", str(_run_folder(t)), "--which", "last", "--cpu", "--crops", "8"],
+     2, "give --semantics too"),
+    ("44.4 train: NaN in --model-kwargs", lambda t: [
+        *TRAIN, "--out", str(t / "o"), "--model-kwargs", '{"width": NaN}'], 2, "NaN, not a finite number"),
+    ("44.4 train: Infinity in --model-kwargs", lambda t: [
+        *TRAIN, "--out", str(t / "o"), "--model-kwargs", '{"width": Infinity}'], 2, "Infinity"),
+    ("44.8 train: --rho beyond its range", lambda t: [
+        *TRAIN, "--out", str(t / "o"), "--loss", "l1+diffloss", "--gamma", "auto", "--rho", "1e9"],
+     2, "rho must be None or a number in (0, 1000]"),
+    ("44.9 train: --stop-on-collapse that can never fire", lambda t: [
+        *TRAIN, "--out", str(t / "o"), "--stop-on-collapse"], 2, "stop_on_collapse needs eval_every > 0"),
+    ("44.11 train-tiny-prior: --lr 0", lambda t: ["train-tiny-prior", "--out", str(t / "p"), "--lr", "0"],
+     2, "--lr must be a finite number > 0"),
+    ("44.11 train-tiny-prior: --lr -1", lambda t: ["train-tiny-prior", "--out", str(t / "p"), "--lr", "-1"],
+     2, "--lr must be a finite number > 0"),
+    ("44.18 train-tiny-prior: --size 5", lambda t: ["train-tiny-prior", "--out", str(t / "p"), "--size", "5"],
+     2, "--size must be a multiple of 4"),
     # -- convert-adm
     ("convert-adm: missing checkpoint", lambda t: ["convert-adm", str(t / "adm.pt"), str(t / "out")],
      1, "adm.pt"),
@@ -170,3 +206,32 @@ def test_an_error_from_a_dataloader_worker_is_its_own_last_line():
                          "07_hazy.png (truncated)\n")
     except ValueError as exc:
         assert cli.one_line(exc) == "ValueError: cannot decode 07_hazy.png (truncated)"
+
+
+def test_a_subcommands_usage_error_prints_the_subcommands_usage(tmp_path, capsys):
+    """Issue 44, case 19: ``usage: diffloss evaluate ...``, not the top-level ``usage: diffloss COMMAND``."""
+    with pytest.raises(SystemExit):
+        cli.main(["train-tiny-prior", "--out", str(tmp_path / "p"), "--lr", "0"])
+    err = capsys.readouterr().err
+    assert "usage: diffloss train-tiny-prior" in err and "--lr must be" in err
+
+
+def test_a_run_without_evaluation_prints_its_done_line(tmp_path, capsys, monkeypatch):
+    """Issue 44, case 21: ``--eval-every 0 --no-progress`` still says that it finished, and where."""
+    monkeypatch.chdir(tmp_path)
+    assert cli.main([*TRAIN, "--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1].startswith("done: step 2, not evaluated") and str(tmp_path / "o") in out[-1]
+
+
+def test_an_existing_report_may_be_replaced(tmp_path, capsys, monkeypatch):
+    """Issue 44, case 1: --json onto an earlier report of evaluate is allowed (and rewritten)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    run = _run_folder(tmp_path)
+    report = tmp_path / "report.json"
+    args = ["evaluate", str(run), "--which", "last", "--cpu", "--json", str(report)]
+    assert cli.main(args) == 0 and cli.main(args) == 0
+    import json
+
+    assert {"checkpoint", "splits", "metric_space"} <= json.loads(report.read_text()).keys()

@@ -75,3 +75,16 @@ def test_a_black_phase_that_passes_is_not_a_collapse_but_an_end_in_black_is() ->
     assert watch.check(2, psnr=12.0, saturated=0.2) is None  # and out of it
     assert "sit at 0 or 1" in watch.check(3, psnr=12.0, saturated=0.99, last=True)  # ends black
     assert saturated_share(torch.tensor([0.0, 0.5, 1.0, 0.999])) == 0.75
+
+
+def test_the_cli_says_a_run_stopped_on_a_collapse(tmp_path: Path, capsys) -> None:
+    """Issue 44, case 22: a --stop-on-collapse stop is named on the last line, not called 'done'."""
+    from diffloss import cli
+
+    argv = ["train", "--cpu", "--no-progress", "--model", "tests.fixtures_nets:GoesBlack", "--crop", "16",
+            "--batch", "2", "--iters", "6", "--eval-every", "2", "--eval-max-size", "32", "--max-size", "64",
+            "--train-items", "4", "--val", "2", "--out", str(tmp_path / "run"), "--stop-on-collapse"]
+    with pytest.warns(UserWarning, match="collapsed at step 4"):
+        assert cli.main(argv) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("stopped: collapse at step 4 (stop_on_collapse)"), last

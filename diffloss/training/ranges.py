@@ -5,7 +5,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["check_numbers"]
+__all__ = ["RHO_MAX", "check_numbers"]
+
+#: The largest target pull ρ of ``gamma="auto"`` (DiffLoss's gradient ρ times L1's at the start).
+RHO_MAX = 1000.0
 
 
 def check_numbers(config: Any) -> None:
@@ -39,7 +42,8 @@ def check_numbers(config: Any) -> None:
         config.gamma = "auto"
     need(config.gamma in (None, "auto") or (finite("gamma") and config.gamma >= 0), "gamma",
          "None, a finite number >= 0 or 'auto'")
-    need(config.rho is None or (finite("rho") and config.rho > 0), "rho", "None or a finite number > 0")
+    need(config.rho is None or (finite("rho") and 0 < config.rho <= RHO_MAX), "rho",
+         f"None or a number in (0, {RHO_MAX:g}] (a pull of more than {RHO_MAX:g}× L1's leaves L1 no say)")
     need(config.rho is None or config.gamma == "auto", "rho", "None unless gamma='auto' (ρ is its target)")
     need(config.auto_gamma is None or all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0
                                         for v in config.auto_gamma.values()), "auto_gamma",
@@ -57,5 +61,8 @@ def check_numbers(config: Any) -> None:
     need(config.log_every is None or int(config.log_every) >= 1, "log_every", "None or >= 1")
     need(config.epochs is None or (finite("epochs") and config.epochs > 0), "epochs",
          "None or a finite number > 0")
+    if config.stop_on_collapse and int(config.eval_every) == 0:
+        raise ValueError("stop_on_collapse needs eval_every > 0: a collapse is detected at an evaluation, "
+                         "and eval_every 0 never evaluates")
     if config.eval_tile is not None and config.eval_tile <= 2 * config.eval_overlap:
         raise ValueError(f"eval_tile ({config.eval_tile}) must exceed 2·eval_overlap ({config.eval_overlap})")
