@@ -139,6 +139,14 @@ CASES: list[Case] = [
      2, "rho must be None or a number in (0, 1000]"),
     ("44.9 train: --stop-on-collapse that can never fire", lambda t: [
         *TRAIN, "--out", str(t / "o"), "--stop-on-collapse"], 2, "stop_on_collapse needs eval_every > 0"),
+    ("44.5 train: an empty --config", lambda t: (t / "c.yaml").write_text("# nothing yet\n") and [
+        *TRAIN, "--out", str(t / "o"), "--config", str(t / "c.yaml")], 2, "sets no value"),
+    ("44.5 train: a key twice in a YAML --config", lambda t: (t / "c.yaml").write_text(
+        "lr: 0.001\nlr: 0.1\n") and [*TRAIN, "--out", str(t / "o"), "--config", str(t / "c.yaml")],
+     2, "the key 'lr' is given twice"),
+    ("44.5 train: a key twice in a JSON --config", lambda t: (t / "c.json").write_text(
+        '{"lr": 0.001, "lr": 0.1}') and [*TRAIN, "--out", str(t / "o"), "--config", str(t / "c.json")],
+     2, "the key 'lr' is given twice"),
     ("44.11 train-tiny-prior: --lr 0", lambda t: ["train-tiny-prior", "--out", str(t / "p"), "--lr", "0"],
      2, "--lr must be a finite number > 0"),
     ("44.11 train-tiny-prior: --lr -1", lambda t: ["train-tiny-prior", "--out", str(t / "p"), "--lr", "-1"],

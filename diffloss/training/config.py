@@ -15,7 +15,7 @@ import torch
 from ..precision import native_half
 from .atomic import atomic_write_text
 from .build import check_model_name
-from .fieldtypes import check_field_types, yaml_loader
+from .fieldtypes import check_field_types, json_no_duplicate_keys, yaml_loader
 from .ranges import check_numbers
 from .tasks import TASKS, task_of_layout
 from .terms import LOSS_TERMS, PRIOR_INPUTS, parse_loss
@@ -323,14 +323,19 @@ class TrainConfig:
             import yaml
 
             try:
-                values = yaml.load(text, Loader=yaml_loader()) or {}
+                values = yaml.load(text, Loader=yaml_loader())
             except yaml.YAMLError as exc:
                 raise ValueError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from exc
         else:
             try:
-                values = json.loads(text)
+                values = json.loads(text, object_pairs_hook=json_no_duplicate_keys)
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+            except ValueError as exc:
+                raise ValueError(f"{path}: {exc}") from exc
+        if not values:  # an empty or comment-only file would train with every default
+            raise ValueError(f"{path} sets no value (it is empty or holds only comments): give the "
+                             "settings of the run, e.g. `iterations: 1000`, or leave out --config")
         try:
             return cls.from_dict(values)
         except (ValueError, TypeError) as exc:
