@@ -621,6 +621,15 @@ def _temp_pattern(name: str) -> re.Pattern[str]:
     return re.compile(rf"\.{re.escape(name)}\.(?:tmp-(?:(?P<tmp_pid>\d+)-)?[a-z0-9_]{{8}}|old-(?P<old_pid>\d+))")
 
 
+def folder_mode() -> int:
+    """The mode a new folder gets from the user's umask (``0o755`` under the usual ``022``):
+    :func:`tempfile.mkdtemp` makes ``0o700``, which other users and a container's non-root user
+    cannot read, so a published folder is given this mode instead."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o777 & ~mask
+
+
 def sweep_stale(final: str | Path, *, only_files: Collection[str] | None = None) -> list[Path]:
     """Delete the temporary folders an interrupted run left next to ``final`` and return them.
 
@@ -673,6 +682,7 @@ def atomic_dir(final: Path, *, sources: Iterable[str | Path] = ()) -> Iterator[P
     final.parent.mkdir(parents=True, exist_ok=True)
     sweep_stale(final)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=final.parent))
+    os.chmod(tmp, folder_mode())  # mkdtemp makes it 0700: give it a new folder's usual mode
     _ACTIVE.add(tmp)
     try:
         try:

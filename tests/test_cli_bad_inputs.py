@@ -147,6 +147,13 @@ CASES: list[Case] = [
     ("44.5 train: a key twice in a JSON --config", lambda t: (t / "c.json").write_text(
         '{"lr": 0.001, "lr": 0.1}') and [*TRAIN, "--out", str(t / "o"), "--config", str(t / "c.json")],
      2, "the key 'lr' is given twice"),
+    ("44.16 train: a network without parameters", lambda t: [
+        *TRAIN, "--out", str(t / "o"), "--model", _module(t, "noparams", """
+            import torch
+            class Net(torch.nn.Module):
+                def forward(self, y):
+                    return y
+        """) + ":Net"], 1, "has no trainable parameters"),
     ("44.11 train-tiny-prior: --lr 0", lambda t: ["train-tiny-prior", "--out", str(t / "p"), "--lr", "0"],
      2, "--lr must be a finite number > 0"),
     ("44.11 train-tiny-prior: --lr -1", lambda t: ["train-tiny-prior", "--out", str(t / "p"), "--lr", "-1"],

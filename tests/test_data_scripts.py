@@ -355,6 +355,24 @@ def test_prepare_lol_from_folder_with_count_warning(tmp_path: Path, capsys) -> N
     assert capsys.readouterr().out.count("nothing to do") == 2
 
 
+def test_published_folders_have_the_mode_the_umask_gives(tmp_path: Path) -> None:
+    """Issue 44, case 2: a published folder is readable as any new folder of the user's is (the
+    umask's mode, 0755 under 022), not mkdtemp's 0700."""
+    import os
+    import stat
+
+    src = tmp_path / "download"
+    fake_pairs(src, "LOLdataset/our485", ("low", "high"), 2)
+    fake_pairs(src, "LOLdataset/eval15", ("low", "high"), 2)
+    old = os.umask(0o022)
+    try:
+        assert lol.main(["--root", str(tmp_path / "data"), "--source", str(src)]) == 0
+    finally:
+        os.umask(old)
+    for sub in ("lol/our485", "lol/eval15"):
+        assert stat.S_IMODE((tmp_path / "data" / sub).stat().st_mode) == 0o755, sub
+
+
 def test_prepare_lol_from_zip_and_missing_subset(tmp_path: Path, capsys) -> None:
     src = tmp_path / "src"
     fake_pairs(src, "our485", ("low", "high"), 3)

@@ -86,6 +86,10 @@ def set_up(config: TrainConfig, accelerator: Any, lock: RunLock | None, resume: 
     # -- build ------------------------------------------------------------------------------
     seed_all(config.seed)
     model = build_model(config.model, config.model_kwargs)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError(f"the network {config.model!r} has no trainable parameters (none, or all with "
+                         "requires_grad=False): there is nothing to train. Check its __init__ "
+                         "(layers assigned as attributes of the module, not kept in a plain list).")
     train_ds, val_ds, tests = build_datasets(config)
     check_restorer(model, str(config.model), lambda: KeyedPairs(train_ds)[(0, 0)][0][None])
     n_train = len(train_ds)  # type: ignore[arg-type]
