@@ -154,6 +154,12 @@ CASES: list[Case] = [
                 def forward(self, y):
                     return y
         """) + ":Net"], 1, "has no trainable parameters"),
+    ("44.17 train: --prior is a training run", lambda t: [
+        *TRAIN, "--out", str(t / "o"), "--loss", "l1+diffloss", "--prior", str(_run_folder(t))],
+     1, "is a training run of diffloss"),
+    ("44.17 train: --prior is a run's last.pt", lambda t: [
+        *TRAIN, "--out", str(t / "o"), "--loss", "l1+diffloss", "--prior", str(_run_folder(t) / "last.pt")],
+     1, "is a checkpoint of a training run of diffloss"),
     ("44.11 train-tiny-prior: --lr 0", lambda t: ["train-tiny-prior", "--out", str(t / "p"), "--lr", "0"],
      2, "--lr must be a finite number > 0"),
     ("44.11 train-tiny-prior: --lr -1", lambda t: ["train-tiny-prior", "--out", str(t / "p"), "--lr", "-1"],

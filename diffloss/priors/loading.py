@@ -38,6 +38,22 @@ from .checks import (
 from .prediction import prediction_type_of
 
 
+def _training_run(path: Path) -> dict[str, Any] | None:
+    """The config of the diffloss training run that ``path`` is (its folder, or a ``.pt`` in it),
+    else ``None``: a run folder holds ``config.json`` with the trainer's keys and ``last.pt``."""
+    folder = path if path.is_dir() else path.parent
+    if path.exists() and not path.is_dir() and path.suffix.lower() != ".pt":
+        return None
+    config = folder / "config.json"
+    if not (config.is_file() and ((folder / "last.pt").exists() or (folder / "best.pt").exists())):
+        return None
+    try:
+        values = _read_json_object(config)
+    except (OSError, ValueError):
+        return None
+    return values if {"model", "loss", "iterations"} <= values.keys() else None
+
+
 def load_prior(cls: type, name_or_path: str | os.PathLike, **kwargs: Any) -> Any:
     """Load a prior (an instance of ``cls``, a :class:`DiffusionPrior`) from a local folder or a hub id.
 
@@ -56,6 +72,12 @@ def load_prior(cls: type, name_or_path: str | os.PathLike, **kwargs: Any) -> Any
     ``prediction_type`` other than ε, v or x̂_0, and a conditional U-Net without its pipeline.
     """
     path = Path(name_or_path).expanduser()
+    run = _training_run(path)
+    if run is not None:
+        prior = f" (its own prior: {run.get('prior')!r})" if run.get("prior") else ""
+        raise ValueError(f"{path} is {'a checkpoint of ' if path.is_file() else ''}a training run of "
+                         f"diffloss{prior}, not a diffusion prior: give a prior (a diffusers folder, "
+                         "'tiny', 'ffdnet', 'adm:CKPT.pt' or a hub id)")
     if path.exists():
         if not path.is_dir():
             hint = (" It looks like a guided-diffusion checkpoint: load it with "
