@@ -116,6 +116,9 @@ def test_a_diverged_step_saves_the_step_before(tmp_path, monkeypatch, tiny_prior
         train(c, progress=False, prior=tiny_prior)
     assert info.value.step == 3 and load_checkpoint(Path(c.out) / "last.pt")["step"] == 2
     assert info.value.checkpoint == Path(c.out) / "last.pt"
+    # issue 44, case 20: the message does not also say that no checkpoint was written
+    assert "No checkpoint had been written" not in str(info.value)
+    assert any("last.pt of step 2" in n for n in info.value.__notes__)
 
 
 # --------------------------------------------------------------- 6. a resume never shortens

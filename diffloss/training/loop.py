@@ -171,6 +171,8 @@ def _train(config: TrainConfig, accelerator: Any, lock: RunLock | None, progress
                      "cause, then resume with resume=True (--resume).")
         if isinstance(exc, NonFiniteLossError):
             exc.checkpoint = out / LAST
+            if exc.args and isinstance(exc.args[0], str):  # the note names the checkpoint now
+                exc.args = (exc.args[0].replace(" No checkpoint had been written yet.", ""), *exc.args[1:])
 
     from tqdm.auto import tqdm
 
