@@ -531,6 +531,12 @@ def test_every_file_the_loader_will_not_use_is_reported(tmp_path: Path, caplog) 
     with pytest.raises(ImageFileError, match=r"1 broken link\(s\).*img6\.png; 1 empty file\(s\) "
                                              r"of 0 bytes.*img5\.png"):
         PairedImageDataset((deg, clean), "folders")
+    # issue 44, case 13: problems in both folders are listed at once, not the first folder's only
+    (deg / "img7.png").write_bytes(b"")
+    with pytest.raises(ImageFileError) as both:
+        PairedImageDataset((deg, clean), "folders")
+    assert str(deg) in str(both.value) and "img7.png" in str(both.value)
+    assert str(clean) in str(both.value) and "img6.png" in str(both.value)
     with pytest.raises(ImageFileError, match=r"x\.png: the file is empty \(0 bytes\)"):
         (tmp_path / "x.png").write_bytes(b"")
         load_image(tmp_path / "x.png")

@@ -255,12 +255,18 @@ class PairedImageDataset(Dataset):
         deg_suffix, clean_suffix = _PAIR_SUFFIX.get(layout, (None, None))
         sides = {}
         duplicates: list[str] = []
-        for side, folder, suffix in (
-            ("degraded", self.degraded_dir, deg_suffix),
-            ("clean", self.clean_dir, clean_suffix),
-        ):
+        listed: dict[str, list[Path]] = {}
+        folder_problems: list[str] = []
+        for side, folder in (("degraded", self.degraded_dir), ("clean", self.clean_dir)):
+            try:  # both folders are read before any problem is raised: all of them at once
+                listed[side] = _list_images(folder, layout)
+            except ImageFileError as exc:
+                folder_problems.append(str(exc))
+        if folder_problems:
+            raise ImageFileError("; and ".join(folder_problems))
+        for side, suffix in (("degraded", deg_suffix), ("clean", clean_suffix)):
             keyed: dict[str, Path] = {}
-            for path in _list_images(folder, layout):
+            for path in listed[side]:
                 key = _pair_key(path, suffix)
                 if key in keyed:
                     duplicates.append(f"{keyed[key]} and {path} (both pair as {key!r})")
