@@ -540,3 +540,31 @@ def test_every_file_the_loader_will_not_use_is_reported(tmp_path: Path, caplog) 
     with pytest.raises(ImageFileError, match=r"x\.png: the file is empty \(0 bytes\)"):
         (tmp_path / "x.png").write_bytes(b"")
         load_image(tmp_path / "x.png")
+
+
+def _png_header_only(path: Path, h: int, w: int) -> None:
+    """A PNG whose header says H×W (and almost no pixel data): what a decompression bomb shows the
+    loader first."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+
+
+def test_an_image_over_the_pixel_limit_is_refused_naming_it(tmp_path: Path) -> None:
+    """Issue 44, case 6: a 20000×20000 PNG (a megabyte on disk) in a layout is refused before any
+    pixel is decoded, naming the file and the limit."""
+    from diffloss.data.images import MAX_IMAGE_PIXELS
+
+    deg, clean = make_folders(tmp_path, n=2)
+    _png_header_only(deg / "img9.png", 20000, 20000)
+    _png_header_only(clean / "img9.png", 20000, 20000)
+    with pytest.raises(ValueError, match=r"img9\.png is 20000×20000 \(H×W\), 400 megapixels: over the "
+                                         r"64-megapixel limit") as info:
+        PairedImageDataset((deg, clean), "folders")
+    assert 20000 * 20000 > MAX_IMAGE_PIXELS and str(deg / "img9.png") in str(info.value)

@@ -39,8 +39,11 @@ _ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), 
           (0, 1, 1, 2))
 #: libpng's default limit on width and height (PNG_USER_WIDTH_MAX, PNG_USER_HEIGHT_MAX).
 _PNG_MAX_SIDE = 1_000_000
-#: Largest PNG this loader decodes (pixels), against decompression bombs.
-_PNG_MAX_PIXELS = 1 << 30
+#: The largest image this package decodes, in pixels (64 megapixels, e.g. 8000×8000; Dense-Haze's
+#: photos are 1.9): a guard against decompression bombs, a 1 MB PNG that holds 20000×20000 pixels
+#: and gigabytes once decoded. Checked from the header, before any pixel data is read.
+MAX_IMAGE_PIXELS = 64_000_000
+_PNG_MAX_PIXELS = MAX_IMAGE_PIXELS
 #: PNGs that passed :func:`_check_png` in this process: (path, size, mtime_ns) -> has tRNS.
 _PNG_CHECKED: dict[tuple[str, int, int], bool] = {}
 
@@ -111,8 +114,7 @@ def _check_png(data: bytes, path: Path) -> bool:
     if not (1 <= width <= _PNG_MAX_SIDE and 1 <= height <= _PNG_MAX_SIDE):
         raise bad(f"invalid size {width}×{height}")
     if width * height > _PNG_MAX_PIXELS:
-        raise ImageFileError(f"{path}: {width}×{height} pixels, more than this loader decodes "
-                             f"({_PNG_MAX_PIXELS} pixels)")
+        raise ImageFileError(_too_many_pixels(path, height, width))
     if color not in _PNG_COLOR_TYPES or depth not in _PNG_COLOR_TYPES[color][1]:
         raise bad(f"invalid colour type {color} with bit depth {depth}")
     if compression or filter_method or interlace not in (0, 1):
@@ -262,4 +264,12 @@ def _probe_size(path: Path) -> tuple[int, int]:
     if animated:
         raise ImageFileError(f"{path}: an animated image; only its first frame would be read. "
                              "Save the frame you mean as a still image.")
+    if h * w > MAX_IMAGE_PIXELS:
+        raise ImageFileError(_too_many_pixels(path, h, w))
     return h, w
+
+
+def _too_many_pixels(path: Path, h: int, w: int) -> str:
+    return (f"{path} is {h}×{w} (H×W), {h * w / 1e6:.0f} megapixels: over the "
+            f"{MAX_IMAGE_PIXELS / 1e6:.0f}-megapixel limit of this loader (a guard against "
+            "decompression bombs, diffloss.data.images.MAX_IMAGE_PIXELS); downscale it")
