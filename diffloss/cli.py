@@ -210,6 +210,13 @@ def _run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         raise CommandError(str(exc)) from exc
     except (ValueError, TypeError) as exc:
         parser.error(str(exc))
+    synthetic_only = [f"--{n.replace('_', '-')}" for n in ("max_size", "train_items")
+                      if getattr(args, n, None) is not None]
+    if config.data != "synthetic" and synthetic_only:
+        parser.error(f"{' and '.join(synthetic_only)} shape the synthetic data only; --data {config.data} "
+                     "trains on crops (--crop) of its own images at their size: leave "
+                     f"{'them' if len(synthetic_only) > 1 else 'it'} out (--eval-max-size downscales "
+                     "the evaluation)")
     if args.print_config:
         print(json.dumps(config.to_dict(), indent=2))
         return 0

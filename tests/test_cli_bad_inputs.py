@@ -19,6 +19,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 TRAIN = ["train", "--cpu", "--no-progress", "--iters", "2", "--crop", "32", "--max-size", "80",
          "--train-items", "4", "--val", "0", "--eval-every", "0"]
 
+#: TRAIN for a dataset layout: --max-size and --train-items shape the synthetic data only.
+TRAIN_LAYOUT = [a for i, a in enumerate(TRAIN) if a not in ("--max-size", "--train-items")
+                and TRAIN[i - 1] not in ("--max-size", "--train-items")]
+
 
 def _tree(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
@@ -77,7 +81,7 @@ CASES: list[Case] = [
                     raise RuntimeError("weights file mynet.pth not found")
         """) + ":Net"], 1, "mynet.pth not found"),
     ("train: --overwrite with a typo in --root", lambda t: [
-        *TRAIN, "--out", str(_run_folder(t)), "--model", "usernet:Net", "--overwrite",
+        *TRAIN_LAYOUT, "--out", str(_run_folder(t)), "--model", "usernet:Net", "--overwrite",
         "--data", "dense_haze", "--root", str(t / "dat")], 1, "dat"),
     ("train: --resume after the model's code changed", lambda t: (
         _run_folder(t), _module(t, "usernet", """
@@ -160,6 +164,9 @@ CASES: list[Case] = [
     ("44.17 train: --prior is a run's last.pt", lambda t: [
         *TRAIN, "--out", str(t / "o"), "--loss", "l1+diffloss", "--prior", str(_run_folder(t) / "last.pt")],
      1, "is a checkpoint of a training run of diffloss"),
+    ("44.7 train: --max-size and --train-items with a dataset layout", lambda t: [
+        *TRAIN, "--out", str(t / "o"), "--data", "dense_haze", "--root", str(t)],
+     2, "--max-size and --train-items shape the synthetic data only"),
     ("44.11 train-tiny-prior: --lr 0", lambda t: ["train-tiny-prior", "--out", str(t / "p"), "--lr", "0"],
      2, "--lr must be a finite number > 0"),
     ("44.11 train-tiny-prior: --lr -1", lambda t: ["train-tiny-prior", "--out", str(t / "p"), "--lr", "-1"],
