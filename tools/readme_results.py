@@ -106,7 +106,8 @@ def chapter04() -> list[str]:
         f"The figures in `figures/` are written by the notebooks; each is stamped with the profile "
         f"that made it. The committed ones come from the `{r['profile']}` profile "
         f"({made_on(r)}): {cfg['model']}, synthetic haze, {cfg['iterations']} steps of {cfg['batch']} "
-        f"crops of {cfg['crop']}², {n} paired seeds; DiffLoss judged by {r['judge']} (trained on other "
+        f"crops of {cfg['crop']}², {n} paired seeds; DiffLoss judged by "
+        f"{ {'ffdnet': 'FFDNet'}.get(r['judge'], r['judge'])} (trained on other "
         "photos; chapter 02, section 6), and by the tiny prior as a third arm. "
         "`figures/04_results.json` holds every number of the first bullets.",
         "",
@@ -381,7 +382,8 @@ def chapter07() -> str:
 def render() -> str:
     """The results section's body (between the markers), from the files."""
     parts = [*chapter04(), chapter05(), chapter06(), chapter07(),
-             "- These are CPU experiments with a tiny prior (chapter 02): they show the protocol and "
+             "- These are CPU experiments with small networks and FFDNet as the judge, a denoiser trained on "
+             "other photos (chapter 02): they show the protocol and "
              "what happens at this scale, not the paper's result at the paper's scale. The `gpu` "
              "profile runs the same chapters with the full MSBDN, the ADM-256 prior and Dense-Haze."]
     return "\n".join(wrap(p) for p in parts) + "\n"

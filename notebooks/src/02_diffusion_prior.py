@@ -657,7 +657,7 @@ print("seen by neither judge (ratio below 0.1 for both):", ", ".join(blind) or "
 
 # %% [markdown]
 # **What each judge can and cannot see** (the lines above): FFDNet predicts the noise on
-# photographs neither model saw better than the tiny prior at every $t$ it knows, and it is far
+# photographs neither model saw better than the tiny prior at every $t$ measured, and it is far
 # more sensitive to noise. Neither judge sees haze: a hazy crop is closer to its clean image, for
 # both, than another photograph is, by an order of magnitude. Haze changes contrast and colour
 # slowly across the image, and a denoiser, like a diffusion model at these $t$, keeps slow changes
@@ -672,9 +672,11 @@ print("seen by neither judge (ratio below 0.1 for both):", ", ".join(blind) or "
 # %% [markdown]
 # ## What we have
 #
-# - `DiffusionPrior` returns $\epsilon_\theta$ and $h$ from one call of a frozen diffusers U-Net;
-#   `load_profile_prior` picks the tiny prior (`ci`, `small`) or the paper's ADM prior (`gpu`,
-#   `paper`, which stop in their first cells when it is missing: `require_assets`).
+# - `DiffusionPrior` returns $\epsilon_\theta$ and $h$ from one call of a frozen network: a
+#   diffusers U-Net, or a Gaussian denoiser such as FFDNet (section 6);
+#   `load_profile_prior` picks the teaching prior, the tiny one (`ci`, `small`) or the paper's ADM
+#   prior (`gpu`, `paper`, which stop in their first cells when it is missing: `require_assets`),
+#   and `load_profile_judge` DiffLoss's prior (FFDNet in `ci`/`small`, ADM in `gpu`/`paper`).
 # - The tiny prior has learned something real about natural images: it finds the noise in
 #   held-out crops far more easily than in structure-free ones, and its DDPM samples have natural
 #   colours and textures. But it is small: no objects.
@@ -687,12 +689,12 @@ print("seen by neither judge (ratio below 0.1 for both):", ", ".join(blind) or "
 # - $h$ keeps image identity through degradations; its distances also vanish at large $t$.
 # - Haze is where the prior helps least, in the sense the lines above print: the smallest share
 #   rejected, the smallest $L_\text{nat}$ at every $t$, and in h-space, from medium $t$ on, the
-#   smallest gain over pixels (below 1×, none at all) — even though the h-space distance to a hazy version is the
+#   smallest gain over pixels, below 1× (none at all) at medium $t$ — even though the h-space distance to a hazy version is the
 #   largest of the three degradations.
 #   Chapters 04–05 measure whether it still helps a dehazing network.
 # - FFDNet, the judge of chapters 04–07, trained on thousands of other photos, predicts the noise
-#   of held-out crops better than the tiny prior at every $t$ it knows, and is just as blind to
-#   haze (section 6).
+#   of held-out crops better than the tiny prior at every $t$ measured (5–150, within its
+#   0–167), and is just as blind to haze (section 6).
 #
 # ## Exercises
 #

@@ -401,8 +401,10 @@ for s in tests:
 
 words = {"psnr": "PSNR", "ssim": "SSIM", "color": "colour error", "structure": "structure error",
          "artefacts": "artefact energy"}
+n_items = {"in_distribution": f"{len(test_items['test'])} bands",
+           "out_of_distribution": f"{len(test_items.get('ood', []))} scenes"}
 for split, entry in results["splits"].items():
-    print(f"\n{split.replace('_', '-')}, against L1:")
+    print(f"\n{split.replace('_', '-')} ({n_items[split]}), against L1:")
     for label, v in entry["verdicts"].items():
         print(f"  {label}: " + "; ".join(f"{words[m]} {v[m]}" for m in METRICS))
 
@@ -421,7 +423,7 @@ print("the adversarial runs logged their discriminator:",
 #
 # Each row shows test images restored by the seed-0 run of each loss: the hazy input, the four
 # restorations (with their PSNR), and the ground truth. The in-distribution bands are narrow
-# strips, so four of them share a row (with their mean PSNR); the unseen scenes get a row each. Below it, a zoomed
+# strips, so four of them share a row (with their mean PSNR); the first two unseen scenes get a row each. Below it, a zoomed
 # crop: pick a loss with the buttons (JupyterLab, Colab) to compare the same detail; the static
 # figure after it shows every loss's crop, for GitHub.
 
