@@ -346,11 +346,11 @@ def chapter06() -> str:
                      f"{'within' if sw['lands'] else 'outside'} the seeds' spread ({spread:.2f} dB)")
         if all(v < sw["l1_val_psnr"] for v in vals.values()):
             lowest = sw["best_gamma"] == min(vals)
-            text += (f". Every swept γ is below L1 on validation; the best, {sw['best_gamma']:g}"
-                     + (", the lowest tried," if lowest else "")
-                     + f" pulls {sw['pull_of_best_gamma']:.2f} at the start against the rule's "
-                     f"ρ* = {r['rho']:g}: the pull that suits haze's MSBDN does not suit "
-                     f"{entry['model']}" + ("; no γ tried shows what would" if lowest else ""))
+            text += (f". Every swept γ ({min(vals):g} to {max(vals):g}) is below L1 on validation; the "
+                     f"best, {sw['best_gamma']:g}" + (", the lowest tried," if lowest else "")
+                     + f" pulls {sw['pull_of_best_gamma']:.2f} at the start (the rule's ρ* = {r['rho']:g}): "
+                     f"at this seed no pull tried lets {entry['model']} match L1"
+                     + ("; no γ tried shows what would" if lowest else ""))
         text += "."
     return text
 

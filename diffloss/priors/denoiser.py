@@ -29,12 +29,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from ..device import to_device
 from ..schedule import NoiseSchedule
-from .wrapper import DiffusionPrior, PriorOutput, _StopAfterMidBlock
+from .wrapper import NAMED_PRIORS, DiffusionPrior, PriorOutput, _StopAfterMidBlock
 
 
 def noise_level(schedule: NoiseSchedule) -> Tensor:
@@ -136,14 +135,6 @@ class DenoiserPrior(DiffusionPrior):
     def learned_variance(self) -> bool:
         return False
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.denoiser.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.denoiser.parameters()).dtype
-
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.denoiser.parameters())
 
@@ -201,3 +192,6 @@ class DenoiserPrior(DiffusionPrior):
         raise NotImplementedError(
             "a denoiser prior is not saved as a diffusers folder: save its network's state_dict, "
             "or name it (TrainConfig.prior='ffdnet') so that a run can load it again")
+
+
+NAMED_PRIORS["denoiser"] = DenoiserPrior  # DiffusionPrior.from_denoiser

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .denoiser import DenoiserPrior
+from .wrapper import NAMED_PRIORS
 
 #: What the released colour model was trained on (Zhang et al. 2018, Sec. IV-A): none of the
 #: photos this project trains, validates or tests on (``tests/test_judge_provenance.py``).
@@ -94,3 +95,6 @@ def ffdnet_prior(device: torch.device | str = "cpu") -> DenoiserPrior:
                           sample_size=FFDNET_WINDOW, downsampling=2)
     prior.source = "ffdnet"
     return prior
+
+
+NAMED_PRIORS["ffdnet"] = ffdnet_prior  # DiffusionPrior.ffdnet

