@@ -798,9 +798,9 @@ def convert_adm_checkpoint(
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o777 & ~mask)  # mkdtemp's 0700 → the mode a new folder gets from the umask
+        from .training.atomic import new_folder_mode
+
+        os.chmod(tmp, new_folder_mode())  # mkdtemp's 0700 → the mode a new folder gets from the umask
         unet.save_pretrained(tmp, safe_serialization=True)
         DDPMScheduler(**adm_scheduler_config(f)).save_config(tmp)
         (tmp / "adm_flags.json").write_text(json.dumps(provenance, indent=2) + "\n")

@@ -53,8 +53,8 @@ def naturalness_sensitivity(prior: torch.nn.Module, clean: Tensor, versions: dic
         raise ValueError("naturalness_sensitivity needs at least two clean images (the other scene)")
     g = torch.Generator().manual_seed(seed)
     x0 = prior.encode(clean.to(prior.device, prior.dtype))
-    zs = {k: prior.encode(v.to(prior.device, prior.dtype)) for k, v in versions.items()}
-    zs["other scene"] = x0.roll(1, dims=0)
+    versions_in_space = {k: prior.encode(v.to(prior.device, prior.dtype)) for k, v in versions.items()}
+    zs = [*versions_in_space, "other scene"]
     out: dict[str, list[float]] = {k: [] for k in zs}
     for t in timesteps:
         tt = torch.full((len(x0),), int(t), dtype=torch.long)
@@ -62,14 +62,10 @@ def naturalness_sensitivity(prior: torch.nn.Module, clean: Tensor, versions: dic
         for _ in range(draws):
             eps = torch.randn(x0.shape, generator=g).to(x0)
             e_x = prior(prior.schedule.q_sample(x0, tt, eps), tt).eps
-            if "other scene" in zs:
-                # the other scene gets its own image's ε so that both sides share one noise map
-                e_other = e_x.roll(1, dims=0)
-                e_x_other = prior(prior.schedule.q_sample(x0, tt, eps.roll(1, dims=0)), tt).eps
-                sums["other scene"] += float((e_other - e_x_other).square().mean())
-            for k, z in zs.items():
-                if k == "other scene":
-                    continue
+            # the other scene (image i−1) under image i−1's ε, against image i under that same ε
+            e_x_other = prior(prior.schedule.q_sample(x0, tt, eps.roll(1, dims=0)), tt).eps
+            sums["other scene"] += float((e_x.roll(1, dims=0) - e_x_other).square().mean())
+            for k, z in versions_in_space.items():
                 e_z = prior(prior.schedule.q_sample(z, tt, eps), tt).eps
                 sums[k] += float((e_z - e_x).square().mean())
         for k in zs:

@@ -42,8 +42,9 @@ import torch  # noqa: E402
 
 from diffloss import profiles  # noqa: E402
 from diffloss.experiments import machine_description, results_name  # noqa: E402
-from diffloss.prior import DiffusionPrior, load_profile_judge  # noqa: E402
+from diffloss.prior import load_profile_judge  # noqa: E402
 from diffloss.training import TrainConfig, train  # noqa: E402
+from diffloss.training.build import load_prior  # noqa: E402
 
 #: (γ, λ, t_range) settings of the validation sweep, per judge. The tiny prior's (all 1000 steps
 #: or t ≤ 200); FFDNet's within its noise levels, t ≤ 167 (σ_t ≤ 75/255), where γ = 1 pulls about
@@ -63,9 +64,7 @@ KNOB_GRIDS: dict[str, tuple[tuple[float, float, tuple[int, int] | None], ...]] =
 def judge_prior(profile: Any, judge: str | None) -> tuple[str, Any]:
     """(name, prior) of the judge: the profile's own (``profile.judge``) or the one named."""
     judge = judge or profile.judge
-    if judge == profile.judge:
-        return judge, load_profile_judge(profile)
-    return judge, {"tiny": DiffusionPrior.tiny, "ffdnet": DiffusionPrior.ffdnet}[judge]()
+    return judge, load_profile_judge(profile) if judge == profile.judge else load_prior(judge)
 
 
 def _git(*args: str) -> str:

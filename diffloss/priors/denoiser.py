@@ -101,12 +101,7 @@ class DenoiserPrior(DiffusionPrior):
         self.hspace_layer = hspace_layer
         self._valid = t_range_for_sigma(self.schedule, self.sigma_min, self.sigma_max)
         self._sample_size, self._downsampling = int(sample_size), int(downsampling)
-        self.requires_grad_(False)
-        self.eval()
-        self._captured: list[Tensor] | None = None
-        self._stop_after_mid = False
-        self._compiled: tuple[Any, ...] = ()
-        layers[hspace_layer].register_forward_hook(self._mid_block_hook)
+        self._freeze(layers[hspace_layer])
 
     # ------------------------------------------------------------------ what differs from a U-Net
     @property

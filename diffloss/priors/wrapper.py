@@ -52,8 +52,7 @@ class PriorOutput:
     variance: Tensor | None = None
 
 
-#: Priors that other modules of this package build (``"denoiser"``, ``"ffdnet"``), registered by
-#: them when :mod:`diffloss.priors` is imported, so that this module imports none of them.
+#: Priors built by other modules of this package, registered when they are imported (no import here).
 NAMED_PRIORS: dict[str, Any] = {}
 
 
@@ -118,14 +117,16 @@ class DiffusionPrior(nn.Module):
                     f"the {name}'s weights hold NaN/inf values ({_listing(bad)}): the checkpoint is "
                     "corrupt. Download or convert it again."
                 )
+        self._freeze(self.unet.mid_block)
+
+    def _freeze(self, hspace_module: nn.Module) -> None:
+        """No gradients, eval mode for good, and h-space captured by a hook on ``hspace_module``."""
         self.requires_grad_(False)
-        self.eval()  # the wrapper too, not only the U-Net: prior.training is False
+        self.eval()  # the wrapper too, not only the network: prior.training is False
         self._captured: list[Tensor] | None = None
         self._stop_after_mid = False
-        # (torch.compile'd U-Net,) once compile_unet() was called; a tuple so that nn.Module
-        # does not register it (its parameters are the U-Net's own).
-        self._compiled: tuple[Any, ...] = ()
-        self.unet.mid_block.register_forward_hook(self._mid_block_hook)
+        self._compiled: tuple[Any, ...] = ()  # (compiled network,): a tuple, so not a submodule
+        hspace_module.register_forward_hook(self._mid_block_hook)
 
     # ------------------------------------------------------------------ freezing
     def train(self, mode: bool = True) -> DiffusionPrior:
@@ -429,8 +430,7 @@ class DiffusionPrior(nn.Module):
 
     @classmethod
     def from_denoiser(cls, denoiser: nn.Module, **kwargs: Any) -> DiffusionPrior:
-        """Any Gaussian denoiser ``D(y, σ)`` as a prior (:class:`.denoiser.DenoiserPrior`;
-        ``kwargs``: its ``sigma_max``, ``hspace_layer``, ...)."""
+        """Any Gaussian denoiser ``D(y, σ)`` as a prior (:class:`.denoiser.DenoiserPrior`, ``kwargs``)."""
         return NAMED_PRIORS["denoiser"](denoiser, **kwargs)
 
     @classmethod

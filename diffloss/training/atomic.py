@@ -24,6 +24,12 @@ def _umask() -> int:
     return mask
 
 
+def new_folder_mode() -> int:
+    """The mode a new folder gets from the user's umask (``0o755`` under ``022``), for folders made
+    by :func:`tempfile.mkdtemp` (``0o700``) and then published in place of the final one."""
+    return 0o777 & ~_umask()
+
+
 def fsync_dir(folder: Path) -> None:
     """Flush a folder's entry table, so a completed ``os.replace`` survives a power cut."""
     with contextlib.suppress(OSError):
