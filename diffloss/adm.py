@@ -725,11 +725,19 @@ def _read_checkpoint(path: str | Path) -> Mapping[str, Tensor]:
         )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle/zip errors of a truncated or foreign file
+    except Exception as exc:  # pickle/zip errors of a truncated or foreign file: say what it is
+        from .pt_files import describe_unreadable
+
         raise ValueError(
-            f"{path} is not a readable PyTorch checkpoint ({_first_line(exc)}); it is truncated "
-            "or not a checkpoint: download it again"
+            f"{path} {describe_unreadable(path, exc)}; convert-adm reads the guided-diffusion prior "
+            f"256x256_diffusion_uncond.pt (`python data_scripts/download_adm_prior.py`)"
         ) from exc
+    if isinstance(obj, Mapping) and "format" in obj and "model" in obj and "config" in obj:
+        raise ValueError(
+            f"{path} is a diffloss training checkpoint (a run's last.pt or best.pt: a restorer, not a "
+            "prior); convert-adm reads the guided-diffusion prior 256x256_diffusion_uncond.pt "
+            "(`python data_scripts/download_adm_prior.py`)"
+        )
     # a bare state dict (the released files) or a dict holding one under "state_dict"
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]

@@ -228,7 +228,7 @@ def test_load_adm_checkpoint_errors(tmp_path):
         load_adm_checkpoint(tmp_path / "nope.pt")
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"<html>not a checkpoint</html>")
-    with pytest.raises(ValueError, match="not a readable PyTorch checkpoint"):
+    with pytest.raises(ValueError, match="junk.pt is a text file, not a PyTorch file"):
         load_adm_checkpoint(junk)
     a_list = tmp_path / "list.pt"
     torch.save([torch.zeros(1)], a_list)

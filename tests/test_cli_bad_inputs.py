@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 
 from diffloss import cli
 
@@ -178,6 +179,21 @@ CASES: list[Case] = [
      1, "adm.pt"),
     ("convert-adm: not a checkpoint", lambda t: (t / "adm.pt").write_text("hello") and
      ["convert-adm", str(t / "adm.pt"), str(t / "out")], 1, "adm.pt"),
+    ("44.15 evaluate: a pickled nn.Module", lambda t: torch.save(torch.nn.Linear(2, 2), t / "m.pt") or [
+        "evaluate", str(t / "m.pt"), "--cpu"], 1, "holds a pickled Python object (a whole nn.Module"),
+    ("44.15 evaluate: a text file", lambda t: (t / "t.pt").write_text("hello\n") and [
+        "evaluate", str(t / "t.pt"), "--cpu"], 1, "t.pt is a text file, not a PyTorch file"),
+    ("44.15 evaluate: an empty file", lambda t: (t / "e.pt").write_bytes(b"") or [
+        "evaluate", str(t / "e.pt"), "--cpu"], 1, "e.pt is empty (0 bytes)"),
+    ("44.15 train: --resume with an empty last.pt", lambda t: (
+        _run_folder(t), (t / "run" / "last.pt").write_bytes(b""))[0] and [
+        "train", "--out", str(t / "run"), "--resume", "--iters", "3", "--no-progress"], 1, "empty (0 bytes)"),
+    ("44.15 convert-adm: a PNG", lambda t: (t / "a.pt").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64)) and [
+        "convert-adm", str(t / "a.pt"), str(t / "out")], 1, "a.pt is a PNG image, not a PyTorch file"),
+    ("44.15 convert-adm: a training run's last.pt", lambda t: [
+        "convert-adm", str(_run_folder(t) / "last.pt"), str(t / "out")], 1, "is a diffloss training checkpoint"),
+    ("44.15 convert-adm: a pickled nn.Module", lambda t: torch.save(torch.nn.Linear(2, 2), t / "m.pt") or [
+        "convert-adm", str(t / "m.pt"), str(t / "out")], 1, "torch.save(model.state_dict(), path)"),
     # -- train-tiny-prior
     ("train-tiny-prior: out is a file", lambda t: (t / "f").write_text("x") and
      ["train-tiny-prior", "--out", str(t / "f"), "--steps", "1"], 1, "is an existing file"),
@@ -203,6 +219,7 @@ def test_a_bad_input_is_one_line_and_changes_nothing(name, setup, status, phrase
     err = capsys.readouterr().err
     assert code == status, err
     assert "Traceback" not in err
+    assert "\x1b" not in err, "a terminal escape code in the message"
     lines = err.strip().splitlines()
     if status == 1:
         assert len(lines) == 1 and lines[0].startswith("error: "), err

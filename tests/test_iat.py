@@ -178,7 +178,7 @@ def test_a_local_official_checkpoint_loads(tmp_path, reference):
     net = IAT.from_official_checkpoint(tmp_path / "best.pth")
     assert torch.equal(net.global_branch.query_block.queries, state["global_net.generator.attn.q"])
     (tmp_path / "bad.pth").write_bytes(b"junk")
-    with pytest.raises(ValueError, match="bad.pth is not a readable PyTorch state dict"):
+    with pytest.raises(ValueError, match="bad.pth is a text file, not a PyTorch file"):
         IAT.from_official_checkpoint(tmp_path / "bad.pth")
 
 
@@ -192,3 +192,104 @@ def test_stages_show_the_clamp_before_the_gamma() -> None:
         s = net.stages(y)
         assert torch.allclose(s["mixed"].clamp(1e-8, 1) ** s["gamma"].view(-1, 1, 1, 1), s["z"])
         assert torch.equal(s["z"], net(y))
+
+
+# -- the clamps in training (issue 43): straight-through keeps the values, passes the gradient
+def test_straight_through_keeps_the_value_bit_for_bit_and_passes_a_unit_gradient():
+    from diffloss.models.iat import straight_through
+
+    raw = torch.tensor([-0.3, 0.5, 1.7, 1e-9], requires_grad=True)
+    out = straight_through(raw, raw.clamp(1e-8, 1.0))
+    assert torch.equal(out.detach(), raw.detach().clamp(1e-8, 1.0))  # 1e-8 stays 1e-8, not 0
+    out.sum().backward()
+    assert torch.equal(raw.grad, torch.ones(4))
+
+
+@pytest.mark.parametrize("clamp", ["straight-through-output", "straight-through", "leaky-output", "leaky"])
+def test_a_train_clamp_changes_gradients_only_in_training(clamp):
+    torch.manual_seed(0)
+    hard = IAT()
+    torch.manual_seed(0)
+    other = IAT(train_clamp=clamp)
+    with torch.no_grad():  # push most pixels of M below 0 and of the output past the lower clamp
+        for net in (hard, other):
+            net.local_branch.mul_head.bias.fill_(-1.0)
+            net.local_branch.add_head.bias.fill_(-3.0)
+    y = torch.rand(2, 3, 32, 32) * 0.2
+    for net in (hard, other):
+        net.eval()
+    assert torch.equal(hard(y), other(y))  # evaluation: the authors' network, the same bits
+    grads = {}
+    for name, net in (("hard", hard), ("other", other)):
+        net.train()
+        raw = []  # M before its ReLU
+
+        def keep(module, inputs, out, raw=raw):
+            out.retain_grad()
+            raw.append(out)
+
+        hook = net.local_branch.mul_head.register_forward_hook(keep)
+        torch.manual_seed(1)  # the same stochastic-depth draws
+        z = net(y)
+        hook.remove()
+        grads[name, "z"] = z.detach()
+        (z - 0.5).abs().mean().backward()
+        below = raw[0].detach() < 0
+        assert below.float().mean() > 0.5
+        grads[name, "dead M"] = raw[0].grad[below].abs().sum()  # gradient where M = 0
+        grads[name, "add"] = net.local_branch.add_head.weight.grad.norm()
+    if clamp.startswith("straight-through"):
+        assert torch.equal(grads["hard", "z"], grads["other", "z"])  # training: same values too
+    else:  # leaky: the same inside the range, the overshoot added past it (on a fresh network)
+        torch.manual_seed(0)
+        fresh = IAT(train_clamp=clamp).train()
+        bright = torch.rand(2, 3, 32, 32) * 2.0
+        torch.manual_seed(2)
+        st = fresh.stages(bright)
+        fresh.train_clamp = "hard"
+        torch.manual_seed(2)
+        z_hard = fresh(bright)
+        inside = (st["mixed"] > 1e-8) & (st["mixed"] < 1)
+        assert inside.any() and (~inside).any()
+        assert torch.equal(z_hard[inside], st["z"][inside])
+        overshoot = (st["mixed"] - st["mixed"].clamp(1e-8, 1))[~inside]
+        assert torch.allclose(st["z"][~inside] - z_hard[~inside], overshoot, atol=1e-6)
+    assert grads["hard", "add"] < 1e-3 * grads["other", "add"]     # the output clamp passed gradient
+    assert grads["hard", "dead M"] == 0
+    assert (grads["other", "dead M"] > 0) == (not clamp.endswith("-output"))  # M's ReLU: not for -output
+
+
+def test_a_bad_train_clamp_is_one_clear_error():
+    from diffloss.training.build import build_model
+
+    with pytest.raises(ValueError, match="train_clamp must be one of hard"):
+        IAT(train_clamp="soft")
+    with pytest.raises(ValueError, match="train_clamp must be one of hard"):
+        build_model("iat", {"train_clamp": "soft"})
+    with pytest.raises(ValueError, match="'iat' takes only train_clamp"):
+        build_model("iat", {"width": 3})
+    assert build_model("iat", {"train_clamp": "straight-through"}).train_clamp == "straight-through"
+
+
+def test_iat_state_reads_the_clamps_and_the_dead_multiplier():
+    from diffloss.models.iat_state import STATE_RULES, iat_state, state_label
+
+    base = {"dead": 0.0, "low": 0.0, "high": 0.0, "std": 0.2}
+    assert state_label(base) == "working"
+    assert state_label({**base, "low": 0.95}).startswith("black")
+    assert state_label({**base, "high": 0.95}).startswith("white")
+    assert state_label({**base, "low": 0.3, "high": 0.3}).startswith("mostly clamped")
+    assert state_label({**base, "dead": 0.9}) == STATE_RULES[3]
+    assert state_label({**base, "dead": 0.9, "low": 0.2}).endswith("20% of the values at a clamp")
+    assert state_label({**base, "low": 0.2}) == "partly clamped: 20% of the values at a clamp"
+    assert state_label({**base, "std": 0.01}).startswith("flat")
+    torch.manual_seed(0)
+    net = IAT()
+    with torch.no_grad():
+        net.local_branch.mul_head.bias.fill_(-10.0)  # M = 0 everywhere
+    net.train()
+    m = iat_state(net, [torch.rand(3, 16, 16) * 0.3 for _ in range(2)])
+    assert m["dead"] == 1.0 and m["label"].startswith(("M mostly dead", "black", "mostly clamped"))
+    assert net.training  # put back as it was
+    with pytest.raises(TypeError, match="needs an IAT"):
+        iat_state(torch.nn.Conv2d(3, 3, 1), [torch.rand(3, 8, 8)])

@@ -91,3 +91,10 @@ def test_a_run_saved_before_tasks_existed_still_resumes():
     check_resume_config(saved, TrainConfig(), Path("last.pt"))  # no "task: None → 'dehaze'" error
     with pytest.raises(ValueError, match="task"):
         check_resume_config(saved, TrainConfig(task="derain"), Path("last.pt"))
+
+
+def test_low_light_trains_iat_with_leaky_clamps_unless_told_otherwise():
+    assert TrainConfig(task="lowlight").model_kwargs == {"train_clamp": "leaky"}
+    assert TrainConfig(task="lowlight", model_kwargs={"train_clamp": "hard"}).model_kwargs == {"train_clamp": "hard"}
+    assert TrainConfig(task="dehaze", model="iat").model_kwargs is None  # the task's default only
+    assert TrainConfig(task="dehaze").model_kwargs is None

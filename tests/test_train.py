@@ -200,7 +200,7 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     train(c, progress=False)
     last = Path(c.out) / "last.pt"
     last.write_bytes(last.read_bytes()[:1000])  # truncated
-    with pytest.raises(CheckpointError, match=r"last\.pt is corrupt or unreadable"):
+    with pytest.raises(CheckpointError, match=r"last\.pt is a damaged or truncated PyTorch file"):
         train(c.replace(iterations=2), progress=False, resume=True)
 
 

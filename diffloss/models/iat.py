@@ -25,6 +25,20 @@ then a per-channel affine map). The global branch's query block is ``x += dwconv
 ``t = Attn(queries, LN(x))`` (no residual: the 10 query tokens replace the image's tokens);
 ``t += MLP(LN(t))``.
 
+Both clamps, ``M = ReLU(·) ≥ 0`` and ``clamp(·, 1e-8, 1)``, give a pixel past them zero gradient
+from every loss: once there, nothing brings it back. ``IAT(train_clamp=...)`` changes that in
+training only; in evaluation every mode is the authors' network, the same bits:
+
+* ``"hard"`` (default): the authors' clamps;
+* ``"straight-through"``: both clamps keep their values and pass the gradient as if they were the
+  identity (the straight-through estimator, Bengio et al. 2013); the output clamp's gradient is
+  then ``g·x^(g−1)`` at the clamped value, which for ``x = 1e-8`` and ``g < 1`` is very large;
+* ``"leaky"``: ``M``'s ReLU as in ``"straight-through"``; the output is
+  ``clamp(x)^g + (x − clamp(x))`` with ``x = C·(y·M + A)``: the same value inside the range, and
+  past it the overshoot itself, so that its gradient there is 1 (never ``g·x^(g−1)``), and L1
+  pulls it back;
+* ``"straight-through-output"``, ``"leaky-output"``: the output clamp alone, ``M``'s ReLU hard.
+
 Parameter names are this module's own; :func:`iat_state_dict_from_official` maps the names of
 the authors' checkpoints (``best_Epoch_lol_v1.pth``) onto them.
 """
@@ -44,8 +58,21 @@ from torchvision.ops import StochasticDepth
 
 from ..weights import IAT_LOL_V1_SHA256, IAT_LOL_V1_URL, fetch_iat_lol_weights, iat_weights_path
 
-__all__ = ["IAT", "IAT_LOL_V1_SHA256", "IAT_LOL_V1_URL", "fetch_iat_lol_weights", "iat_weights_path",
-           "iat_state_dict_from_official"]
+__all__ = ["IAT", "IAT_LOL_V1_SHA256", "IAT_LOL_V1_URL", "TRAIN_CLAMPS", "fetch_iat_lol_weights",
+           "iat_weights_path", "iat_state_dict_from_official", "straight_through"]
+
+#: How IAT's two clamps pass gradient in training (module docstring): ``"hard"`` (the authors'),
+#: ``"straight-through"``, ``"leaky"``, or either for the output clamp alone (``"...-output"``).
+TRAIN_CLAMPS: tuple[str, ...] = ("hard", "straight-through-output", "straight-through", "leaky-output",
+                                 "leaky")
+
+
+def straight_through(raw: Tensor, clamped: Tensor) -> Tensor:
+    """``clamped``'s value, bit for bit, with ``raw``'s gradient: ``clamped.detach() + (raw −
+    raw.detach())``, so that ``∂out/∂raw = 1`` everywhere, inside the clamp's range and past it.
+    (``raw + (clamped − raw).detach()`` would round: 1e-8 − 0.3 + 0.3 is 0 in float32.)"""
+    return clamped.detach() + (raw - raw.detach())
+
 
 class ChannelAffine(nn.Module):
     """``N(x) = (x·Cᵀ)·α + β`` over the last (channel) dimension: a learned channel-mixing
@@ -111,9 +138,12 @@ class LocalBranch(nn.Module):
                 nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
                 nn.init.zeros_(m.bias)
 
-    def forward(self, y: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, y: Tensor, straight_through_mul: bool = False) -> tuple[Tensor, Tensor]:
         f = F.leaky_relu(self.stem(y), 0.2)
-        mul = F.relu(self.mul_head(self.mul_body(f) + f))      # M ≥ 0
+        raw = self.mul_head(self.mul_body(f) + f)
+        mul = F.relu(raw)                                      # M ≥ 0
+        if straight_through_mul:                               # same M, gradient also where M = 0
+            mul = straight_through(raw, mul)
         add = torch.tanh(self.add_head(self.add_body(f) + f))  # A ∈ (−1, 1)
         return mul, add
 
@@ -183,10 +213,14 @@ class IAT(nn.Module):
 
     ``IAT()`` is the authors' ``lol`` network, 91,154 parameters. Input and output are images
     in [0, 1] of any size (B×3×H×W). :meth:`components` also returns ``M`` and ``A``.
+    ``train_clamp`` (:data:`TRAIN_CLAMPS`) changes the gradient of the clamps in training only.
     """
 
-    def __init__(self, in_channels: int = 3, with_global: bool = True) -> None:
+    def __init__(self, in_channels: int = 3, with_global: bool = True, train_clamp: str = "hard") -> None:
         super().__init__()
+        if train_clamp not in TRAIN_CLAMPS:
+            raise ValueError(f"IAT: train_clamp must be one of {', '.join(TRAIN_CLAMPS)}, got {train_clamp!r}")
+        self.train_clamp = train_clamp
         self.local_branch = LocalBranch(in_channels)
         self.global_branch = GlobalBranch(in_channels) if with_global else None
 
@@ -194,13 +228,19 @@ class IAT(nn.Module):
         """Every intermediate of ``z = clamp(C·(y·M + A), 1e-8, 1)^γ``: ``mul`` (M), ``add`` (A),
         ``local`` (y·M + A), ``mixed`` (C·local, what the clamp acts on), ``gamma``, ``color``
         (C) and ``z``; without the global branch, ``z`` is ``local``."""
-        mul, add = self.local_branch(y)
+        mode = self.train_clamp if self.training else "hard"
+        mul, add = self.local_branch(y, straight_through_mul=mode in ("straight-through", "leaky"))
         local = y * mul + add
         if self.global_branch is None:
             return {"mul": mul, "add": add, "local": local, "z": local}
         gamma, color = self.global_branch(y)
         mixed = torch.einsum("bij,bjhw->bihw", color, local)          # C applied per pixel
-        z = mixed.clamp(1e-8, 1.0) ** gamma.view(-1, 1, 1, 1)         # then the gamma
+        clamped = mixed.clamp(1e-8, 1.0)
+        if mode.startswith("straight-through"):                        # same z, gradient past the clamp
+            clamped = straight_through(mixed, clamped)
+        z = clamped ** gamma.view(-1, 1, 1, 1)                         # then the gamma
+        if mode.startswith("leaky"):                                   # + the overshoot: 0 inside the range
+            z = z + (mixed - clamped)
         return {"mul": mul, "add": add, "local": local, "mixed": mixed, "gamma": gamma,
                 "color": color, "z": z}
 
@@ -226,7 +266,10 @@ class IAT(nn.Module):
             try:
                 state = torch.load(path, map_location="cpu", weights_only=True)
             except Exception as exc:  # noqa: BLE001 - any unpickling error: one clear message
-                raise ValueError(f"{path} is not a readable PyTorch state dict ({exc})") from None
+                from ..pt_files import describe_unreadable
+
+                raise ValueError(f"{path} {describe_unreadable(path, exc)}; IAT.from_official_checkpoint "
+                                 "reads the authors' state dict (best_Epoch_lol_v1.pth)") from None
         net = cls()
         net.load_state_dict(iat_state_dict_from_official(state))
         return net

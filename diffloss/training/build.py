@@ -65,7 +65,8 @@ def import_model_class(path: str) -> type[nn.Module]:
 
 
 def build_model(name: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
-    """``"msbdn"`` → ``MSBDN()``, ``"msbdn-small"`` → ``MSBDN.small()``, ``"iat"`` → ``IAT()``;
+    """``"msbdn"`` → ``MSBDN()``, ``"msbdn-small"`` → ``MSBDN.small()``, ``"iat"`` → ``IAT(**kwargs)``
+    (its only option, ``train_clamp``);
     ``"package.module:ClassName"`` → ``ClassName(**kwargs)`` (seed torch first)."""
     key = check_model_name(name)
     kwargs = dict(kwargs or {})
@@ -79,13 +80,19 @@ def build_model(name: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
         except Exception as err:  # noqa: BLE001 - the user's constructor, reported in one line
             raise ValueError(f"model {key!r}: its constructor {cls.__name__}(**{kwargs}) raised "
                              f"{type(err).__name__}: {err}") from err
-    if kwargs:
-        raise ValueError(f"model_kwargs are the arguments of your own network (package.module:ClassName); "
-                         f"the built-in {key!r} takes none, got {kwargs}")
-    from ..models.iat import IAT
+    from ..models.iat import IAT, TRAIN_CLAMPS
     from ..models.msbdn import MSBDN
 
-    return {"msbdn": MSBDN, "msbdn-small": MSBDN.small, "iat": IAT}[key]()
+    if key == "iat" and set(kwargs) <= {"train_clamp"}:  # IAT's one training option
+        if kwargs.get("train_clamp", "hard") not in TRAIN_CLAMPS:
+            raise ValueError(f"model 'iat': train_clamp must be one of {', '.join(TRAIN_CLAMPS)}, "
+                             f"got {kwargs['train_clamp']!r}")
+        return IAT(**kwargs)
+    if kwargs:
+        takes = "only train_clamp" if key == "iat" else "none"
+        raise ValueError(f"model_kwargs are the arguments of your own network (package.module:ClassName); "
+                         f"the built-in {key!r} takes {takes}, got {kwargs}")
+    return {"msbdn": MSBDN, "msbdn-small": MSBDN.small}[key]()
 
 
 def check_restorer(model: nn.Module, name: str, first_input: Callable[[], torch.Tensor]) -> None:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..pt_files import describe_unreadable
 from .atomic import atomic_write
 
 __all__ = ["CheckpointError", "LAST", "BEST", "load_checkpoint", "save_checkpoint",
@@ -90,10 +91,11 @@ def load_checkpoint(path: str | os.PathLike, verify: bool = True) -> dict[str, A
               "holds weights only.")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # any unpickling failure means a bad file
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise CheckpointError(f"checkpoint {path} is corrupt or unreadable "
-                              f"({type(exc).__name__}: {first}). {advice}") from exc
+    except Exception as exc:  # any unpickling failure: say what the file is instead
+        what = describe_unreadable(path, exc)
+        if "pickled Python object" in what or "not a PyTorch file" in what:
+            advice = "A training checkpoint is a run's last.pt, written by `diffloss train`."
+        raise CheckpointError(f"{path} {what}. {advice}") from exc
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a diffloss training checkpoint "
                               f"(no format={CHECKPOINT_FORMAT!r} entry)")

@@ -64,6 +64,8 @@ class TrainConfig:
             network, ``package.module:ClassName`` (checked on one batch before step 1).
         model_kwargs: the constructor arguments of your own network (a JSON object on the
             command line); recorded in the checkpoints, which reload it through ``load_model``.
+            The built-in ``iat`` takes ``train_clamp`` (``diffloss.models.iat``); low light's
+            default is ``{"train_clamp": "leaky"}``, ``{"train_clamp": "hard"}`` the authors'.
         data: ``"synthetic"`` (the task's degradation on the bundled images; offline) or the
             task's real dataset, ``"dense_haze"``, ``"lol"`` or ``"rain"``, read from ``root``.
         root: the data folder for a layout (``data_scripts/`` write ``data/<layout>``).
@@ -221,6 +223,8 @@ class TrainConfig:
             raise ValueError(f"data={self.data!r} is the {other} dataset, but task={self.task!r}: "
                              f"pass data={task.layout!r} (or 'synthetic'), or task={other!r}")
         self.model = check_model_name(self.model if self.model is not None else task.model)
+        if self.model_kwargs is None and self.model == task.model and task.model_kwargs:
+            self.model_kwargs = dict(task.model_kwargs)  # the task's training default (tasks.py)
         fidelity, extra = parse_loss(self.loss)
         self.loss = "+".join((fidelity, *extra))
         self.schedule = _choice("schedule", self.schedule, SCHEDULES)
