@@ -342,7 +342,8 @@ def chapter06() -> str:
             text += (f"; the sweep spans {rng:.2f} dB, less than the rule's seeds' spread "
                      f"({spread:.2f} dB), so landing near the best says little")
         elif sw.get("lands") is not None:
-            text += (f", {sw['gap_to_best']:.2f} dB short of the best, "
+            gap = sw["gap_to_best"]
+            text += (f", {abs(gap):.2f} dB {'short of' if gap >= 0 else 'above'} the best swept γ's, "
                      f"{'within' if sw['lands'] else 'outside'} the seeds' spread ({spread:.2f} dB)")
         if all(v < sw["l1_val_psnr"] for v in vals.values()):
             lowest = sw["best_gamma"] == min(vals)
@@ -374,8 +375,11 @@ def chapter07() -> str:
                          f"{verdict(d['top1_agreement'], '', True, r['minimum_effect']['top1_agreement'])}, KL "
                          f"{verdict(d['kl'], '', False, r['minimum_effect']['kl'])}")
             text += "."
-    text += (" A general 1,000-class recogniser on crops of a few photographs, not CUB's bird classes; "
-             "where chapter 06's DiffLoss runs collapsed, these scores measure the collapse.")
+    text += " A general 1,000-class recogniser on crops of a few photographs, not CUB's bird classes"
+    r06 = load("figures/06_results.json")
+    collapsed = sorted({t for t, e in r06["tasks"].items() if e["collapsed"] or e["diverged"]})
+    text += (f"; where chapter 06's DiffLoss runs collapsed ({', '.join(collapsed)}), these scores measure "
+             "the collapse." if collapsed else ".")
     return text
 
 
