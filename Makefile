@@ -46,8 +46,13 @@ unit: setup
 nbval: setup
 	DIFFLOSS_PROFILE=ci $(BIN)/python -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider notebooks
 
+# Two workers (pytest-xdist), one torch thread each: the chapters on one of them in order (chapter
+# 07 reads chapter 06's runs), each test module on one (tests/conftest.py's scheduler).
+TEST_WORKERS ?= 2
+
 test: lint setup
-	DIFFLOSS_PROFILE=ci $(BIN)/python -m pytest tests --nbval-lax --nbval-current-env notebooks
+	DIFFLOSS_PROFILE=ci $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope \
+		--nbval-lax --nbval-current-env notebooks tests
 
 test-kernels: setup
 	ATEN_CPU_CAPABILITY=$(ALT_CPU_CAPABILITY) DIFFLOSS_PROFILE=ci $(BIN)/python -m pytest -q \

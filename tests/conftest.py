@@ -85,3 +85,27 @@ def pytest_report_header(config) -> str:
     passes only under one set compares by luck (``make test-kernels`` runs another)."""
     return (f"torch {torch.__version__}, CPU kernels: {torch.backends.cpu.get_cpu_capability()} "
             f"(ATEN_CPU_CAPABILITY={os.environ.get('ATEN_CPU_CAPABILITY', 'unset')})")
+
+
+# -- two workers (make test: pytest-xdist, -n 2 --dist loadscope) ---------------------------------
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two workers on two cores: one torch thread each (and in the chapters' kernels, which
+    # inherit the environment), or the workers' threads compete and tiny networks run many
+    # times slower. A test that needs more threads sets them itself.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Under pytest-xdist (``make test``: ``-n 2 --dist loadscope``), each test module runs on
+    one worker (its module-scoped fixtures are built once) and every chapter on the same worker,
+    in order: chapter 07 reads what chapter 06 wrote. (xdist's own ``loadgroup`` marks do not
+    reach the scheduler under pytest 9.2, hence this scheduler.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ChaptersTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "chapters" if path.startswith("notebooks/") else path
+
+    return ChaptersTogether(config, log)

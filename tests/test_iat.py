@@ -279,9 +279,10 @@ def test_iat_state_reads_the_clamps_and_the_dead_multiplier():
     assert state_label({**base, "low": 0.95}).startswith("black")
     assert state_label({**base, "high": 0.95}).startswith("white")
     assert state_label({**base, "low": 0.3, "high": 0.3}).startswith("mostly clamped")
-    assert state_label({**base, "dead": 0.9}) == STATE_RULES[3]
+    assert state_label({**base, "dead": 0.9}) == STATE_RULES[4]
     assert state_label({**base, "dead": 0.9, "low": 0.2}).endswith("20% of the values at a clamp")
-    assert state_label({**base, "low": 0.2}) == "partly clamped: 20% of the values at a clamp"
+    assert state_label({**base, "low": 0.2}) == "partly clamped: 20% of the values at the two clamps together"
+    assert state_label({**base, "low": 0.2, "std": 0.01}).startswith("flat")  # flat before partly clamped
     assert state_label({**base, "std": 0.01}).startswith("flat")
     torch.manual_seed(0)
     net = IAT()

@@ -18,7 +18,7 @@ reports the final test PSNR/SSIM of each, paired against full DiffLoss and again
 
 ``lowlight`` trains IAT on synthetic low light (chapter 06's steps, paired seeds) under each row
 of :data:`LOWLIGHT_ROWS`, one factor changed at a time: the recipe (the profile's, or IAT's own),
-IAT's clamps in training (hard, or straight-through), the judge, ρ, and a perceptual term at the
+IAT's clamps in training (hard, straight-through or leaky), the judge, ρ, and a perceptual term at the
 same pull; each row's validation PSNR/SSIM and IAT's state (``diffloss.models.iat_state``) go to
 ``results/06_lowlight_ablation_<profile>.json``, which chapter 06 prints.
 

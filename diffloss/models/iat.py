@@ -26,7 +26,8 @@ then a per-channel affine map). The global branch's query block is ``x += dwconv
 ``t += MLP(LN(t))``.
 
 Both clamps, ``M = ReLU(·) ≥ 0`` and ``clamp(·, 1e-8, 1)``, give a pixel past them zero gradient
-from every loss: once there, nothing brings it back. ``IAT(train_clamp=...)`` changes that in
+through that pixel from every loss: only the shared weights can bring it back, and once most
+pixels are there, little does. ``IAT(train_clamp=...)`` changes that in
 training only; in evaluation every mode is the authors' network, the same bits:
 
 * ``"hard"`` (default): the authors' clamps;

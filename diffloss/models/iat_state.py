@@ -1,8 +1,9 @@
 """What state a trained IAT is in: its maps, its clamps, and one label for the whole.
 
 IAT's output is ``z = clamp(C·(y·M + A), 1e-8, 1)^g`` (:mod:`diffloss.models.iat`). Two of its
-parts can stop learning for good: ``M = ReLU(·)`` is *dead* where it is 0 (no gradient passes
-back), and a value at either clamp gets no gradient from any loss. :func:`iat_state` measures,
+parts can stop learning: ``M = ReLU(·)`` is *dead* where it is 0 (no gradient passes back
+through it there), and a value at either clamp gets no gradient through that pixel from any
+loss (the shared weights can still move it back; once most pixels are there, little does). :func:`iat_state` measures,
 over some images, the share of pixels with ``M = 0`` in every channel, the mean of ``A``, the
 exponent ``g``, the mean diagonal of ``C``, the shares of ``C·(y·M + A)`` at or past each clamp
 (measured before the exponent, where the clamp acts), and the spread of ``z``; :func:`state_label`
@@ -24,9 +25,9 @@ STATE_RULES: tuple[str, ...] = (
     "black: over 90% of the values at the lower clamp",
     "white: over 90% of the values at the upper clamp",
     "mostly clamped: over half the values at a clamp",
+    "flat: the output barely depends on the input (its standard deviation below 0.02)",
     "M mostly dead: over half the pixels have M = 0, so the output no longer multiplies the input",
     "partly clamped: over 10% of the values at a clamp",
-    "flat: the output barely depends on the input (its standard deviation below 0.02)",
     "working",
 )
 
@@ -72,11 +73,11 @@ def state_label(m: dict[str, float]) -> str:
         return STATE_RULES[1]
     if clamped > 0.5:
         return STATE_RULES[2]
+    if m["std"] < 0.02:
+        return STATE_RULES[3]
     if m["dead"] > 0.5:
-        return STATE_RULES[3] + (f"; and partly clamped: {clamped:.0%} of the values at a clamp"
+        return STATE_RULES[4] + (f"; and partly clamped: {clamped:.0%} of the values at a clamp"
                                  if clamped > 0.1 else "")
     if clamped > 0.1:
-        return f"partly clamped: {clamped:.0%} of the values at a clamp"
-    if m["std"] < 0.02:
-        return STATE_RULES[5]
+        return f"partly clamped: {clamped:.0%} of the values at the two clamps together"
     return STATE_RULES[6]
