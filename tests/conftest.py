@@ -96,11 +96,14 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
+@pytest.hookimpl(optionalhook=True)  # pytest without xdist: never called, never an error
 def pytest_xdist_make_scheduler(config, log):
     """Under pytest-xdist (``make test``: ``-n 2 --dist loadscope``), each test module runs on
     one worker (its module-scoped fixtures are built once) and every chapter on the same worker,
     in order: chapter 07 reads what chapter 06 wrote. (xdist's own ``loadgroup`` marks do not
     reach the scheduler under pytest 9.2, hence this scheduler.)"""
+    if config.getvalue("dist") != "loadscope":
+        return None  # another --dist: xdist's own scheduler
     from xdist.scheduler import LoadScopeScheduling
 
     class ChaptersTogether(LoadScopeScheduling):

@@ -146,9 +146,11 @@ print(f"DiffLoss: t = {out.t.item()}, L_nat = {out.nat:.6f}, L_sem = {out.sem:.6
 # %%
 # NBVAL_CHECK_OUTPUT
 print("same t:", bool((out.t.cpu() == t).all()))
-print("L_nat by hand == DiffLoss.nat:", torch.allclose(out.nat, L_nat_hand, rtol=1e-5, atol=1e-8))
-print("L_sem by hand == DiffLoss.sem:", torch.allclose(out.sem, L_sem_hand, rtol=1e-5, atol=1e-8))
-print("loss == L_nat + λ·L_sem:", torch.allclose(out.loss, L_nat_hand + LAMBDA * L_sem_hand, rtol=1e-5))
+# float32: DiffLoss runs z and x as one batch of two, the hand version as two calls, so their sums
+# run in other orders (and with one CPU thread in other ones again): equal to a few parts in 1e5
+print("L_nat by hand == DiffLoss.nat:", torch.allclose(out.nat, L_nat_hand, rtol=1e-4, atol=1e-8))
+print("L_sem by hand == DiffLoss.sem:", torch.allclose(out.sem, L_sem_hand, rtol=1e-4, atol=1e-8))
+print("loss == L_nat + λ·L_sem:", torch.allclose(out.loss, L_nat_hand + LAMBDA * L_sem_hand, rtol=1e-4))
 
 # %% [markdown]
 # ## 3. Gradient flow: does $\partial L/\partial z$ reach the image?

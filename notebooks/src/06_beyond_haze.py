@@ -54,9 +54,10 @@ from diffloss.experiments import (
 )
 from diffloss.metrics import psnr
 from diffloss.models.iat_state import iat_state as measure_iat
+from diffloss.models.iat_state import state_label
 from diffloss.models.msbdn import count_parameters
 from diffloss.prior import load_profile_judge
-from diffloss.profiles import JUDGE_LABELS, require_assets
+from diffloss.profiles import JUDGE_LABELS, TINY_KNOBS, require_assets
 from diffloss.training import DEFAULT_RHO, TrainConfig, build_datasets, build_model, restore
 from diffloss.training.balance import AUTO_BATCHES, initial_pull
 from diffloss.training.tasks import TASKS
@@ -163,7 +164,9 @@ for t in TASK_NAMES:
 # over three seeds of the initial pull that chapter 04's best swept $\gamma$ has on MSBDN-small with
 # the FFDNet judge, to one significant digit (`python tools/experiments.py rho`,
 # `results/rho_small_ffdnet.json`, which gives the seeds' values).
-# Nothing about low light or rain was looked at to choose it. The seeds of two different
+# Nothing about low light or rain was looked at to choose it. A pull belongs to the network as
+# it trains: IAT's leaky clamps (section 2) pass gradient where the hard ones pass none, so the
+# IAT pulls below, and the γ the rule picks from them, are those of the leaky IAT. The seeds of two different
 # networks draw different initial weights, so the last line compares the networks by the median
 # and the range over seeds, not seed by seed.
 
@@ -191,44 +194,52 @@ print(f"at the same γ, the median pull over seeds is {statistics.median(pull_by
       + f" ({AUTO_BATCHES} batches each)")
 
 # %% [markdown]
-# ## Before the runs: why DiffLoss used to collapse IAT, one factor at a time
+# ## Before the runs: why IAT got stuck in training, with and without DiffLoss
 #
-# The first version of this chapter trained IAT with its authors' network as it is, and every
-# low-light DiffLoss run ended with IAT broken inside. Two parts of IAT can stop learning for
-# good: its multiplication map $M = \mathrm{ReLU}(\cdot)$, which passes no gradient where it is 0
-# (a "dead" $M$: the output no longer multiplies the input), and the clamp of
-# $C\,(y\cdot M + A)$ to $[10^{-8}, 1]$, which passes no gradient past either end. A pixel that
-# gets there gets no gradient from *any* loss, L1 included, so it never comes back.
+# IAT has **two clamps**: its multiplication map $M = \mathrm{ReLU}(\cdot) \ge 0$, which passes
+# no gradient where it is 0 (a "dead" $M$: the output no longer multiplies the input there), and
+# the clamp of $C\,(y\cdot M + A)$ to $[10^{-8}, 1]$, which passes no gradient past either end. A
+# pixel past a clamp gets no gradient *through that pixel* from any loss, L1 included; the shared
+# weights can still move it back, but once most pixels are there, little pulls them back. The
+# first version of this chapter trained IAT with these clamps as the authors have them (*hard*),
+# and several low-light runs ended stuck; the hard-clamp rows below show what happened then.
 #
-# Whether that is DiffLoss's doing was measured on the **validation split only**
-# (`python tools/experiments.py lowlight`, two paired seeds, this chapter's 200 steps; the file is
-# loaded, not re-made, under every profile), one factor at a time:
+# What causes it was measured on the **validation split only** (`python tools/experiments.py
+# lowlight`, two paired seeds, this chapter's 200 steps; the file is loaded, not re-made, under
+# every profile), one factor at a time:
 #
 # * **the recipe**: the profile's (MSBDN's: Adam at 4e-3, cosine, gradient clipping 0.2) or IAT's
 #   own LOL recipe (Adam at 2e-4, weight decay 4e-4, cosine, no clipping; its batch of 8 not
 #   copied);
-# * **IAT's clamps in training** (`IAT(train_clamp=...)`; evaluation is always the authors'
-#   network, the same bits): *hard* (the authors'), *straight-through* (the value kept, the
-#   gradient passed as if the clamp were the identity), *leaky* (the value kept inside the range,
-#   the overshoot added back past it, so that its gradient there is 1); each also for the output
-#   clamp alone (*-output*);
-# * **the judge** (the tiny prior instead of FFDNet), **the pull** (ρ = 3 instead of ρ* = 30),
-#   and **a perceptual term** (chapter 05's) at DiffLoss's pull instead of DiffLoss.
+# * **the clamps in training** (`IAT(train_clamp=...)`; evaluation is always the authors'
+#   network, the same bits): *hard*; *straight-through* (both clamps keep their values and pass
+#   the gradient as if they were the identity); *leaky* (the ReLU straight-through; the output
+#   clamp keeps its value inside the range and adds the overshoot back past it, so that its
+#   gradient there is 1); *-output*: the output clamp alone, the ReLU hard;
+# * **the judge** (the tiny prior instead of FFDNet, with its own λ and timesteps; the cell prints
+#   them), **the pull** (ρ = 3 instead of ρ* = 30), and **a perceptual term** (chapter 05's
+#   recipe; the cell names its network) at DiffLoss's pull instead of DiffLoss.
 #
-# A run counts as **stuck** when it diverged or ended with IAT black, white, mostly clamped or
-# with $M$ mostly dead (the labels of "Looking inside IAT", measured here on the validation
-# images). The lines after the table compare the rows that differ in one factor.
+# A run counts as **stuck** when it diverged, the trainer flagged it as collapsed, or it ended
+# with IAT black, white, mostly clamped, flat or with $M$ mostly dead (the labels of "Looking
+# inside IAT", measured here on the validation images). A run can also end weak without being
+# stuck (e.g. partly clamped), so every line gives the PSNR too. Two seeds per row: each line is
+# what these two seeds did, not a measured rate.
 
 # %%
 ablation_file = repo_root() / "results" / "06_lowlight_ablation_small.json"
 ablation = json.loads(ablation_file.read_text())
 ablation_rows = ablation["rows"]
-STUCK = ("black", "white", "mostly clamped", "M mostly dead")
+STUCK = ("black", "white", "mostly clamped", "flat", "M mostly dead")
+
+
+def label_of(run):
+    return state_label(run["iat_state"])  # today's rules on the measured means
 
 
 def stuck(run):
-    """Diverged, or IAT ended in a state no loss brings it back from."""
-    return bool(run["diverged"]) or run["iat_state"]["label"].startswith(STUCK)
+    """Diverged, flagged as collapsed, or IAT in a state the losses rarely bring it back from."""
+    return bool(run["diverged"]) or bool(run["collapse"]) or label_of(run).startswith(STUCK)
 
 
 def val_of(run):
@@ -238,12 +249,16 @@ def val_of(run):
 def short(run):
     if run["diverged"]:
         return f"diverged at step {run['diverged']['step']}"
-    return run["iat_state"]["label"].split(":")[0]
+    return label_of(run).split(":")[0] + (" (flagged collapsed)" if run["collapse"] else "")
 
 
 print(f"loaded {ablation_file.relative_to(repo_root())}: IAT, {ablation['steps']} steps, seeds "
       f"{ablation['seeds']}, {ablation['val_images']} validation images; made on "
       f"{ablation['provenance']['machine']}, {ablation['provenance']['date'][:10]}")
+tiny = ablation_rows["DiffLoss (tiny judge), profile recipe, hard clamp"]["changes"]
+per = ablation_rows["perceptual ρ 30, profile recipe, hard clamp"]["changes"]
+print(f"tiny-judge rows: λ = {tiny['lambda_sem']:g}, t in {tuple(tiny['t_range'])}, ρ = {tiny['rho']:g}; "
+      f"perceptual rows: {per['perceptual_net']} features, ρ = {per['rho']:g}")
 print(f"{'row':<56} {'best val PSNR by seed':>22}  stuck  IAT by seed")
 for label, row in ablation_rows.items():
     runs = row["seeds"]
@@ -253,9 +268,8 @@ for label, row in ablation_rows.items():
 
 def summary(label):
     runs = ablation_rows[label]["seeds"]
-    finite = [val_of(r) for r in runs if math.isfinite(val_of(r))]
-    mean = f"{statistics.mean(finite):.2f} dB" if finite else "no evaluation"
-    return f"{sum(map(stuck, runs))} of {len(runs)} stuck, mean best val {mean}"
+    vals = ", ".join(f"{val_of(r):.2f}" if math.isfinite(val_of(r)) else "none (diverged)" for r in runs)
+    return f"{sum(map(stuck, runs))} of {len(runs)} stuck, best val {vals} dB"
 
 
 extras = ("DiffLoss", "DiffLoss (tiny judge)", "DiffLoss ρ 3", "perceptual ρ 30")
@@ -271,7 +285,6 @@ print("IAT's own recipe (hard clamps): L1 " + summary("L1, iat recipe, hard clam
       + summary("DiffLoss, iat recipe, hard clamp"))
 
 
-
 def n_stuck(label):
     return sum(map(stuck, ablation_rows[label]["seeds"]))
 
@@ -283,30 +296,35 @@ def mean_val(label):
 
 n_ab = len(ablation["seeds"])
 h, lk = "profile recipe, hard clamp", "profile recipe, leaky clamp"
-print("\nwhat the rows say, factor by factor:")
-print(f"  * an extra term, not DiffLoss alone: with the hard clamps, stuck runs of L1 {n_stuck(f'L1, {h}')}, "
-      f"DiffLoss {n_stuck(f'DiffLoss, {h}')}, a perceptual term at the same pull {n_stuck(f'perceptual ρ 30, {h}')}, "
-      f"DiffLoss at a tenth of the pull (ρ 3) {n_stuck(f'DiffLoss ρ 3, {h}')} (of {n_ab} each)"
-      + (": a lower pull does not avoid it" if n_stuck(f"DiffLoss ρ 3, {h}") else ""))
+print(f"\nwhat the rows say, factor by factor ({n_ab} seeds each: what these seeds did):")
+print(f"  * with the hard clamps, stuck runs (mean best val): L1 {n_stuck(f'L1, {h}')} "
+      f"({mean_val(f'L1, {h}'):.2f} dB), DiffLoss {n_stuck(f'DiffLoss, {h}')} ({mean_val(f'DiffLoss, {h}'):.2f} dB), "
+      f"a perceptual term at the same pull {n_stuck(f'perceptual ρ 30, {h}')} ({mean_val(f'perceptual ρ 30, {h}'):.2f} dB), "
+      f"DiffLoss at a tenth of the pull (ρ 3) {n_stuck(f'DiffLoss ρ 3, {h}')} ({mean_val(f'DiffLoss ρ 3, {h}'):.2f} dB)"
+      + ("; L1 is not stuck but weak in one seed: " + ", ".join(
+          f"seed {r['seed']} {val_of(r):.2f} dB, {label_of(r).split(':')[0]}"
+          for r in ablation_rows[f"L1, {h}"]["seeds"] if val_of(r) < mean_val(f"L1, {lk}") - 3)
+         if any(val_of(r) < mean_val(f"L1, {lk}") - 3 for r in ablation_rows[f"L1, {h}"]["seeds"]) else ""))
 print(f"  * the clamps: leaky instead of hard, stuck runs of DiffLoss {n_stuck(f'DiffLoss, {h}')} → "
       f"{n_stuck(f'DiffLoss, {lk}')}, at ρ 3 {n_stuck(f'DiffLoss ρ 3, {h}')} → {n_stuck(f'DiffLoss ρ 3, {lk}')}, "
-      f"perceptual {n_stuck(f'perceptual ρ 30, {h}')} → {n_stuck(f'perceptual ρ 30, {lk}')}; L1's mean best val "
-      f"{mean_val(f'L1, {h}'):.2f} → {mean_val(f'L1, {lk}'):.2f} dB (seeds "
+      f"perceptual {n_stuck(f'perceptual ρ 30, {h}')} → {n_stuck(f'perceptual ρ 30, {lk}')}; L1's best val "
       + ", ".join(f"{val_of(r):.2f}" for r in ablation_rows[f"L1, {h}"]["seeds"]) + " → "
-      + ", ".join(f"{val_of(r):.2f}" for r in ablation_rows[f"L1, {lk}"]["seeds"]) + ")")
+      + ", ".join(f"{val_of(r):.2f}" for r in ablation_rows[f"L1, {lk}"]["seeds"]) + " dB")
 st = [f"DiffLoss, profile recipe, {c} clamp" for c in ("straight-through-output", "straight-through")]
 div = [(lab, r["seed"], r["diverged"]["step"]) for lab in st for r in ablation_rows[lab]["seeds"] if r["diverged"]]
 if div:
     print("  * straight-through passes the gradient of x^g at the clamped value (huge for x = 1e-8, g < 1): "
           + ", ".join(f"{lab.split(', ')[2]} seed {sd} diverged at step {step}" for lab, sd, step in div))
 tiny_gap = mean_val(f"DiffLoss (tiny judge), {lk}") - mean_val(f"L1, {lk}")
-print(f"  * the judge: the tiny prior, stuck runs hard {n_stuck(f'DiffLoss (tiny judge), {h}')}, leaky "
-      f"{n_stuck(f'DiffLoss (tiny judge), {lk}')}; with the leaky clamps its mean best val is {tiny_gap:+.2f} dB "
-      "against L1" + (": its pull takes IAT far from L1 whatever the clamps" if tiny_gap < -3 else ""))
+print(f"  * the judge: the tiny prior (at ρ = {tiny['rho']:g}, the FFDNet rows' pull; its own ρ* is "
+      f"{TINY_KNOBS['rho']:g}, results/rho_small.json), stuck runs hard "
+      f"{n_stuck(f'DiffLoss (tiny judge), {h}')}, leaky {n_stuck(f'DiffLoss (tiny judge), {lk}')}; with the "
+      f"leaky clamps its mean best val is {tiny_gap:+.2f} dB against L1"
+      + (": at this pull it takes IAT far from L1 with either clamps" if tiny_gap < -3 else ""))
 print(f"  * IAT's own recipe: L1 {mean_val('L1, iat recipe, hard clamp'):.2f} dB against "
       f"{mean_val(f'L1, {h}'):.2f} with the profile's, in {ablation['steps']} steps (its lr is for about "
       "200 epochs of LOL), and DiffLoss " + summary("DiffLoss, iat recipe, hard clamp")
-      + ": it does not prevent the collapse")
+      + (": it did not prevent DiffLoss getting stuck" if n_stuck("DiffLoss, iat recipe, hard clamp") else ""))
 remaining = [e for e in extras if n_stuck(f"{e}, {lk}")]
 print("  * left with the leaky clamps: " + (", ".join(f"{e} {n_stuck(f'{e}, {lk}')} of {n_ab} stuck"
                                                     for e in remaining) if remaining else "no stuck run"))
@@ -344,8 +362,7 @@ print(f"\nchosen on validation (fewest stuck runs of L1 and DiffLoss, then their
 #   before step 1 and records it in its `config.json`).
 #
 # On the `small` profile every run takes half of chapter 04's steps (200), two runs at a time,
-# one per core (the last cell prints the chapter's time: with the sweep, about 15 minutes on
-# two cores). A
+# one per core (the last cell prints the chapter's time, with the sweep). A
 # run that stops on a non-finite value is a result: it is reported as diverged at its step, with
 # its last good scores, and the comparison goes on.
 
@@ -477,8 +494,8 @@ plt.show()
 # Two of the four unseen scenes of each task (`rocket`, `motorcycle_left`; section 8's numbers
 # cover all four), restored by the final networks of the first seed (seed 0):
 # input, the three losses, ground truth, with the PSNR of each (RGB for low light, the Y channel
-# for rain, as the titles say). A failed IAT can end black, white or with its multiplier dead (section 7 says which
-# seed ended how); the figure shows seed 0 only.
+# for rain, as the titles say). A failed IAT can end black, white or with its multiplier dead
+# ("Looking inside IAT", below, gives every run's state); the figure shows seed 0 only.
 
 # %%
 rows = []
@@ -512,16 +529,18 @@ plt.show()
 # the clamp, and the exponent $g$ that IAT predicts per image (its paper calls it a gamma; it is
 # not DiffLoss's weight $\gamma$, so this chapter writes $g$). The clamp acts on
 # $C\,(y\cdot M + A)$, *before* the exponent, so that is where it is measured: the share of values
-# at or below the lower clamp and at or above the upper one (no gradient passes back at either
-# clamp). For every low-light run, over the four unseen scenes: the share of pixels where $M = 0$
+# at or below the lower clamp and at or above the upper one (with the authors' hard clamps no
+# gradient passes back at either; this chapter's runs train with the leaky ones). For every low-light run, over the four unseen scenes: the share of pixels where $M = 0$
 # in all channels (a "dead" ReLU), the mean of $A$, the predicted exponent $g$, the mean diagonal
 # of $C$, the two clamp shares, and the spread of the output (`diffloss.models.iat_state`). The label at the end
 # of each line reads both clamps, first match wins: *black* or *white* when more than 90 % of the
 # values sit at the lower or the upper clamp; *mostly clamped* when more than half sit at the
-# two clamps together; *M mostly dead* when more than half the pixels have $M = 0$ (the output no longer
+# two clamps together; *flat* when the output barely varies (standard deviation below 0.02);
+# *M mostly dead* when more than half the pixels have $M = 0$ (the output no longer
 # multiplies the input; a run with $M$ dead can still score well, from $A$ alone); *partly
-# clamped* when more than 10 % sit at a clamp (said also after *M mostly dead*); *flat* when the output barely varies; *working* otherwise. A label describes
-# the network's internals; the PSNR of section 8 says how good the output is.
+# clamped* when more than 10 % sit at the two clamps together (said also after *M mostly dead*);
+# *working* otherwise. A label describes the network's internals; the PSNR of section 8 says how
+# good the output is.
 
 # %%
 ood_low = build_datasets(bases["lowlight"]).tests["ood"]
@@ -600,9 +619,11 @@ for t, entry in results["tasks"].items():
         print(f"    → on {t} (seed {sw['seed']}) every γ tried, {g_lo:g} to {g_hi:g} (starting pulls "
               f"about {g_lo * pull1:.2g} to {g_hi * pull1:.2g}), is below L1 on validation: the best, "
               f"γ = {g_best:g}{', the lowest tried,' if lowest else ''} (pull {sw['pull_of_best_gamma']:.2f}), is "
-              f"{sw['l1_val_psnr'] - swept_val[g_best]:.1f} dB below L1; at this seed no pull tried "
-              "matches L1, so no target ρ* would" + ("; no γ tried here is low enough to show what would"
-                                                     if lowest else ""))
+              f"{sw['l1_val_psnr'] - swept_val[g_best]:.2f} dB below L1: no pull tried matches L1 at this seed"
+              + (f" (a gap within the rule seeds' spread, {sw['rule']['spread']:.2f} dB)"
+                 if sw["rule"]["spread"] is not None and sw["l1_val_psnr"] - swept_val[g_best] <= sw["rule"]["spread"]
+                 else "")
+              + ("; no γ tried here is low enough to show what would" if lowest else ""))
 n = len(profile.seeds)
 print(f"With {n} seed(s), 'in every seed' describes the seeds; it is not a significance test: the "
       f"smallest two-sided sign-test p with {n} seeds is 2·(1/2)^{n} = {min(1.0, 2 * 0.5 ** n):.2f}.")
@@ -640,7 +661,7 @@ for t in TASK_NAMES:
 # * The haze $\gamma$ is a number tuned for one network. Section 3 measures how hard it pulls
 #   each network at the start; the pulls differ by network *and* by seed. The rule carries over
 #   the average initial pull of the $\gamma$ the haze sweep chose, instead of the $\gamma$ itself;
-#   whether equalising the pull helps (or prevents a collapse) is what the summary below says,
+#   whether equalising the pull helps (or, where runs collapse, prevents it) is what the summary below says,
 #   task by task, from the numbers above.
 # * The sweep is one seed's. Where the best swept $\gamma$ is the lowest one tried and still below
 #   L1 on validation, a lower target is needed, but the sweep cannot show that any target is
