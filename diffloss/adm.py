@@ -57,6 +57,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .pt_files import first_line
+
 __all__ = [
     "ADM_256_UNCOND",
     "ADM_256_UNCOND_URL",
@@ -703,13 +705,6 @@ def _check_dtype(dtype: Any) -> None:
         )
 
 
-def _first_line(exc: BaseException, limit: int = 200) -> str:
-    """``Type: first line of the message`` (no traceback material), at most ``limit`` characters."""
-    text = str(exc).strip().splitlines()
-    line = text[0].strip() if text else ""
-    line = line if len(line) <= limit else line[: limit - 3] + "..."
-    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
-
 
 def _read_checkpoint(path: str | Path) -> Mapping[str, Tensor]:
     path = Path(path).expanduser()
@@ -806,7 +801,7 @@ def convert_adm_checkpoint(
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-        from .training.atomic import new_folder_mode
+        from .atomic import new_folder_mode
 
         os.chmod(tmp, new_folder_mode())  # mkdtemp's 0700 → the mode a new folder gets from the umask
         unet.save_pretrained(tmp, safe_serialization=True)
@@ -821,7 +816,7 @@ def convert_adm_checkpoint(
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except OSError as exc:
-        reason = exc.strerror or _first_line(exc)
+        reason = exc.strerror or first_line(exc, limit=200)
         err = OSError(
             f"could not write the converted prior to {out}: {reason}. Nothing was written there; "
             f"it needs about {nbytes / 2**30:.2f} GiB free in {out.parent}. Free some space or "

@@ -146,7 +146,7 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     from .training.build import MODELS
-    from .training.fielddocs import FIELD_CHOICES, FIELD_EXAMPLES, field_docs
+    from .training.config import FIELD_CHOICES, FIELD_EXAMPLES, field_docs
 
     hints = typing.get_type_hints(TrainConfig)
     aliases = {v: k for k, v in ALIASES.items()}
@@ -317,9 +317,9 @@ def _run_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     import torch
     from torch import nn
 
+    from .tasks import TASKS
     from .training import TrainConfig, build_datasets, evaluate, load_checkpoint
     from .training.checkpoint import checkpoint_path, model_from_state
-    from .training.tasks import TASKS
 
     path = args.checkpoint
     if not path.exists():
@@ -391,7 +391,7 @@ def _run_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
                                "network's output in eval() mode is not finite; this checkpoint "
                                "cannot be scored")
     if args.json:
-        from .training.atomic import atomic_write_text
+        from .atomic import atomic_write_text
 
         atomic_write_text(args.json, json.dumps(report, indent=1) + "\n")
     return 0

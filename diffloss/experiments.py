@@ -22,8 +22,8 @@ from torch import nn
 
 from .diagnostics import paired_differences
 from .parallel import timed_train, train_in_processes
+from .tasks import TASKS
 from .training import History, TrainConfig, evaluate
-from .training.tasks import TASKS
 
 __all__ = ["MIN_EFFECT", "aligned_curves", "diverged", "input_scores", "paired_scores", "portable_config",
            "results_name", "run_folder_names",

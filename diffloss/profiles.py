@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from .tasks import TASKS
+
 ENV_VAR = "DIFFLOSS_PROFILE"
 
 
@@ -271,8 +273,6 @@ class Assets:
     @property
     def label(self) -> str:
         """A short description for figure titles and stamps."""
-        from .training.tasks import TASKS
-
         task = TASKS[self.task]
         data = task.dataset if self.data != "synthetic" else f"synthetic {task.degradation}"
         prior = JUDGE_LABELS.get(self.judge, self.judge)
@@ -306,8 +306,6 @@ def require_assets(profile: Profile | None = None, root: Path | None = None,
     (:class:`MissingAssetError`). With ``DIFFLOSS_ALLOW_FALLBACK=1`` a missing dataset becomes
     the task's synthetic data and a missing ADM prior the tiny prior, recorded in
     :attr:`Assets.fallback` — never silently."""
-    from .training.tasks import TASKS
-
     profile = profile or current()
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}. Valid values: {', '.join(TASKS)}")

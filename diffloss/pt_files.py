@@ -24,10 +24,13 @@ _IMAGE_MAGIC: tuple[tuple[bytes, str], ...] = (
 )
 
 
-def first_line(exc: BaseException) -> str:
-    """``exc``'s type and the first non-empty line of its message, without escape codes."""
+def first_line(exc: BaseException, limit: int | None = None) -> str:
+    """``exc``'s type and the first non-empty line of its message, without escape codes (at most
+    ``limit`` characters of it, when given)."""
     text = _ANSI.sub("", str(exc)).strip()
     line = text.splitlines()[0].strip() if text else ""
+    if limit is not None and len(line) > limit:
+        line = line[: limit - 3] + "..."
     return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
 
 

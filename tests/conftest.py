@@ -96,6 +96,10 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
+#: Test scopes that take minutes, started before all others (make test's two workers).
+LONGEST_SCOPES = ("tests/ui/test_chapters_in_browser.py", "chapters")
+
+
 @pytest.hookimpl(optionalhook=True)  # pytest without xdist: never called, never an error
 def pytest_xdist_make_scheduler(config, log):
     """Under pytest-xdist (``make test``: ``-n 2 --dist loadscope``), each test module runs on
@@ -110,5 +114,13 @@ def pytest_xdist_make_scheduler(config, log):
         def _split_scope(self, nodeid: str) -> str:
             path = nodeid.split("::", 1)[0]
             return "chapters" if path.startswith("notebooks/") else path
+
+        def _assign_work_unit(self, node):
+            # The longest scopes first (the browser's chapters, nbval's): started last, one of
+            # them would run alone on one core at the end.
+            for scope in reversed(LONGEST_SCOPES):
+                if scope in self.workqueue:
+                    self.workqueue.move_to_end(scope, last=False)
+            super()._assign_work_unit(node)
 
     return ChaptersTogether(config, log)

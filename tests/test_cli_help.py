@@ -10,7 +10,7 @@ import pytest
 
 from diffloss import cli
 from diffloss.training import TrainConfig
-from diffloss.training.fielddocs import FIELD_CHOICES, field_docs
+from diffloss.training.config import FIELD_CHOICES, field_docs
 
 
 def _train_parser():

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from diffloss.training import TrainConfig, load_checkpoint, train
-from diffloss.training.collapse import CollapseWatch, saturated_share
+from diffloss.training.validation import CollapseWatch, saturated_share
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

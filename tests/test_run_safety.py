@@ -22,7 +22,7 @@ from diffloss.training import (
     save_checkpoint,
     train,
 )
-from diffloss.training.lock import LOCK_FILE, RunLock
+from diffloss.training.rundir import LOCK_FILE, RunLock
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -47,7 +47,7 @@ def holder(tmp_path):
     out.mkdir()
     code = textwrap.dedent(f"""
         import sys, time
-        from diffloss.training.lock import RunLock
+        from diffloss.training.rundir import RunLock
         RunLock({str(out)!r}).acquire()
         print("held", flush=True)
         time.sleep(120)

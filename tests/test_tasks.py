@@ -11,9 +11,9 @@ import pytest
 from diffloss import cli
 from diffloss.data import SyntheticLowLight, SyntheticRain
 from diffloss.metrics import psnr, ssim
+from diffloss.tasks import TASKS
 from diffloss.training import TrainConfig, build_datasets
 from diffloss.training.rundir import check_resume_config
-from diffloss.training.tasks import TASKS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

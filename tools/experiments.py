@@ -283,8 +283,8 @@ def lowlight(args: argparse.Namespace, argv: list[str]) -> Path:
     ``--rows``) on each seed, scored on the validation split only."""
     from diffloss.experiments import run_paired
     from diffloss.models.iat_state import iat_state
+    from diffloss.tasks import TASKS
     from diffloss.training import build_datasets
-    from diffloss.training.tasks import TASKS
 
     t0 = time.perf_counter()
     profile = profiles.get(args.profile)

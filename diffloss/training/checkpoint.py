@@ -1,11 +1,12 @@
-"""Checkpoints: atomic, verified, checksummed; RNG state; loading a trained network back.
+"""Checkpoints: atomic, verified, checksummed; RNG state; loading a trained network back; and a
+run's :class:`Checkpointer` (``last.pt``, ``best.pt``, and the rescue rule on a failure).
 
 A checkpoint is a ``torch.save``'d dict with ``format``/``version`` markers, the ``step``, the
 ``model`` weights and the ``config``; ``last.pt`` adds everything a bit-identical resume needs
 (optimizer, scheduler, EMA, loss-term state, RNG states, history). Every checkpoint carries
 ``sha256``, a digest of all its tensors and values (:func:`state_digest`): a flipped byte inside
 a weight, which ``torch.load`` reads without complaint, is caught on load. Writes go through
-:func:`~diffloss.training.atomic.atomic_write`, and the temporary file is read back and its
+:func:`~diffloss.atomic.atomic_write`, and the temporary file is read back and its
 digest compared before it replaces the previous checkpoint.
 """
 
@@ -16,6 +17,7 @@ import hashlib
 import io
 import os
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +25,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..atomic import atomic_write
 from ..pt_files import describe_unreadable
-from .atomic import atomic_write
+from .distributed import barrier
+from .guards import NonFiniteLossError
 
-__all__ = ["CheckpointError", "LAST", "BEST", "load_checkpoint", "save_checkpoint",
+__all__ = ["CheckpointError", "Checkpointer", "LAST", "BEST", "load_checkpoint", "save_checkpoint",
            "state_digest", "nonfinite_count", "rng_state", "set_rng_state", "seed_all",
            "checkpoint_path", "model_from_state", "load_model"]
 
@@ -237,3 +241,97 @@ def load_model(path: str | os.PathLike, which: str = "best", ema: bool | None = 
     """
     path = checkpoint_path(path, which)
     return model_from_state(load_checkpoint(path), ema, path).to(device).eval()
+
+
+class Checkpointer:
+    """A run's checkpoints, and the rule that no finished step is lost.
+
+    - ``save_last(step)``: ``last.pt``, everything a bit-identical resume needs, every
+      ``save_every`` steps (:meth:`due`), at the end and on a stop; refused for non-finite weights.
+    - ``save_best(step)``: ``best.pt``, the weights of the best validation step
+      (:class:`~diffloss.training.validation.RunEvaluation` chooses it).
+    - ``rescue(exc, step)``: a failure after a finished step saves that step's ``last.pt`` first
+      (one process only) and says so in a note on ``exc``; never weights part-way into a step.
+
+    It keeps the run's progress marks: ``done``, the last finished step (its update applied and,
+    when values are read back late, checked); ``saved``, the step in ``last.pt``; ``dirty``, the
+    weights are part-way into step ``done + 1``; ``last_good``, the last good ``last.pt``.
+    Only the main process writes; every process waits for it.
+    """
+
+    def __init__(self, out: Path, config: Any, history: Any, *, model: nn.Module, optimizer: Any,
+                 scheduler: Any, ema: Any, terms: dict[str, nn.Module], start: int, iterations: int,
+                 last_good: Path | None, main_proc: bool, world: int, accelerator: Any,
+                 clock: Callable[[], float]) -> None:
+        self.out, self.config, self.history = out, config, history
+        self.model, self.optimizer, self.scheduler, self.ema = model, optimizer, scheduler, ema
+        self.terms = terms  # the loss terms with state of their own (the discriminator)
+        self.main_proc, self.world, self.accelerator, self.clock = main_proc, world, accelerator, clock
+        self.done = self.saved = start
+        self.dirty = False
+        self.last_good: Path | None = last_good
+        self.save_every = config.save_every or config.eval_every or iterations
+
+    def begun(self) -> None:
+        """The weights have moved into a step that is not finished yet."""
+        self.dirty = True
+
+    def finished(self, step: int) -> None:
+        """Step ``step`` is complete: its update applied and its values checked."""
+        self.done, self.dirty = step, False
+
+    def due(self, step: int, end: int) -> bool:
+        """Whether ``last.pt`` is written after ``step`` (every ``save_every`` steps, and at ``end``)."""
+        return step == end or step % self.save_every == 0
+
+    def save_last(self, step: int) -> None:
+        """``last.pt`` of ``step`` (main process), then the history; every process waits."""
+        if self.main_proc:
+            raw, config, history = self.model, self.config, self.history
+            bad = nonfinite_count(raw.state_dict())
+            if bad:
+                raise NonFiniteLossError(
+                    f"the weights became non-finite ({bad} values) by step {step}; last.pt was not "
+                    f"overwritten. The last good checkpoint is {self.last_good}. Try a lower lr.",
+                    step, {}, self.last_good)
+            save_checkpoint({
+                "kind": "last", "step": step, "model": raw.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "ema": self.ema.state_dict() if self.ema is not None else None, "rng": rng_state(),
+                "terms": {name: term.state_dict() for name, term in self.terms.items()},
+                "data": {"seed": config.seed, "micro_step": step * config.grad_accum,
+                         "world_size": self.world, "batch": config.batch},
+                "config": config.to_dict(), "elapsed": self.clock(), "history": history.rows,
+                "evals": history.evals, "best": history.best, "meta": history.meta,
+            }, self.out / LAST)
+            history.write_json()
+        self.last_good, self.saved = self.out / LAST, step
+        barrier(self.accelerator)
+
+    def save_best(self, step: int) -> None:
+        """``best.pt``: the weights (and EMA) of ``step`` with ``history.best`` (main process)."""
+        save_checkpoint({"kind": "best", "step": step, "model": self.model.state_dict(),
+                         "ema": self.ema.state_dict() if self.ema is not None else None,
+                         "config": self.config.to_dict(), "best": self.history.best}, self.out / BEST)
+
+    def rescue(self, exc: BaseException, step: int) -> None:
+        """A failure at ``step`` after a finished step: save its ``last.pt`` first, say so in a note."""
+        if not self.main_proc or self.world > 1 or self.done <= self.saved:
+            return
+        last = self.out / LAST
+        if self.dirty:  # the weights are part-way into a step: a last.pt of them would lie about its step
+            exc.add_note(f"the failure came part-way through step {step}, so no new last.pt was "
+                         f"written; the last good checkpoint is {self.last_good or 'none'}.")
+            return
+        try:
+            self.save_last(self.done)
+        except Exception as err:  # noqa: BLE001 - the original error is the one to raise
+            exc.add_note(f"{last} could not be saved at step {self.done} ({err}); the last good "
+                         f"checkpoint is {self.last_good or 'none'}.")
+            return
+        exc.add_note(f"{last} of step {self.done}, the last finished step, was saved first: fix the "
+                     "cause, then resume with resume=True (--resume).")
+        if isinstance(exc, NonFiniteLossError):
+            exc.checkpoint = last
+            if exc.args and isinstance(exc.args[0], str):  # the note names the checkpoint now
+                exc.args = (exc.args[0].replace(" No checkpoint had been written yet.", ""), *exc.args[1:])

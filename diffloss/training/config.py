@@ -5,31 +5,37 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..atomic import atomic_write_text
 from ..precision import native_half
-from .atomic import atomic_write_text
+from ..tasks import TASKS, task_of_layout
 from .build import check_model_name
-from .fieldtypes import check_field_types, json_no_duplicate_keys, yaml_loader
-from .ranges import check_numbers
-from .tasks import TASKS, task_of_layout
+from .fields import (
+    COMPILE_BACKENDS,
+    DATA,
+    FIELD_CHOICES,
+    FIELD_EXAMPLES,
+    MIXED_PRECISION,
+    PERCEPTUAL_NETS,
+    SCHEDULES,
+    check_choice,
+    check_field_types,
+    check_numbers,
+    docs_of_fields,
+    json_no_duplicate_keys,
+    yaml_loader,
+)
 from .terms import LOSS_TERMS, PRIOR_INPUTS, parse_loss
 
-__all__ = ["TrainConfig", "CONFIG_FILE", "DATA", "SCHEDULES", "MIXED_PRECISION",
-           "RESUMABLE_CHANGES", "eval_max_size_for"]
+__all__ = ["TrainConfig", "CONFIG_FILE", "DATA", "FIELD_CHOICES", "FIELD_EXAMPLES", "SCHEDULES",
+           "MIXED_PRECISION", "RESUMABLE_CHANGES", "eval_max_size_for", "field_docs"]
 
-#: ``data`` values: the offline default and the folder layouts of :class:`PairedImageDataset`.
-DATA: tuple[str, ...] = ("synthetic", "dense_haze", "lol", "rain")
-SCHEDULES: tuple[str, ...] = ("constant", "cosine")
-MIXED_PRECISION: tuple[str, ...] = ("auto", "no", "bf16", "fp16")
 CONFIG_FILE = "config.json"
-#: ``compile_model`` backends (``torch.compile(backend=...)``).
-COMPILE_BACKENDS: tuple[str, ...] = ("inductor", "aot_eager", "eager")
 
 #: Config fields that may change when a run is resumed; any other difference is an error.
 RESUMABLE_CHANGES: frozenset[str] = frozenset(
@@ -38,23 +44,12 @@ RESUMABLE_CHANGES: frozenset[str] = frozenset(
 )
 
 
-def _choice(name: str, value: Any, valid: Sequence[str]) -> str:
-    v = str(value).strip().lower()
-    if v not in valid:
-        raise ValueError(f"unknown {name} {value!r}. Valid values: {', '.join(valid)}")
-    return v
-
-
-#: The networks the perceptual loss can compare features of.
-PERCEPTUAL_NETS = ("vgg16", "efficientnet-lite0")
-
-
 @dataclass
 class TrainConfig:
     """Every setting of a training run. Saved as ``config.json`` next to the checkpoints.
 
     Task, model and data:
-        task: ``"dehaze"``, ``"lowlight"`` or ``"derain"`` (:data:`~diffloss.training.tasks.TASKS`):
+        task: ``"dehaze"``, ``"lowlight"`` or ``"derain"`` (:data:`~diffloss.tasks.TASKS`):
             the synthetic degradation of ``data="synthetic"``, the real dataset's layout, the
             default ``model`` and the metric convention (Y-channel PSNR/SSIM for deraining).
             Default: the task of ``data``'s layout, else ``"dehaze"``.
@@ -149,7 +144,7 @@ class TrainConfig:
             gets its history row.
         out: output folder (config.json, history.csv/json, last.pt, best.pt).
         stop_on_collapse: stop (``last.pt`` saved) when the run collapses
-            (:mod:`~diffloss.training.collapse`); it is reported once either way.
+            (:mod:`~diffloss.training.validation`); it is reported once either way.
         workers: DataLoader worker processes.
     """
 
@@ -213,10 +208,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_field_types(self)  # every value has its field's type before any other check
-        self.data = _choice("data", self.data, DATA)
+        self.data = check_choice("data", self.data, DATA)
         if self.task is None:
             self.task = task_of_layout(self.data) or "dehaze"
-        self.task = _choice("task", self.task, tuple(TASKS))
+        self.task = check_choice("task", self.task, tuple(TASKS))
         task = TASKS[self.task]
         if self.data not in ("synthetic", task.layout):
             other = task_of_layout(self.data)
@@ -227,11 +222,11 @@ class TrainConfig:
             self.model_kwargs = dict(task.model_kwargs)  # the task's training default (tasks.py)
         fidelity, extra = parse_loss(self.loss)
         self.loss = "+".join((fidelity, *extra))
-        self.schedule = _choice("schedule", self.schedule, SCHEDULES)
-        self.mixed_precision = _choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
-        self.size_policy = _choice("size_policy", self.size_policy, ("crop", "resize"))
-        self.perceptual_net = _choice("perceptual_net", self.perceptual_net, PERCEPTUAL_NETS)
-        self.prior_input = _choice("prior_input", self.prior_input, PRIOR_INPUTS)
+        self.schedule = check_choice("schedule", self.schedule, SCHEDULES)
+        self.mixed_precision = check_choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
+        self.size_policy = check_choice("size_policy", self.size_policy, ("crop", "resize"))
+        self.perceptual_net = check_choice("perceptual_net", self.perceptual_net, PERCEPTUAL_NETS)
+        self.prior_input = check_choice("prior_input", self.prior_input, PRIOR_INPUTS)
         if self.t_range is not None:
             if len(self.t_range) != 2:
                 raise ValueError(f"t_range must be two integers (t_min, t_max), got {self.t_range!r}")
@@ -389,3 +384,8 @@ def eval_max_size_for(profile: str, device: str | torch.device) -> int | None:
         return None
     return 128 if profile == "ci" else 256
 
+
+def field_docs() -> dict[str, str]:
+    """Each :class:`TrainConfig` field's entry in its docstring, as one plain-text line: the help
+    of every ``diffloss train`` option (:func:`~.fields.docs_of_fields`)."""
+    return docs_of_fields(TrainConfig)

@@ -29,7 +29,7 @@ __all__ = ["EvalResult", "evaluate", "forward_fn", "restore", "saturated_share"]
 
 def saturated_share(image: Tensor) -> float:
     """The share of the values of an image in [0, 1] within 1/255 of 0 or 1 (at the clamp;
-    :mod:`.collapse`)."""
+    :mod:`.validation`)."""
     return float(((image <= 1 / 255) | (image >= 1 - 1 / 255)).float().mean())
 
 
@@ -95,7 +95,7 @@ class EvalResult:
     seconds: float
     space: str = "RGB"
     lpips: float | None = None
-    saturated: float | None = None  # share of output values at the clamp (:mod:`.collapse`)
+    saturated: float | None = None  # share of output values at the clamp (:mod:`.validation`)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

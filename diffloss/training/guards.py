@@ -1,5 +1,6 @@
-"""What stops a run, and how: non-finite values (checked before any update) and signals
-(Ctrl-C / SIGTERM finish the step and save ``last.pt`` first).
+"""What stops a run, and how: non-finite values (checked before any update), signals (Ctrl-C /
+SIGTERM finish the step and save ``last.pt`` first), a collapse or the caller's callback
+(:class:`Stopping`).
 
 A step's values (loss parts, ‖∇θ‖) live on the device as one :class:`StepValues` tensor.
 Reading them is a host–device synchronisation; on the CPU that costs nothing and the trainer
@@ -7,6 +8,7 @@ reads and checks every step before the optimizer runs. On a GPU it drains the qu
 trainer reads every ``log_every`` steps (:func:`read_all`, one sync for all) and meanwhile a
 :class:`DeviceGuard` makes fused Adam skip every update from the first non-finite value on,
 on the device: when the values are read, the run stops with the weights of the step before.
+:class:`DeferredReads` holds the steps not read yet and says when to read them.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import contextlib
 import math
 import signal
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +26,8 @@ from torch import Tensor, nn
 
 from .terms import LOSS_TERMS
 
-__all__ = ["DeviceGuard", "NonFiniteLossError", "StepValues", "TrainingInterrupted",
-           "deferred_signals", "discriminator_step", "finite_message", "read_all"]
+__all__ = ["DeferredReads", "DeviceGuard", "NonFiniteLossError", "StepValues", "Stopping",
+           "TrainingInterrupted", "deferred_signals", "discriminator_step", "finite_message", "read_all"]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -200,3 +202,86 @@ def discriminator_step(term: nn.Module, restored: Tensor, clean: Tensor, vals: d
 
     aux = term.step(restored.detach().float(), clean, check=check)
     return {k: float(v) for k, v in aux.items()}
+
+
+#: One step's values: each micro-step's :class:`StepValues` and its adversarial term's values.
+MicroSteps = list[tuple[StepValues, dict[str, float]]]
+
+
+class DeferredReads:
+    """The steps whose values are still on the device, read back together (one host sync).
+
+    ``deferred=False`` (the CPU): every step is read and checked at once. ``deferred=True`` (a
+    GPU): steps are added until a read is :meth:`due` (every ``log_every`` steps, at an
+    evaluation, a save or a signal), then :meth:`drain` reads them all with one sync and yields
+    each step's history row, its values averaged over the micro-steps and checked
+    (:class:`NonFiniteLossError` at the first bad one; ``applied`` says what was applied then).
+    """
+
+    def __init__(self, deferred: bool, log_every: int, grad_accum: int, scaler: bool,
+                 applied: str) -> None:
+        self.deferred, self.log_every, self.grad_accum = deferred, log_every, grad_accum
+        self.scaler, self.applied = scaler, applied
+        self.pending: list[tuple[dict[str, Any], MicroSteps]] = []
+
+    def add(self, row: dict[str, Any], micro: MicroSteps) -> None:
+        self.pending.append((row, micro))
+
+    def due(self, step: int, evaluating: bool, saving: bool, signalled: bool) -> bool:
+        """Whether the pending values are read after ``step``."""
+        return not self.deferred or evaluating or saving or step % self.log_every == 0 or signalled
+
+    def drain(self, checkpoint: Path | None) -> Iterator[dict[str, Any]]:
+        """Read every pending step (one sync); yield each one's row, filled and checked."""
+        read_all([v for _, steps in self.pending for v, _ in steps])
+        for row, steps in self.pending:
+            sums: dict[str, float] = {}
+            for v, extra in steps:
+                v.check(checkpoint, scaler=self.scaler, applied=self.applied)
+                for k, x in {**v, **extra}.items():
+                    sums[k] = x if k == "grad_norm" else sums.get(k, 0.0) + x / self.grad_accum
+            row.update(sums)
+            yield row
+        self.pending.clear()
+
+
+class Stopping:
+    """Why a run stops before its last step, agreed by every process: a signal (Ctrl-C,
+    SIGTERM: :func:`deferred_signals` records it, the step finishes and ``last.pt`` is saved),
+    the caller's ``callback`` returning ``False`` for a row, or a collapse with
+    ``stop_on_collapse``."""
+
+    def __init__(self, signals: list[int], callback: Callable[[dict[str, Any], Any], bool | None] | None,
+                 main_proc: bool, accelerator: Any, world: int) -> None:
+        self.signals, self.callback, self.main_proc = signals, callback, main_proc
+        self.accelerator, self.world = accelerator, world
+        self.asked = False  # the callback said stop
+
+    @property
+    def signalled(self) -> bool:
+        """A signal arrived, in a single-process run (read the values now: a stop follows)."""
+        return bool(self.signals) and self.world == 1
+
+    def consult(self, row: dict[str, Any], history: Any) -> None:
+        """Show ``row`` to the callback (main process); ``False`` asks to stop."""
+        if self.callback is not None and self.main_proc and self.callback(row, history) is False:
+            self.asked = True
+
+    def now(self, collapsed: bool) -> bool:
+        """Stop after this step? Any process's reason stops them all."""
+        stop = self.asked or bool(self.signals) or collapsed
+        if self.world > 1:
+            flag = torch.tensor([1.0 if stop else 0.0], device=self.accelerator.device)
+            stop = bool(self.accelerator.reduce(flag, "sum").item() > 0)
+        return stop
+
+    def raise_if_signalled(self, step: int, history: Any, last: Path) -> None:
+        """After a signal's stop: record it and raise :class:`TrainingInterrupted`."""
+        if not self.signals:
+            return
+        name = signal.Signals(self.signals[0]).name
+        history.meta["stopped"] = f"{name} at step {step}"
+        if self.main_proc:
+            history.write_json()
+        raise TrainingInterrupted(f"training interrupted by {name} at step {step}; {last} was saved: "
+                                  "resume with resume=True (--resume)", step, self.signals[0])

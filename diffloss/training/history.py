@@ -1,4 +1,5 @@
-"""The history of a run: one row per step, evaluations, written as training goes."""
+"""The history of a run: one row per step, evaluations, written as training goes; and the
+progress bar that shows it live (:class:`ProgressBar`)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,12 @@ from typing import Any
 
 from torch import nn
 
-from .atomic import atomic_write_text
+from ..atomic import atomic_write_text
+from ..tasks import TASKS
 from .checkpoint import BEST, LAST
 from .config import CONFIG_FILE, TrainConfig
 
-__all__ = ["History", "HISTORY_CSV", "HISTORY_JSON", "history_columns", "run_meta"]
+__all__ = ["History", "ProgressBar", "HISTORY_CSV", "HISTORY_JSON", "history_columns", "run_meta"]
 
 HISTORY_CSV = "history.csv"
 HISTORY_JSON = "history.json"
@@ -58,6 +60,18 @@ class History:
         self.rows = [r for r in state.get("history", []) if r["step"] <= start]
         self.best = state.get("best")
         self.evals = [e for e in state.get("evals", []) if e["step"] <= start]
+
+    def new_row(self, **values: Any) -> dict[str, Any]:
+        """A row with every column (``None`` where no value is given)."""
+        row: dict[str, Any] = {c: None for c in self.columns}
+        row.update(values)
+        return row
+
+    def record(self, row: dict[str, Any], write: bool) -> None:
+        """Append a finished row (and to ``history.csv`` when ``write``: the main process)."""
+        self.rows.append(row)
+        if write:
+            self.append_csv(row)
 
     # -- access -----------------------------------------------------------------------------
     @property
@@ -126,6 +140,41 @@ class History:
                    best=data.get("best"), evals=data.get("evals", []), meta=data.get("meta", {}))
 
 
+class ProgressBar:
+    """The run's ``tqdm.auto`` bar (main process with ``progress=True``; elsewhere every call does
+    nothing): steps done, the live loss and the last test PSNR (``psnr``)."""
+
+    def __init__(self, enabled: bool, total: int, initial: int, desc: str, rows: list[dict[str, Any]],
+                 compiling: bool = False) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True) if enabled else None
+        self.compiling = self.bar is not None and compiling  # the prior is compiled in the first step
+        self.psnr = next((r["test_psnr"] for r in reversed(rows) if r.get("test_psnr") is not None), None)
+        if self.compiling:
+            self.bar.set_postfix_str("compiling the prior: the first step takes longer", refresh=True)
+
+    def first_step(self, seconds: float) -> None:
+        if self.compiling:
+            self.bar.set_postfix_str(f"first step {seconds:.1f} s (compiling the prior)")
+
+    def update(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def show(self, row: dict[str, Any]) -> None:
+        """The loss of ``row`` and the last test PSNR."""
+        if self.bar is not None:
+            post = {"loss": f"{row['total']:.4f}"}
+            if self.psnr is not None:
+                post["test_psnr"] = f"{self.psnr:.2f}"
+            self.bar.set_postfix(post, refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def _csv_row(row: dict[str, Any], columns: list[str]) -> dict[str, Any]:
     return {c: ("" if row.get(c) is None else row[c]) for c in columns}
 
@@ -159,8 +208,6 @@ def history_columns(config: TrainConfig, has_val: bool, test_splits: list[str]) 
 def run_meta(config: TrainConfig, world: int, device: Any, mixed: str, iterations: int, n_train: int,
              val_ds: Any, tests: dict[str, Any]) -> dict[str, Any]:
     """``history.meta`` at the start of a run: where and how it runs, and on what."""
-    from .tasks import TASKS
-
     return {"world_size": world, "device": str(device), "mixed_precision": mixed,
             "metric_space": TASKS[str(config.task)].metric_space, "iterations": iterations,
             "train_items": n_train, "val_items": 0 if val_ds is None else len(val_ds),

@@ -1,6 +1,16 @@
 """The training loop: :func:`train` sets a run up (:func:`~.setup.set_up`: folder, network, data,
-terms, optimizer, resume), then repeats :func:`train_step` (:mod:`.step`, the whole step on one
-screen: z = g(y), L = fidelity + Σ γ·term, ∇θ L, Adam).
+terms, optimizer, resume), then repeats *batch → train_step → record → (evaluate) → (save) →
+(stop?)*, on one screen in :func:`_train`. The step itself is :func:`train_step` (:mod:`.step`:
+z = g(y), L = fidelity + Σ γ·term, ∇θ L, Adam); each concern around it is one object:
+
+==========================  ===========================================================
+:class:`~.checkpoint.Checkpointer`      ``last.pt``/``best.pt`` and the rescue rule on a failure
+:class:`~.validation.RunEvaluation`     evaluations, the choice of ``best.pt``, the collapse watch
+:class:`~.guards.DeferredReads`         the step values read back from the device (one sync)
+:class:`~.guards.Stopping`              signals, collapse, the callback; agreed by every process
+:class:`~.step.AdversarialStep`         the discriminator's own update
+:class:`~.history.ProgressBar`          the live bar
+==========================  ===========================================================
 
 On the CPU every step's values are read and checked before Adam runs; on CUDA they are read
 every ``log_every`` steps (each read is a host–device synchronisation), and in between the
@@ -17,39 +27,29 @@ an exclusive lock on the run folder for the run's life (:mod:`.lock`).
 from __future__ import annotations
 
 import os
-import signal
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .checkpoint import (
-    BEST,
-    LAST,
-    nonfinite_count,
-    rng_state,
-    save_checkpoint,
-)
+from .checkpoint import LAST, Checkpointer
 from .config import TrainConfig
-from .data import mix_seed
 from .distributed import barrier, has_scaler, make_accelerator
-from .evaluation import check_finite_scores, evaluate
 from .guards import (
+    DeferredReads,
     NonFiniteLossError,
-    StepValues,
+    Stopping,
     TrainingInterrupted,
     deferred_signals,
-    discriminator_step,
-    read_all,
 )
-from .history import History
-from .lock import RunLock
-from .rundir import lock_run_folder
-from .setup import set_up
-from .step import train_step
-from .tasks import TASKS
+from .history import History, ProgressBar
+from .rundir import RunLock, lock_run_folder
+from .setup import Run, set_up
+from .step import AdversarialStep, train_step
+from .validation import RunEvaluation
 
 __all__ = ["NonFiniteLossError", "TrainingInterrupted", "train", "train_step"]
 
@@ -96,228 +96,118 @@ def train(config: TrainConfig | dict[str, Any] | str | os.PathLike, progress: bo
 def _train(config: TrainConfig, accelerator: Any, lock: RunLock | None, progress: bool, callback: Any,
            resume: bool, overwrite: bool, prior: Any, stop_after: int | None) -> History:
     r = set_up(config, accelerator, lock, resume, overwrite, prior)  # everything but the loop
-    config, out, device, main_proc, world, rank = r.config, r.out, r.device, r.main_proc, r.world, r.rank
-    model, raw, optimizer, scheduler, ema, terms = r.model, r.raw, r.optimizer, r.scheduler, r.ema, r.terms
-    history, tests, val_ds, iterations, batches = r.history, r.tests, r.val_ds, r.iterations, r.batches
-    stateful, deferred, guard, log_every, watch = r.stateful, r.deferred, r.guard, r.log_every, r.watch
-    start, elapsed0, last_good, eval_model = r.start, r.elapsed0, r.last_good, r.eval_model
-    done, saved, dirty = start, start, False  # last finished step, last saved; a failure saves `done` first
-    collapsed = False  # stop_on_collapse: stop at this evaluation
-    t_start = time.perf_counter()
-
-    def elapsed() -> float:
-        return elapsed0 + time.perf_counter() - t_start
-
-    def run_eval(step: int, row: dict[str, Any]) -> None:
-        if main_proc:
-            scores = {}
-            for split, ds in (*tests.items(), *((("val", val_ds),) if val_ds is not None else ())):
-                res = evaluate(eval_model, ds, tile=config.eval_tile, overlap=config.eval_overlap,
-                               device=device, y_channel=TASKS[str(config.task)].y_channel)
-                row.update({f"{split}_psnr": res.psnr, f"{split}_ssim": res.ssim})
-                history.evals.append({"step": step, "split": split, **res.to_dict()})
-                scores[split] = res
-                check_finite_scores(res, split, step, last_good)  # NaN: a failure, never a best.pt
-            if watch is not None and watch.notice(step, scores, history.meta, step >= iterations):
-                nonlocal collapsed
-                collapsed = config.stop_on_collapse
-            v = scores.get("val")
-            if v is not None and step > 0 and (history.best is None or v.psnr > history.best["val_psnr"]):
-                history.best = {"step": step, "val_psnr": v.psnr, "val_ssim": v.ssim,
-                                **{f"{s}_{m}": getattr(scores[s], m) for s in tests for m in ("psnr", "ssim")}}
-                save_checkpoint({"kind": "best", "step": step, "model": raw.state_dict(),
-                                 "ema": ema.state_dict() if ema is not None else None,
-                                 "config": config.to_dict(), "best": history.best}, out / BEST)
-        barrier(accelerator)
-
-    def save_last(step: int) -> None:
-        nonlocal last_good, saved
-        if main_proc:
-            bad = nonfinite_count(raw.state_dict())
-            if bad:
-                raise NonFiniteLossError(
-                    f"the weights became non-finite ({bad} values) by step {step}; last.pt was not "
-                    f"overwritten. The last good checkpoint is {last_good}. Try a lower lr.",
-                    step, {}, last_good)
-            save_checkpoint({
-                "kind": "last", "step": step, "model": raw.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "ema": ema.state_dict() if ema is not None else None, "rng": rng_state(),
-                "terms": {name: terms[name].state_dict() for name in stateful},
-                "data": {"seed": config.seed, "micro_step": step * config.grad_accum,
-                         "world_size": world, "batch": config.batch},
-                "config": config.to_dict(), "elapsed": elapsed(), "history": history.rows,
-                "evals": history.evals, "best": history.best, "meta": history.meta,
-            }, out / LAST)
-            history.write_json()
-        last_good, saved = out / LAST, step
-        barrier(accelerator)
-
-    def rescue(exc: BaseException) -> None:
-        """A failure after a finished step: save its ``last.pt`` first (one process), say so in a note."""
-        if not main_proc or world > 1 or done <= saved:
-            return
-        if dirty:  # the weights are part-way into a step: a last.pt of them would lie about its step
-            exc.add_note(f"the failure came part-way through step {step}, so no new last.pt was "
-                         f"written; the last good checkpoint is {last_good or 'none'}.")
-            return
-        try:
-            save_last(done)
-        except Exception as err:  # noqa: BLE001 - the original error is the one to raise
-            exc.add_note(f"{out / LAST} could not be saved at step {done} ({err}); the last good "
-                         f"checkpoint is {last_good or 'none'}.")
-            return
-        exc.add_note(f"{out / LAST} of step {done}, the last finished step, was saved first: fix the "
-                     "cause, then resume with resume=True (--resume).")
-        if isinstance(exc, NonFiniteLossError):
-            exc.checkpoint = out / LAST
-            if exc.args and isinstance(exc.args[0], str):  # the note names the checkpoint now
-                exc.args = (exc.args[0].replace(" No checkpoint had been written yet.", ""), *exc.args[1:])
-
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=iterations, initial=start, desc=config.loss, dynamic_ncols=True) \
-        if progress and main_proc else None
-    last_psnr = next((r["test_psnr"] for r in reversed(history.rows)
-                      if r.get("test_psnr") is not None), None)
-    save_every = config.save_every or config.eval_every or iterations
-    end = iterations if stop_after is None else min(iterations, int(stop_after))
-
-    # -- the loop ---------------------------------------------------------------------------
-    step = start
+    config, history, main_proc = r.config, r.history, r.main_proc
+    clock = partial(_elapsed, r.elapsed0, time.perf_counter())  # seconds of training, across resumes
+    ckpt = Checkpointer(r.out, config, history, model=r.raw, optimizer=r.optimizer, scheduler=r.scheduler,
+                        ema=r.ema, terms={k: r.terms[k] for k in r.stateful}, start=r.start,
+                        iterations=r.iterations, last_good=r.last_good, main_proc=main_proc,
+                        world=r.world, accelerator=accelerator, clock=clock)
+    evaluation = RunEvaluation(r, ckpt, accelerator)
+    applied = ("nothing from this step was applied" if not r.deferred else
+               "updates stopped on the device from this step on" if r.guard is not None else
+               "the loss scaler skipped this step's update")
+    reads = DeferredReads(r.deferred, r.log_every, config.grad_accum, has_scaler(accelerator), applied)
+    adversary = AdversarialStep(r.terms, r.stateful)
+    bar = ProgressBar(progress and main_proc, r.iterations, r.start, config.loss, history.rows,
+                      compiling=config.compile_prior and "diffloss" in r.terms)
+    end = r.iterations if stop_after is None else min(r.iterations, int(stop_after))
+    step = r.start
     try:
         with deferred_signals() as signals:
-            if start == 0 and config.eval_every and end > 0:
-                row0: dict[str, Any] = {c: None for c in history.columns}
-                row0.update(step=0, seconds=0.0, lr=scheduler.get_last_lr()[0])
-                run_eval(0, row0)
-                history.rows.append(row0)
-                last_psnr = row0["test_psnr"]
+            stopping = Stopping(signals, callback, main_proc, accelerator, r.world)
+            if r.start == 0 and config.eval_every and end > 0:  # step 0: the untrained network
+                row0 = history.new_row(step=0, seconds=0.0, lr=r.scheduler.get_last_lr()[0])
+                evaluation(0, row0)
+                history.record(row0, write=main_proc)
+                bar.psnr = row0["test_psnr"]
                 if main_proc:
-                    history.append_csv(row0)
                     history.write_json()
-            model.train()
-            scaler = has_scaler(accelerator)
-            compiling = bar is not None and config.compile_prior and "diffloss" in terms
-            applied = ("nothing from this step was applied" if not deferred else
-                       "updates stopped on the device from this step on" if guard is not None else
-                       "the loss scaler skipped this step's update")
-            if compiling:
-                bar.set_postfix_str("compiling the prior: the first step takes longer", refresh=True)
-            pending: list[tuple[dict[str, Any], list[tuple[StepValues, dict[str, float]]]]] = []
+            r.model.train()
             while step < end:
                 step += 1
                 t_step = time.perf_counter()
-                micro: list[tuple[StepValues, dict[str, float]]] = []
+                micro = []  # each micro-step's values (gradient accumulation)
                 for a in range(config.grad_accum):
-                    m = (step - 1) * config.grad_accum + a
-                    degraded, clean = (x.to(device, non_blocking=True) for x in next(batches))
-                    gen = torch.Generator().manual_seed(mix_seed(config.seed, m, rank, 0xD1F))
-                    with accelerator.accumulate(model):
-                        vals, restored = train_step(model, degraded, clean, config, terms, optimizer,
-                                                    generator=gen, accelerator=accelerator,
-                                                    step=step, checkpoint=last_good, guard=guard)
-                    dirty = True  # the weights may be past `done` until this step is complete
-                    extra: dict[str, float] = {}
-                    for name in stateful:  # alternating updates: the discriminator after g
-                        extra.update(discriminator_step(terms[name], restored, clean, dict(vals),
-                                                        step, last_good))
-                    micro.append((vals, extra))
-                lr = scheduler.get_last_lr()[0]
-                scheduler.step()
-                if ema is not None:
-                    ema.update(raw)
-                if not deferred:  # (deferred: once the pending values are read and checked)
-                    done, dirty = step, False
-                if step == start + 1:  # includes compiling the prior, when it is compiled
-                    first = history.meta["first_step_seconds"] = round(time.perf_counter() - t_step, 3)
-                    if compiling:
-                        bar.set_postfix_str(f"first step {first:.1f} s (compiling the prior)")
-
-                row = {c: None for c in history.columns}
-                row.update(step=step, lr=lr, seconds=elapsed())
-                pending.append((row, micro))
-                if bar is not None:
-                    bar.update(1)
-                is_eval = bool(config.eval_every) and (step % config.eval_every == 0
-                                                       or step == iterations)
-                saving = step == end or step % save_every == 0
-                if deferred and not (is_eval or saving or step % log_every == 0
-                                     or (signals and world == 1)):
+                    degraded, clean, gen = r.micro_batch(step, a)
+                    with accelerator.accumulate(r.model):
+                        vals, restored = train_step(r.model, degraded, clean, config, r.terms, r.optimizer,
+                                                    generator=gen, accelerator=accelerator, step=step,
+                                                    checkpoint=ckpt.last_good, guard=r.guard)
+                    ckpt.begun()  # the weights may be past ckpt.done until this step is complete
+                    micro.append((vals, adversary(restored, clean, vals, step, ckpt.last_good)))
+                lr = r.scheduler.get_last_lr()[0]
+                r.scheduler.step()
+                if r.ema is not None:
+                    r.ema.update(r.raw)
+                if not r.deferred:  # (deferred: once its values are read and checked)
+                    ckpt.finished(step)
+                if step == r.start + 1:  # includes compiling the prior, when it is compiled
+                    history.meta["first_step_seconds"] = round(time.perf_counter() - t_step, 3)
+                    bar.first_step(history.meta["first_step_seconds"])
+                row = history.new_row(step=step, lr=lr, seconds=clock())
+                reads.add(row, micro)
+                bar.update()
+                evaluating, saving = evaluation.due(step), ckpt.due(step, end)
+                if not reads.due(step, evaluating, saving, stopping.signalled):
                     continue  # nothing read back from the device this step
-                # -- read the pending steps' values (one host sync), check, log ----------------
-                read_all([v for _, steps in pending for v, _ in steps])
-                stop = False
-                for row_i, steps in pending:
-                    sums: dict[str, float] = {}
-                    for v, extra in steps:
-                        v.check(last_good, scaler=scaler, applied=applied)
-                        for k, x in {**v, **extra}.items():
-                            sums[k] = x if k == "grad_norm" else sums.get(k, 0.0) + x / config.grad_accum
-                    row_i.update(sums)
+                for row_i in reads.drain(ckpt.last_good):  # one host sync for the pending steps
                     if row_i is row:
-                        if is_eval:
-                            run_eval(step, row)
-                            last_psnr = row["test_psnr"]
-                        row["seconds"] = elapsed()
-                    history.rows.append(row_i)
-                    if main_proc:
-                        history.append_csv(row_i)
-                    if callback is not None and main_proc and callback(row_i, history) is False:
-                        stop = True
-                pending.clear()
-                if deferred:
-                    done, dirty = step, False
-                if main_proc and is_eval:
+                        if evaluating:
+                            evaluation(step, row)
+                            bar.psnr = row["test_psnr"]
+                        row["seconds"] = clock()
+                    history.record(row_i, write=main_proc)
+                    stopping.consult(row_i, history)
+                ckpt.finished(step)
+                if main_proc and evaluating:
                     history.write_json()
-                if bar is not None:
-                    post = {"loss": f"{row['total']:.4f}"}
-                    if last_psnr is not None:
-                        post["test_psnr"] = f"{last_psnr:.2f}"
-                    bar.set_postfix(post, refresh=False)
-                stop = stop or bool(signals) or collapsed  # Ctrl-C / SIGTERM: save last.pt, then stop
-                if world > 1:
-                    flag = torch.tensor([1.0 if stop else 0.0], device=device)
-                    stop = bool(accelerator.reduce(flag, "sum").item() > 0)
+                bar.show(row)
+                stop = stopping.now(collapsed=evaluation.stop_requested)
                 if stop or saving:
-                    save_last(step)
+                    ckpt.save_last(step)
                 if stop:
                     break
-            if signals:
-                name = signal.Signals(signals[0]).name
-                history.meta["stopped"] = f"{name} at step {step}"
-                if main_proc:
-                    history.write_json()
-                raise TrainingInterrupted(f"training interrupted by {name} at step {step}; "
-                                          f"{out / LAST} was saved: resume with resume=True "
-                                          "(--resume)", step, signals[0])
+            stopping.raise_if_signalled(step, history, r.out / LAST)
     except NonFiniteLossError as exc:
-        if not deferred:  # deferred: the weights are those before the first bad step, unknown here
-            rescue(exc)
+        if not r.deferred:  # deferred: the weights are those before the first bad step, unknown here
+            ckpt.rescue(exc, step)
         if main_proc:
             history.meta["stopped"] = f"non-finite loss at step {exc.step}"
             history.write_json()
-        raw.eval()  # the weights of the step before (no update from the bad step was applied)
-        history.raw_model = raw
-        history.model = ema.shadow if ema is not None else raw
-        exc.history = history  # a comparison reports the run as diverged (diffloss.parallel)
+        _hand_over(r)  # the weights of the step before (no update from the bad step was applied)
+        exc.history = history  # type: ignore[attr-defined]  # a comparison reports the run as diverged
         raise
     except Exception as exc:  # a bad image, a full disk, the user's network: keep the steps done
-        rescue(exc)
+        ckpt.rescue(exc, step)
         raise
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
+    return _finish(r, step, accelerator, evaluation.stop_requested)
 
-    if main_proc:
-        history.meta["finished"] = step >= iterations
+
+def _elapsed(before: float, t_start: float) -> float:
+    """Seconds of training: those of earlier sessions (a resume) and this one's."""
+    return before + time.perf_counter() - t_start
+
+
+def _hand_over(r: Run) -> History:
+    """The trained network into the history (eval mode; the EMA weights when the run has them)."""
+    r.raw.eval()
+    r.history.raw_model = r.raw
+    r.history.model = r.ema.shadow if r.ema is not None else r.raw
+    return r.history
+
+
+def _finish(r: Run, step: int, accelerator: Any, collapsed: bool) -> History:
+    """The run's end: what it finished (or why it stopped) into ``history.meta``, and its network."""
+    history = r.history
+    if r.main_proc:
+        history.meta["finished"] = step >= r.iterations
         if collapsed:
-            history.meta["stopped"] = f"collapse at step {step} (stop_on_collapse); {out / LAST} saved"
-        if device.type == "cuda":
-            history.meta["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+            history.meta["stopped"] = f"collapse at step {step} (stop_on_collapse); {r.out / LAST} saved"
+        if r.device.type == "cuda":
+            history.meta["peak_memory_gib"] = torch.cuda.max_memory_allocated(r.device) / 2**30
         history.write_json()
-    raw.eval()
-    history.raw_model = raw
-    history.model = ema.shadow if ema is not None else raw
+    _hand_over(r)
     barrier(accelerator)
     return history

@@ -1,6 +1,6 @@
 """Setting up a run, before its first step: the run folder's rules, the network, the data, the
 loss terms (γ measured for ``gamma="auto"``), the optimizer and schedule, the history, a resume's
-state, the batches and the collapse watch. :func:`set_up` returns them as one :class:`Run`; the
+state and the batches. :func:`set_up` returns them as one :class:`Run`; the
 loop (:mod:`.loop`) only trains.
 
 The order matters for the user's files: nothing of an old run is deleted (``overwrite``) before
@@ -10,7 +10,7 @@ the new one's network, data, prior and one batch are known to work.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,19 +22,16 @@ from torch.utils.data import DataLoader
 from .balance import resolve_auto_gamma
 from .build import build_model, check_restorer
 from .checkpoint import LAST, load_weights, seed_all, set_rng_state
-from .collapse import CollapseWatch
 from .config import CONFIG_FILE, TrainConfig
-from .data import KeyedPairs, StepBatchSampler, build_datasets
+from .data import KeyedPairs, StepBatchSampler, build_datasets, mix_seed
 from .distributed import barrier, fused_adam
 from .ema import EMA
 from .guards import DeviceGuard
 from .history import History, history_columns, run_meta
-from .lock import RunLock
-from .lr import lr_factor
-from .rundir import check_resume_config, clear_old_run, open_run_folder
+from .rundir import RunLock, check_resume_config, clear_old_run, open_run_folder
 from .terms import LOSS_TERMS, build_terms
 
-__all__ = ["Run", "set_up"]
+__all__ = ["Run", "lr_factor", "set_up"]
 
 
 @dataclass
@@ -62,11 +59,17 @@ class Run:
     deferred: bool  # values read back every log_every steps, not every step
     guard: DeviceGuard | None
     log_every: int
-    watch: CollapseWatch | None
     start: int  # steps already done (a resume)
     elapsed0: float  # seconds already spent (a resume)
     last_good: Path | None  # the last good last.pt
     eval_model: nn.Module  # the EMA weights when the run has EMA
+
+    def micro_batch(self, step: int, a: int) -> tuple[torch.Tensor, torch.Tensor, torch.Generator]:
+        """Micro-step ``a`` of ``step``: its ``(degraded, clean)`` batch on the device and the
+        generator of its loss terms' noise, a pure function of ``(seed, micro-step, rank)``."""
+        m = (step - 1) * self.config.grad_accum + a
+        degraded, clean = (x.to(self.device, non_blocking=True) for x in next(self.batches))
+        return degraded, clean, torch.Generator().manual_seed(mix_seed(self.config.seed, m, self.rank, 0xD1F))
 
 
 def set_up(config: TrainConfig, accelerator: Any, lock: RunLock | None, resume: bool, overwrite: bool,
@@ -152,10 +155,26 @@ def set_up(config: TrainConfig, accelerator: Any, lock: RunLock | None, resume: 
     batches = iter(DataLoader(KeyedPairs(train_ds), batch_sampler=sampler,
                               num_workers=config.workers, pin_memory=device.type == "cuda"))
     eval_model = ema.shadow if ema is not None else raw
-    watch = CollapseWatch.for_run(config, val_ds, tests, device) if main_proc else None
     return Run(config=config, out=out, device=device, main_proc=main_proc, rank=rank, world=world,
                model=model, raw=raw, optimizer=optimizer, scheduler=scheduler, ema=ema, terms=terms,
                stateful=stateful, history=history, tests=tests, val_ds=val_ds,
                iterations=iterations, batches=batches, deferred=deferred, guard=guard,
-               log_every=log_every, watch=watch, start=start, elapsed0=elapsed0,
+               log_every=log_every, start=start, elapsed0=elapsed0,
                last_good=last_good, eval_model=eval_model)
+
+
+def lr_factor(config: Any, iterations: int) -> Callable[[int], float]:
+    """The factor on ``config.lr`` after ``step`` optimiser steps (``LambdaLR``): linear warm-up
+    over ``warmup`` steps, then 1 (``"constant"``) or the cosine from 1 to ``min_lr / lr``,
+    ``r + (1 − r)·½(1 + cos(π·p))`` with ``p`` the share of the post-warm-up steps done."""
+    warmup, ratio = config.warmup, config.min_lr / config.lr
+
+    def factor(step: int) -> float:  # step = optimiser steps done so far
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if config.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, iterations - warmup))
+        return ratio + (1 - ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor

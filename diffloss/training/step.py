@@ -7,6 +7,7 @@
     every value finite, or stop                values.check() (a read) or guard.hold() (none)
     θ ← Adam(θ, ∇_θ L)                         optimizer.step()
 
+then, with an adversarial term, the discriminator's own update (:class:`AdversarialStep`).
 Everything around it (devices, data, evaluation, checkpoints) is :mod:`.loop`'s.
 """
 
@@ -20,10 +21,10 @@ from torch import Tensor, nn
 
 from .config import TrainConfig
 from .distributed import grad_norm, has_scaler
-from .guards import DeviceGuard, NonFiniteLossError, StepValues
+from .guards import DeviceGuard, NonFiniteLossError, StepValues, discriminator_step
 from .terms import loss_parts
 
-__all__ = ["train_step"]
+__all__ = ["AdversarialStep", "train_step"]
 
 
 def train_step(model: nn.Module, degraded: Tensor, clean: Tensor, config: TrainConfig,
@@ -61,3 +62,19 @@ def train_step(model: nn.Module, degraded: Tensor, clean: Tensor, config: TrainC
             guard.release(optimizer)
     optimizer.zero_grad(set_to_none=True)
     return values, restored
+
+
+class AdversarialStep:
+    """The discriminator's update after the generator's (alternating GAN updates, supplement
+    Eq. 7): each term with state of its own (``LossTerm.stateful``) steps on the detached ``z``
+    and the clean image, its values checked for finiteness; returns them for the history."""
+
+    def __init__(self, terms: dict[str, nn.Module], stateful: list[str]) -> None:
+        self.terms = {name: terms[name] for name in stateful}
+
+    def __call__(self, restored: Tensor, clean: Tensor, values: StepValues, step: int,
+                 checkpoint: Path | None) -> dict[str, float]:
+        extra: dict[str, float] = {}
+        for term in self.terms.values():
+            extra.update(discriminator_step(term, restored, clean, dict(values), step, checkpoint))
+        return extra

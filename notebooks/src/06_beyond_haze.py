@@ -60,7 +60,7 @@ from diffloss.prior import load_profile_judge
 from diffloss.profiles import JUDGE_LABELS, TINY_KNOBS, require_assets
 from diffloss.training import DEFAULT_RHO, TrainConfig, build_datasets, build_model, restore
 from diffloss.training.balance import AUTO_BATCHES, initial_pull
-from diffloss.training.tasks import TASKS
+from diffloss.tasks import TASKS
 from diffloss.viz import figures_dir, repo_root, save_figure
 
 profile = current_profile()

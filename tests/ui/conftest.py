@@ -36,9 +36,11 @@ def _missing() -> str | None:
     return None
 
 
+@pytest.hookimpl(trylast=True)  # after -k/-m: only the browser tests that will run count
 def pytest_collection_modifyitems(config, items):
     why = _missing()
     if why is None:
+        leave_to_the_browser(config, items)
         return
     if os.environ.get("DIFFLOSS_UI_REQUIRED") == "1":
         raise pytest.UsageError(f"browser tests required (DIFFLOSS_UI_REQUIRED=1), but {why}")
@@ -46,6 +48,20 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "tests/ui" in str(item.fspath).replace(os.sep, "/"):
             item.add_marker(skip)
+
+
+def leave_to_the_browser(config, items) -> None:
+    """Chapters that a browser test runs are not executed a second time by nbval: the browser
+    test makes nbval's check on its own execution (tests/ui/nbcheck.py). Without the browser
+    (the tests skipped) nbval runs every chapter as before."""
+    in_browser = {item.callspec.params["name"] for item in items
+                  if getattr(item, "originalname", "") == "test_chapter_runs_renders_and_its_widget_works"}
+    twice = [item for item in items
+             if item.path.suffix == ".ipynb" and item.path.parent.name == "notebooks"
+             and item.path.name in in_browser]
+    if twice:
+        config.hook.pytest_deselected(items=twice)
+        items[:] = [item for item in items if item not in twice]
 
 
 class Lab:

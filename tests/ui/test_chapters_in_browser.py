@@ -5,15 +5,21 @@ Each chapter is opened from a copy without stored outputs, run through JupyterLa
 its figures rendered as images, and its widget *working* — moving the control (keyboard on a
 slider, a click on a button) changes the picture it drives. A screenshot per chapter goes to
 ``figures/ci/ui/``. A notebook whose widget callback raises must fail the same check.
+
+This execution also serves nbval's check (:mod:`.nbcheck`): the cells marked
+``# NBVAL_CHECK_OUTPUT`` must print what the committed chapter printed, and nbval does not run
+these chapters a second time when the browser tests run (tests/ui/conftest.py).
 """
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
 
-from .conftest import SHOTS
+from .conftest import ROOT, SHOTS
+from .nbcheck import output_mismatches
 
 #: Chapters, the least number of rendered images (figures and widget pictures) each must show,
 #: and how its widget is moved.
@@ -57,6 +63,17 @@ _ERRORS = """() => {
     }
   }
   return errors;
+}"""
+
+
+_CODE_CELLS = """() => {
+  const model = window.jupyterapp.shell.currentWidget.content.model;
+  const cells = [];
+  for (let i = 0; i < model.cells.length; i++) {
+    const cell = model.cells.get(i);
+    if (cell.type === 'code') cells.push(cell.toJSON());
+  }
+  return cells;
 }"""
 
 
@@ -134,6 +151,9 @@ def test_chapter_runs_renders_and_its_widget_works(page, lab_server, name):
         assert "Traceback (most recent call last)" not in page.inner_text(".jp-Notebook")
         images = page.locator(".jp-RenderedImage img, img.widget-image").count()
         assert images >= min_images, f"{images} images rendered, expected at least {min_images}"
+        committed = json.loads((ROOT / "notebooks" / name).read_text())  # nbval's check, before
+        problems = output_mismatches(committed, page.evaluate(_CODE_CELLS))  # the widget moves
+        assert not problems, "cells marked NBVAL_CHECK_OUTPUT differ:\n" + "\n".join(problems)
         picture_follows_control(page, kind)
     finally:
         page.screenshot(path=str(SHOTS / name.replace(".ipynb", ".png")), full_page=False)

@@ -1,4 +1,8 @@
-"""A run that collapses is noticed once, reported, and stopped on request.
+"""A run's evaluations: every ``eval_every`` steps (and at its last step) the network is scored
+on its test splits and validation (:class:`RunEvaluation`); validation alone selects ``best.pt``,
+and the collapse watch (:class:`CollapseWatch`) reads each evaluation.
+
+**Collapse.** A run that collapses is noticed once, reported, and stopped on request.
 
 A restorer can fall into a state from which its loss no longer pulls it out: chapter 06's IAT
 runs, pushed by too strong an extra term, ended as black images, the output below IAT's clamp
@@ -24,14 +28,21 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from .evaluation import evaluate, saturated_share
+from ..tasks import TASKS
+from .distributed import barrier
+from .evaluation import check_finite_scores, evaluate, saturated_share
+from .setup import Run
 
-__all__ = ["COLLAPSE_MARGIN_DB", "PATIENCE", "SATURATED_SHARE", "CollapseWatch", "saturated_share"]
+if TYPE_CHECKING:
+    from .checkpoint import Checkpointer
+
+__all__ = ["COLLAPSE_MARGIN_DB", "PATIENCE", "SATURATED_SHARE", "CollapseWatch", "RunEvaluation",
+           "saturated_share"]
 
 #: A restoration this many dB below the degraded input is a collapse.
 COLLAPSE_MARGIN_DB: float = 3.0
@@ -67,8 +78,6 @@ class CollapseWatch:
         split, ds = ("val", val_ds) if val_ds is not None else next(iter(tests.items()), (None, None))
         if split is None or not config.eval_every:
             return None
-        from .tasks import TASKS
-
         return cls.for_split(split, ds, device, TASKS[str(config.task)].y_channel)
 
     def notice(self, step: int, scores: dict[str, Any], meta: dict[str, Any], last: bool = False) -> bool:
@@ -109,3 +118,49 @@ class CollapseWatch:
         since = "" if self.streak == 1 else f" ({self.streak} evaluations in a row)"
         return (f"the run collapsed at step {step}{since}: {self.found['reason']}. A lower gamma (or gamma='auto' "
                 "with a lower rho) usually avoids it; stop_on_collapse=True (--stop-on-collapse) stops there")
+
+
+class RunEvaluation:
+    """The evaluations of a run and the choice of ``best.pt`` (model selection on validation).
+
+    ``evaluation(step, row)`` scores the network the run reports (the EMA weights when it has
+    them) on each test split, then validation, writes PSNR/SSIM into the history ``row`` and
+    ``history.evals``, and keeps the step of highest validation PSNR as ``best.pt`` (after step
+    0; never on a non-finite score). The collapse watch reads every evaluation;
+    ``stop_requested`` turns true at a collapse when the run has ``stop_on_collapse``. Only the
+    main process evaluates; every process waits for it.
+    """
+
+    def __init__(self, run: Run, checkpoints: Checkpointer, accelerator: Any) -> None:
+        self.run, self.checkpoints, self.accelerator = run, checkpoints, accelerator
+        self.splits = [*run.tests.items(), *((("val", run.val_ds),) if run.val_ds is not None else ())]
+        self.y_channel = TASKS[str(run.config.task)].y_channel
+        self.stop_requested = False
+        self.watch = CollapseWatch.for_run(run.config, run.val_ds, run.tests, run.device) \
+            if run.main_proc else None
+
+    def due(self, step: int) -> bool:
+        """Every ``eval_every`` steps and at the run's last step (``eval_every=0``: never)."""
+        every = self.run.config.eval_every
+        return bool(every) and (step % every == 0 or step == self.run.iterations)
+
+    def __call__(self, step: int, row: dict[str, Any]) -> None:
+        run, config, history = self.run, self.run.config, self.run.history
+        if run.main_proc:
+            scores = {}
+            for split, ds in self.splits:
+                res = evaluate(run.eval_model, ds, tile=config.eval_tile, overlap=config.eval_overlap,
+                               device=run.device, y_channel=self.y_channel)
+                row.update({f"{split}_psnr": res.psnr, f"{split}_ssim": res.ssim})
+                history.evals.append({"step": step, "split": split, **res.to_dict()})
+                scores[split] = res
+                check_finite_scores(res, split, step, self.checkpoints.last_good)  # NaN: never a best.pt
+            watch = self.watch
+            if watch is not None and watch.notice(step, scores, history.meta, step >= run.iterations):
+                self.stop_requested = config.stop_on_collapse
+            v = scores.get("val")
+            if v is not None and step > 0 and (history.best is None or v.psnr > history.best["val_psnr"]):
+                history.best = {"step": step, "val_psnr": v.psnr, "val_ssim": v.ssim,
+                                **{f"{s}_{m}": getattr(scores[s], m) for s in run.tests for m in ("psnr", "ssim")}}
+                self.checkpoints.save_best(step)
+        barrier(self.accelerator)
