@@ -1,5 +1,6 @@
 # DiffLoss tutorial: every target sets itself up (idempotent) and runs from a fresh clone.
 #   make demo   execute every chapter in notebooks/ in order (default profile), writing figures/
+#               and each chapter's time to figures/demo_times.json
 #   make test   ruff + pytest (unit tests and nbval over the notebooks, DIFFLOSS_PROFILE=ci)
 #   make test-kernels  the numerics-heavy tests under ATEN_CPU_CAPABILITY=default (CI runs it too)
 #   make lab    JupyterLab on the chapters (127.0.0.1, as root too; prints the URL; LAB_PORT=8888)
@@ -8,7 +9,6 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.diffloss-installed
-NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 export HF_HUB_OFFLINE ?= 1
 
 .PHONY: setup demo test test-kernels lint unit nbval lab notebooks bench clean
@@ -31,11 +31,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: setup
-	@for nb in $(NOTEBOOKS); do \
-		echo "== executing $$nb (profile: $${DIFFLOSS_PROFILE:-default})"; \
-		$(BIN)/python -m nbconvert --to notebook --execute --inplace \
-			--ExecutePreprocessor.timeout=3600 --ExecutePreprocessor.kernel_name=python3 "$$nb" || exit 1; \
-	done
+	$(BIN)/python tools/run_chapters.py
 
 lint: setup
 	$(BIN)/ruff check .

@@ -211,11 +211,11 @@ def verdict(d: Mapping[str, Any], unit: str = "", higher_is_better: bool = True,
     if same_sign and d["sd"] is not None and abs(d["mean"]) > d["sd"]:
         small = sum(1 for v in per_seed if abs(v) < minimum)
         if abs(d["mean"]) < minimum:
-            return (f"same sign in every seed, below the minimum effect of {minimum:g}{unit} "
+            return (f"same sign in every seed, below the minimum effect of {minimum:.3g}{unit} "
                     f"({numbers}){tail}")
         if small:
             return (f"same sign in every seed, but {small} of {len(per_seed)} seeds below the minimum "
-                    f"effect of {minimum:g}{unit} ({numbers}){tail}")
+                    f"effect of {minimum:.3g}{unit} ({numbers}){tail}")
         word = words[0] if (d["mean"] > 0) == higher_is_better else words[1]
         return f"{word} in every seed ({numbers}){tail}"
     return f"no consistent difference ({numbers}, signs {signs_text}){tail}"

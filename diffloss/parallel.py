@@ -170,6 +170,12 @@ def _worker(k: int, threads: int, prior: Any, stop: Any, tasks: Any, results: An
     # Ctrl-C in a notebook reaches the whole process group: between runs a worker ignores it
     # (the parent stops the pool); during a run the trainer's own handler saves last.pt
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A collapse is in each run's history.meta, which the comparison reports (diffloss.experiments);
+    # the trainer's warning from a worker would reach the notebook as raw stderr with this
+    # machine's paths and a source line.
+    from .training.validation import CollapseWarning
+
+    warnings.filterwarnings("ignore", category=CollapseWarning)
     threading.Thread(target=_end_with_parent, args=(stop,), daemon=True).start()
     results.put(("ready", k))
     while (task := _next_task(tasks, stop)) is not None:

@@ -54,6 +54,9 @@ class Profile:
     seeds: tuple[int, ...]
     #: Adam's learning rate for the restorer (the same for every loss of a comparison).
     lr: float = 1e-4
+    #: The time the whole demo should take (``None``: no budget). What it took is measured by
+    #: ``make demo`` (``figures/demo_times.json``), never promised here.
+    budget_minutes: int | None = None
     #: DiffLoss weight γ in ``L1 + γ·DiffLoss`` (the authors: 1e-3 with the ADM prior).
     gamma: float = 1e-3
     #: Micro-steps per optimiser step: ``batch_size`` images each, gradients accumulated.
@@ -124,7 +127,9 @@ PROFILES: dict[str, Profile] = {
     ),
     "small": Profile(
         name="small",
-        description="any laptop: the whole demo within 35 minutes on 2 cores",
+        description="any laptop, 2 cores; the whole demo's budget is 35 min, its measured time is in "
+                    "figures/demo_times.json",
+        budget_minutes=35,
         data="synthetic",
         prior="tiny",
         restorer="msbdn-small",
@@ -153,7 +158,7 @@ PROFILES: dict[str, Profile] = {
     ),
     "gpu": Profile(
         name="gpu",
-        description="one 16 GiB GPU (Colab T4/L4): Dense-Haze, the ADM 256 prior, full MSBDN, "
+        description="one 16 GiB GPU (a Colab T4): Dense-Haze, the ADM 256 prior, full MSBDN, "
                     "each chapter about an hour",
         data="dense_haze",
         prior="adm",

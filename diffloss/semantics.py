@@ -19,8 +19,9 @@ Why crops: a test split here has a handful of images, and an ImageNet classifier
 object at 224 px. ``crops`` square windows per image, of a side drawn between half and all of the
 shorter side, at positions drawn from ``seed`` (the same windows for every network and for the
 input, so scores are paired), each resized to 224 px, give many views of every scene. 16 crops
-per image by default: with 2–8 test images that is 32–128 views per split, enough that one view's
-flip of the top class moves the agreement by at most 3 % and at the cost of a few seconds on a CPU.
+per image by default: with n test images that is 16·n views per split (chapter 07: 4 unseen
+scenes, 64 views; 12 in-distribution images, 192 views), so that one view's flip of the top class
+moves a split's agreement by 1/(16·n), at the cost of seconds to a minute on a CPU.
 """
 
 from __future__ import annotations

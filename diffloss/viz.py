@@ -122,8 +122,11 @@ def to_numpy_image(img: Tensor, value_range: tuple[float, float] = (0.0, 1.0)):
 
 def image_grid(images: Sequence[Tensor], titles: Sequence[str] | None = None, ncols: int | None = None,
                size: float = 2.2, value_range: tuple[float, float] = (0.0, 1.0),
-               row_labels: Sequence[str] | None = None) -> plt.Figure:
-    """Show images (3×H×W tensors) in a grid with optional titles; returns the figure."""
+               row_labels: Sequence[str] | None = None, title: str | None = None) -> plt.Figure:
+    """Show images (3×H×W tensors) in a grid with optional titles; returns the figure.
+
+    ``title``: the figure's title, laid out with the rest (a ``fig.suptitle`` added after this
+    returns would be drawn over the first row's titles)."""
     n = len(images)
     ncols = ncols or n
     nrows = (n + ncols - 1) // ncols
@@ -142,6 +145,8 @@ def image_grid(images: Sequence[Tensor], titles: Sequence[str] | None = None, nc
             for spine in axes[r, 0].spines.values():
                 spine.set_visible(False)
             axes[r, 0].set_ylabel(label, fontsize=9)
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     return fig
 

@@ -107,3 +107,16 @@ def test_comparison_rows_join_narrow_strips_and_keep_wide_images_apart():
             for i in range(3)]
     images, titles = viz.comparison_rows("ood", wide, {"A": [h for h, _, _ in wide]}, rows=2)
     assert len(images) == 2 * 3 and images[0].shape == (3, 10, 30)
+
+
+def test_image_grid_title_is_laid_out_above_the_panel_titles():
+    """Review finding 16: a suptitle added after image_grid's tight_layout was drawn over the first
+    row's (two-line) titles; ``title=`` is laid out with them."""
+    imgs = [torch.rand(3, 16, 16) for _ in range(6)]
+    fig = viz.image_grid(imgs, [f"L1 + DiffLoss,\nstep {k}" for k in range(6)], ncols=3,
+                         title="ood: flower, seed 0; DiffLoss judged by ffdnet / the tiny prior")
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    top_of_titles = max(ax.title.get_window_extent(r).y1 for ax in fig.axes[:3])
+    assert fig._suptitle.get_window_extent(r).y0 >= top_of_titles
+    plt.close(fig)

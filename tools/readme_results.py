@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from diffloss.diagnostics import paired_differences  # noqa: E402
 from diffloss.experiments import MIN_EFFECT, verdict  # noqa: E402
+from diffloss.profiles import PROFILES  # noqa: E402
 
 BEGIN = "<!-- results: begin (written by tools/readme_results.py; do not edit by hand) -->"
 END = "<!-- results: end -->"
@@ -129,7 +130,8 @@ def chapter04() -> list[str]:
         line += "; seeds whose SSIM is below the hazy input's: " + "; ".join(parts)
     worst = checks.get("worst_image")
     if worst:
-        line += (f". The image L1 helps least (seed {worst['seed']}): `{worst['name']}` "
+        verb = "makes worse" if worst["psnr"]["L1"] < worst["input_psnr"] else "helps least"
+        line += (f". The image L1 {verb} (seed {worst['seed']}): `{worst['name']}` "
                  f"({SPLITS[worst['split']]}), hazy {worst['input_psnr']:.1f} dB → "
                  + ", ".join(f"{label} {v:.1f} dB" for label, v in worst["psnr"].items()))
     out.append(line + ".")
@@ -190,15 +192,18 @@ def knob_sweep(r: dict[str, Any]) -> str:
     gap = ranked[0]["val_psnr"] - ranked[1]["val_psnr"]
     vals = r.get("checks", {}).get("val_psnr_final", {}).get("L1 + DiffLoss")
     spread = (f"; this chapter's {len(vals)} seeds at the chosen λ and t, γ by the rule, spread by "
-              f"{statistics.stdev(vals):.2f} dB (sd) of validation PSNR") if vals and len(vals) > 1 else ""
+              f"{statistics.stdev(vals):.2f} dB (sd) of validation PSNR, a spread that mixes seed and γ") \
+        if vals and len(vals) > 1 else ""
     rho = load(f"results/rho_small_{r['judge']}.json")
     prov = k["provenance"]
     return (f"- **The knobs** (`{name}`, one seed, {prov['steps']} steps per setting, "
             f"{prov['machine'].split(',')[0]}, {prov['date'][:10]}): validation PSNR "
             + ", ".join(f"{g['val_psnr']:.2f} dB at {knobs_of(g)}" for g in ranked)
             + f"; L1 {k['l1']['val_psnr']:.2f} dB. The chosen setting beats the next best by {gap:.2f} dB"
-            + spread + f". Its γ pulls {rho['mean_pull']:.2g}× L1 at the initial weights (mean of "
-            f"{len(rho['seeds'])} seeds, `results/rho_small_{r['judge']}.json`): the γ rule's ρ* = {rho['rho']:g}.")
+            + spread + f". Its γ pulls {rho['mean_pull']:.2g}× L1 at the initial weights (median over "
+            f"{len(rho['seeds'][0]['ratios'])} batches, mean of "
+            + ", ".join(f"{v['pull_at_chosen_gamma']:.1f}" for v in rho["seeds"])
+            + f" by seed, `results/rho_small_{r['judge']}.json`): the γ rule's ρ* = {rho['rho']:g}.")
 
 
 def judge_change(r: dict[str, Any]) -> str:
@@ -255,14 +260,20 @@ def chapter05() -> str:
             "the network as hard as DiffLoss at "
             f"γ = {g[dl]['used']:g} at initialisation): L1 + DiffLoss: in-distribution PSNR "
             f"{say(ind['paired_difference'][dl]['psnr'], 'psnr')}, SSIM "
-            f"{say(ind['paired_difference'][dl]['ssim'], 'ssim')}; out of distribution PSNR "
+            f"{say(ind['paired_difference'][dl]['ssim'], 'ssim')}; out of distribution "
+            f"({len(ood.get('images', [])) or '?'} scenes) PSNR "
             f"{say(ood['paired_difference'][dl]['psnr'], 'psnr')}, SSIM "
             f"{say(ood['paired_difference'][dl]['ssim'], 'ssim')}.")
     for split, s in (("in-distribution", ind), ("out of distribution", ood)):
         below = {label: sum(v < s["input"]["ssim"] for v in vals["ssim"]) for label, vals in s["per_seed"].items()}
-        if all(below.values()):
+        if any(below.values()):
             text += (f" {split.capitalize()}, runs below the hazy input's SSIM ({s['input']['ssim']:.3f}): "
                      + ", ".join(f"{label} {k} of {n}" for label, k in below.items()) + ".")
+    if "perceptual_vs_diffloss" in ind:
+        text += (f" The perceptual term against DiffLoss, seed by seed: in-distribution PSNR "
+                 f"{ind['perceptual_vs_diffloss']['psnr']}, colour error {ind['perceptual_vs_diffloss']['color']}; "
+                 f"out of distribution PSNR {ood['perceptual_vs_diffloss']['psnr']}, colour error "
+                 f"{ood['perceptual_vs_diffloss']['color']}.")
     if r.get("perceptual_net") == "efficientnet-lite0":
         text += (f" Offline there are no ImageNet VGG16 weights, so the perceptual term is Eq. 5 on "
                  f"**ImageNet EfficientNet-Lite0 features** (a real perceptual loss, not the paper's "
@@ -366,10 +377,20 @@ def chapter07() -> str:
     for t, name in (("lowlight", "low light"), ("derain", "rain")):
         for split, s in r["tasks"][t].items():
             inp = s["input"]
-            l1 = statistics.mean(s["per_seed"]["L1"]["top1_agreement"])
-            text += (f" {name}, {SPLITS[split]} (the classifier's mean top-1 probability on the clean "
-                     f"crops {inp['clean_confidence']:.2f}): top-1 agreement input {inp['top1_agreement']:.3f}, "
-                     f"L1 {l1:.3f}")
+            images = f"{s['images']} images, " if "images" in s else ""
+            text += (f" {name}, {SPLITS[split]} ({images}the classifier's mean top-1 probability on the "
+                     f"clean crops {inp['clean_confidence']:.2f}): top-1 agreement / KL input "
+                     f"{inp['top1_agreement']:.3f} / {inp['kl']:.2f}, "
+                     + ", ".join(f"{label} {statistics.mean(v['top1_agreement']):.3f} / {statistics.mean(v['kl']):.2f}"
+                                 for label, v in s["per_seed"].items()))
+            if "against_input" in s:
+                minimum = r["minimum_effect"]
+                higher = {"top1_agreement": True, "top5_overlap": True, "kl": False}
+                recovering = [label for label, by in s["against_input"].items()
+                              if all(verdict(by[m], "", higher[m], minimum[m]).startswith("better") for m in by)]
+                text += ("; against the input, in every seed and on every measure: "
+                         + (", ".join(recovering) if recovering else "no restoration") + " recovers more than "
+                         "the input keeps")
             for label, d in s["paired_difference"].items():
                 text += (f"; {label} against L1: top-1 "
                          f"{verdict(d['top1_agreement'], '', True, r['minimum_effect']['top1_agreement'])}, KL "
@@ -383,9 +404,29 @@ def chapter07() -> str:
     return text
 
 
+def demo_time() -> str:
+    """How long each chapter took under the ``small`` profile, as ``make demo`` (tools/run_chapters.py)
+    last measured it, against the profile's budget."""
+    if not (ROOT / "figures" / "demo_times.json").exists():
+        return ""
+    times = load("figures/demo_times.json").get("small", {})
+    if not times:
+        return ""
+    names = sorted(times)
+    total = sum(t["seconds"] for t in times.values())
+    where = sorted({f"{t['machine'].split(',')[0]}, {t['date']}" for t in times.values()})
+    budget = PROFILES["small"].budget_minutes
+    chapters = sorted(nb.stem for nb in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    missing = [c[:2] for c in chapters if c not in times]
+    return (f"- **Time of `make demo`** (`small`, each chapter from a fresh kernel, `figures/demo_times.json`; "
+            f"{'; '.join(where)}): " + ", ".join(f"{k[:2]} {times[k]['seconds']:.0f} s" for k in names)
+            + f"; {total / 60:.0f} min in all" + (f" without chapter(s) {', '.join(missing)}" if missing else "")
+            + f", {'within' if total <= budget * 60 else 'over'} the profile's budget of {budget} min.")
+
+
 def render() -> str:
     """The results section's body (between the markers), from the files."""
-    parts = [*chapter04(), chapter05(), chapter06(), chapter07(),
+    parts = [*chapter04(), chapter05(), chapter06(), chapter07(), *filter(None, [demo_time()]),
              "- These are CPU experiments with small networks and FFDNet as the judge, a denoiser trained on "
              "other photos (chapter 02): they show the protocol and "
              "what happens at this scale, not the paper's result at the paper's scale. The `gpu` "

@@ -103,8 +103,11 @@ def balance_gamma(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]],
     :class:`~diffloss.loss.DiffLossOutput`. The weights are not changed and nothing is left in
     their ``.grad``. In your own loop::
 
-        gamma = balance_gamma(net, [next(batches) for _ in range(4)], diffloss).gamma
-        loss = F.l1_loss(net(y), x) + gamma * diffloss(net(y).clamp(0, 1), x).loss
+        to_prior = lambda z: prior_input(z, "st-clamp")  # [0, 1], gradient straight through
+        gamma = balance_gamma(net, [next(batches) for _ in range(4)],
+                              lambda z, x: diffloss(to_prior(z), x)).gamma
+        z = net(y)
+        loss = F.l1_loss(z, x) + gamma * diffloss(to_prior(z), x).loss  # L1 on the raw output
 
     Raises ``ValueError`` for ρ ≤ 0 or not finite, no batch, a fidelity or term gradient that is
     zero or not finite (γ cannot be set relative to it).

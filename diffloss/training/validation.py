@@ -41,8 +41,8 @@ from .setup import Run
 if TYPE_CHECKING:
     from .checkpoint import Checkpointer
 
-__all__ = ["COLLAPSE_MARGIN_DB", "PATIENCE", "SATURATED_SHARE", "CollapseWatch", "RunEvaluation",
-           "saturated_share"]
+__all__ = ["COLLAPSE_MARGIN_DB", "PATIENCE", "SATURATED_SHARE", "CollapseWarning", "CollapseWatch",
+           "RunEvaluation", "saturated_share"]
 
 #: A restoration this many dB below the degraded input is a collapse.
 COLLAPSE_MARGIN_DB: float = 3.0
@@ -50,6 +50,12 @@ COLLAPSE_MARGIN_DB: float = 3.0
 SATURATED_SHARE: float = 0.5
 #: Evaluations in a row that must show a sign (the run's last evaluation alone also counts).
 PATIENCE: int = 2
+
+
+class CollapseWarning(UserWarning):
+    """The run collapsed (once per run; ``history.meta["collapse"]`` holds the same). Its own class,
+    so that a caller that reports collapses itself (the chapters' comparisons, whose workers
+    train in other processes) can leave it out of a notebook's output."""
 
 
 @dataclass
@@ -87,7 +93,7 @@ class CollapseWatch:
         note = self.check(step, res.psnr, res.saturated, last)
         if note is None:
             return False
-        warnings.warn(note, stacklevel=3)
+        warnings.warn(note, CollapseWarning, stacklevel=3)
         meta["collapse"] = self.found
         return True
 

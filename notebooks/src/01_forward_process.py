@@ -3,7 +3,10 @@
 #
 # DiffLoss judges a restored image by asking a frozen diffusion model what it thinks of a
 # *noised* copy of it. Before we can do that, we need the noising itself: the DDPM forward
-# process of the seed paper's supplement, Section 1. In this chapter every equation is
+# process of the seed paper's supplement, Section 1. (The *seed paper* is the one this repository
+# implements: Tan, Yu, Huang, Yang and Zhao, *DiffLoss: Unleashing Diffusion Model as Constraint for
+# Training Image Restoration Network*, ACCV 2024, arXiv:2406.19030; "seed Eq. (n)" is its equation n.)
+# In this chapter every equation is
 # implemented once in `diffloss.NoiseSchedule` and then **checked numerically**: by Monte Carlo,
 # by regression, and by plotting.
 #
@@ -253,7 +256,8 @@ print("Regression recovers the closed-form posterior within 5 standard errors:",
 # ## 5. Linear versus cosine schedules
 #
 # Nichol & Dhariwal's cosine schedule, $\bar\alpha(t)=f(t/T)/f(0)$ with
-# $f(u)=\cos^2\!\big(\tfrac{u+s}{1+s}\tfrac{\pi}{2}\big)$ and $s = 0.008$ (so that $\bar\alpha(0) = 1$),
+# $f(u)=\cos^2\!\big(\tfrac{u+s}{1+s}\tfrac{\pi}{2}\big)$ and $s = 0.008$ (dividing by $f(0)$ makes
+# $\bar\alpha(0) = 1$; the small offset $s$ keeps $\beta_t$ from being vanishingly small near $t = 0$),
 # is defined through its betas, $\beta_t = \min\big(1 - f(\tfrac{t+1}{T})/f(\tfrac{t}{T}),\,0.999\big)$ for the
 # code's $t = 0, \dots, T-1$; their product gives $\bar\alpha_t = f(\tfrac{t+1}{T})/f(0)$ (one index
 # shifted: the code's $t$ is the noise after step $t + 1$) wherever the 0.999 cap does not bite,

@@ -20,8 +20,9 @@
 # only by the constant $n$, and their code takes the mean.
 #
 # **Why a frozen one can judge images.** The minimiser of Eq. (14) is
-# $\epsilon_\theta(x_t,t)=-\sqrt{1-\bar\alpha_t}\,\nabla_{x_t}\log p_t(x_t)$: the prediction is a
-# scaled *score*, the direction in which $x_t$ becomes more probable under the training images.
+# $\epsilon_\theta(x_t,t)=-\sqrt{1-\bar\alpha_t}\,\nabla_{x_t}\log p_t(x_t)$: the prediction is
+# *minus* a scaled score. It points the way in which $x_t$ becomes *less* probable under the training
+# images, so a step against it, $x_t-c\,\epsilon_\theta$, moves towards more probable images.
 # Equivalently it names the clean image it believes in, $\hat x_0=(x_t-\sqrt{1-\bar\alpha_t}\,\epsilon_\theta)/\sqrt{\bar\alpha_t}$.
 # For a natural image the prior only has to explain the noise we added. For a hazy or blurred
 # one it also "explains away" the part it finds implausible, so its prediction moves. DiffLoss
@@ -81,8 +82,8 @@ print(f"prior: {prior_label}" + (f", from {assets.prior_dir}" if assets.prior_di
 # restorers' training region, the left three quarters, of the four *training* images: no pixel
 # of a test split; see its `provenance.json`). `gpu` and `paper` use the authors' prior, OpenAI's
 # ADM 256×256 unconditional ImageNet model, converted to diffusers by
-# `python data_scripts/download_adm_prior.py`. Without it the first code cell above has already
-# stopped with that command (`MissingAssetError`); nothing is swapped in silently. Only with
+# `python data_scripts/download_adm_prior.py`. Without it the set-up cell at the top (its
+# `require_assets` call) has already stopped with that command (`MissingAssetError`); nothing is swapped in silently. Only with
 # `DIFFLOSS_ALLOW_FALLBACK=1` does a `gpu`/`paper` run go on with the tiny prior, and then the
 # figure titles name it. `load_profile_prior` loads the prior that was checked.
 
@@ -152,9 +153,10 @@ if equal < len(ratio):
 # ## 3. Samples: what the prior has learned
 #
 # Sampling runs the process backwards from pure noise with a diffusers scheduler, feeding it our
-# prior's $\epsilon_\theta$. DDPM's ancestral sampler (Ho et al., Alg. 2) adds fresh noise at every
-# step; DDIM with $\eta=0$ (Song et al. 2021) is deterministic. Both start from the same noise here
-# and use `profile.sampling_steps` steps. Real crops of the four training photos, of the same
+# prior's $\epsilon_\theta$. DDPM's ancestral sampler (Ho et al., Alg. 2, here run on a subsequence of
+# `profile.sampling_steps` of the 1000 timesteps, as diffusers' `set_timesteps` spaces them) adds
+# fresh noise at every step; DDIM with $\eta=0$ (Song et al. 2021) is deterministic. Both start from
+# the same noise here. Real crops of the four training photos, of the same
 # size, are shown for comparison.
 
 # %%
@@ -204,7 +206,7 @@ print(f"spread of the image means relative to the real crops: DDPM {spread['DDPM
 # **What the samples show.** With the tiny prior (the parameters and minutes of CPU training on
 # four photographs printed in section 1) DDPM's samples are patches of plausible colour and texture:
 # smooth gradients, soft edges, sky-blue, skin, fur and coffee tones — but no objects, where the
-# real crops show parts of objects with sharp edges (an eye, a rim, a face). DDIM with $\eta=0$ turns out
+# real crops show parts of objects with sharp edges (a rim, a face, fur). DDIM with $\eta=0$ turns out
 # worse for this prior: its deterministic path leads to washed-out, low-contrast, greyish
 # patches that look alike (the spread of their image means is a small fraction of the real
 # crops', last line above), the typical "average image" of an under-trained model, while DDPM's
@@ -218,8 +220,9 @@ print(f"spread of the image means relative to the real crops: DDPM {spread['DDPM
 # model of `diffloss.data.add_haze` with the image's depth), a Gaussian blur, and additive
 # Gaussian noise. All are noised with the same $\epsilon$ and $t$, and we measure
 # $L_\text{nat}(t)=\text{MSE}\big(\epsilon_\theta(z_t,t),\epsilon_\theta(x_t,t)\big)$, averaged over
-# several noise draws, for $t$ from 0 to 999. As a yardstick, the same quantity between the two
-# *different* clean test images (also under the same noise).
+# several noise draws, for $t$ from 0 to 999. As a yardstick, the same quantity between two
+# *different* clean test images, one pair (also under the same noise); section 6 repeats the
+# comparison against other scenes on held-out crops.
 
 # %%
 max_size, crop = (128, 64) if prior.sample_size <= 64 else (384, 256)
@@ -346,7 +349,8 @@ print(f"a uniform t in 0..{T - 1} lands at t > 500 with probability {(T - 1 - 50
 #   almost everything, degradations included — yet $L_\text{nat}$ is at its largest, because of
 #   the $\text{SNR}_t$ factor. Its size there says little about the prior's opinion.
 # - **Medium $t$** (about 25–300): the shares rise towards 1 for noise and blur, and
-#   $L_\text{nat}$ is still large: the useful range.
+#   $L_\text{nat}$, though one to two orders of magnitude below its small-$t$ values, is still far
+#   above what is left beyond $t = 500$: the useful range.
 # - **Large $t$** (beyond about 500, $\text{SNR}_t<0.1$): both inputs are mostly the *same*
 #   noise. The shares of noise and blur reach 1: the prior's clean estimate no longer follows
 #   those differences at all, and for them $L_\text{nat}\approx\text{SNR}_t\cdot\text{MSE}(z,x)$, a pixel
@@ -467,6 +471,13 @@ shrink = {k: own[200][j] / own[500][j] for j, k in enumerate(degr)} | {"other im
 print("distances shrink from t = 200 to t = 500 by " + ", ".join(f"{v:.0f}x ({k})" for k, v in shrink.items()))
 print("haze moves an image furthest in h-space at every t:",
       all(int(ratio[t].argmax()) == degr.index("hazy") for t in sem_ts))
+gains = {t: ratio["pixels"] / ratio[t] for t in sem_ts}
+print("haze has the smallest gain over pixels at every t:",
+      all(int(gains[t].argmin()) == degr.index("hazy") for t in sem_ts))
+for j, k in enumerate(degr):
+    below = [t for t in sem_ts if gains[t][j] < 1]
+    print(f"{k}: gain below 1x (h-space less tolerant than pixels) at "
+          + ("t = " + ", ".join(map(str, below)) if below else "no t of " + ", ".join(map(str, sem_ts))))
 
 # %%
 t_show = 200
@@ -502,6 +513,11 @@ Hc = H - H.mean(0)
 U, S, _ = torch.linalg.svd(Hc, full_matrices=False)
 xy = U[:, :2] * S[:2]
 explained = (S[:2] ** 2 / (S ** 2).sum()).tolist()
+for v in range(1, V):  # in all dimensions of h, not the 2-D picture: is each version nearest its own image?
+    d = dist[t_show]
+    strays = [names[i] for i in range(N) if int(torch.stack([d[idx(v, i), idx(0, j)] for j in range(N)]).argmin()) != i]
+    print(f"{list(versions)[v]} versions nearer another image's clean version than their own (h-space, "
+          f"t = {t_show}): {len(strays)} of {N}" + (f" ({', '.join(strays)})" if strays else ""))
 fig, ax = plt.subplots(figsize=(6.5, 5))
 markers = dict(zip(versions, "o^sX"))
 for v, vname in enumerate(versions):
@@ -518,18 +534,20 @@ save_figure(fig, "02_hspace_pca")
 plt.show()
 
 # %% [markdown]
-# **What h-space shows.** In the PCA plot each image's four versions sit together and the six
-# images sit apart: $h$ keeps *which image this is* through haze, blur and noise, and in the
-# heat map every image is a dark block. The last columns of the table say how much better than
-# pixels that is (the pixel ratio divided by the h-space ratio): h-space is several times more
-# tolerant of additive noise than pixel space (the U-Net's job is to see through noise), and from
-# medium $t$ on more tolerant of blur; for haze there is the least to gain: from medium $t$ on
-# its "gain" is the smallest of the three, and where it is below 1× h-space is *less* tolerant
-# of haze than pixel space.
-# In absolute terms, haze moves an image **furthest** in h-space (the "ratio" columns and the
-# last line): the semantic term does register a hazy version as different, more than a blurred
-# or noisy one; over the images of this table haze also moves the pixels most (not on every
-# image: read the rows). As for $\epsilon_\theta$, the signal fades
+# **What h-space shows.** In the heat map most images are a dark block. The PCA plot keeps only
+# two of $h$'s many dimensions, so a point can land among another image's there without being
+# near it; the lines under the plot count, in all dimensions of $h$, the versions of each
+# degradation that sit nearer another image's clean version than their own, and name them. The last columns of the table say how much
+# better than pixels h-space tolerates each degradation (the pixel ratio divided by the h-space
+# ratio): several times better for additive noise (the U-Net's job is to see through noise), and
+# more so with $t$ for blur; for haze there is the least to gain: its gain is the smallest of the
+# three (the line "haze has the smallest gain over pixels at every t" under the table says
+# whether at every $t$), and at the $t$ printed for haze two lines later h-space is *less*
+# tolerant of haze than pixel space.
+# In absolute terms, haze moves an image **furthest** in h-space (the "to its own degraded
+# version" columns; relative to other images, the "ratio" columns and the line under the table): the semantic term does register a hazy version as different, more than
+# a blurred or noisy one; averaged over the images of this table, haze also moves the pixels most
+# (the "pixels" row). As for $\epsilon_\theta$, the signal fades
 # with $t$: all distances shrink several- to tens-fold between $t=200$ and $t=500$ (the factors
 # printed) and are orders of magnitude smaller still at $t=900$, where every input is mostly the same noise.
 #
@@ -596,7 +614,7 @@ print(f"denoising at σ = 25/255 on the {len(held_out)} held-out scenes (128² c
       f"{sum(scores) / len(scores):.2f} dB (the paper, CBSD68: 31.21 dB; other photos, so not the same number)")
 
 # %% [markdown]
-# **Both judges side by side.** First the DDPM objective itself, $\lVert\epsilon_\theta(x_t,t)-\epsilon\rVert^2$
+# **Both judges side by side.** First the DDPM objective itself, $\frac1n\lVert\epsilon_\theta(x_t,t)-\epsilon\rVert^2$ (an MSE)
 # per $t$ (section 2's measurement), on crops of the held-out scenes that neither judge trained
 # on, with the same noise for both, at the timesteps FFDNet knows:
 
@@ -616,7 +634,7 @@ print(f"FFDNet's error is below the tiny prior's at every t: {all(r < 1 for r in
 fig, ax = plt.subplots(figsize=(5, 3.4))
 for name, v in eps_err.items():
     ax.plot(judge_ts, v, marker="o", ms=3, label=name)
-ax.set(xscale="log", yscale="log", xlabel="$t$", ylabel=r"$\|\epsilon_\theta(x_t,t)-\epsilon\|^2$",
+ax.set(xscale="log", yscale="log", xlabel="$t$", ylabel=r"$\mathrm{MSE}(\epsilon_\theta(x_t,t), \epsilon)$",
        title=f"held-out crops, {len(held_crops)} of {size}²: the judges' noise error")
 ax.legend(fontsize=8)
 ax.grid(alpha=0.3)
@@ -686,11 +704,12 @@ print("seen by neither judge (ratio below 0.1 for both):", ", ".join(blind) or "
 #   $\text{SNR}_t$ and with the size of the difference, so a large real change of content (the
 #   other image) can outweigh a blur. At large $t$ it vanishes (for noise and blur it is then
 #   just a pixel MSE scaled by $\text{SNR}_t$).
-# - $h$ keeps image identity through degradations; its distances also vanish at large $t$.
+# - $h$ mostly keeps image identity through degradations (section 5 names any version nearer
+#   another image than its own, in all of $h$'s dimensions); its distances also vanish at large $t$.
 # - Haze is where the prior helps least, in the sense the lines above print: the smallest share
-#   rejected, the smallest $L_\text{nat}$ at every $t$, and in h-space, from medium $t$ on, the
-#   smallest gain over pixels, below 1× (none at all) at medium $t$ — even though the h-space distance to a hazy version is the
-#   largest of the three degradations.
+#   rejected, the smallest $L_\text{nat}$ at every $t$, and in h-space the smallest gain over
+#   pixels, below 1× at the $t$ printed in section 5 — even though the h-space distance to a hazy
+#   version is the largest of the three degradations.
 #   Chapters 04–05 measure whether it still helps a dehazing network.
 # - FFDNet, the judge of chapters 04–07, trained on thousands of other photos, predicts the noise
 #   of held-out crops better than the tiny prior at every $t$ measured (5–150, within its

@@ -53,7 +53,8 @@ print(f"prior: {prior.num_parameters() / 1e6:.2f} M parameters, native size {pri
 # the trainer takes its validation split (a window of the training region of a training photo,
 # with its own haze draw: `SyntheticHaze("train", seed=7919)`, chapter 04 uses the same data).
 # Section 4 reads a choice of `t_range` off this image, so it must not be a test image: no
-# pixel of either test split is used in this chapter. We work at 128 px (or the prior's native
+# pixel of either test split is used in the sections of this chapter (the exercises at its end
+# look at a test scene, and say so). We work at 128 px (or the prior's native
 # size when that is larger), with sides cut to a multiple of the U-Net's downsampling factor.
 #
 # `DiffLoss` shows the prior an aligned random crop of its native size by default (32 px for
@@ -61,7 +62,11 @@ print(f"prior: {prior.num_parameters() / 1e6:.2f} M parameters, native size {pri
 # (convolutions, and one self-attention block in the middle that attends over whatever grid it
 # gets), so here we pass
 # `prior_size = max(H, W)`: the whole image goes through the prior uncropped, every map below
-# covers the whole image, and `DiffLoss` draws nothing but $t$ and $\epsilon$.
+# covers the whole image, and `DiffLoss` draws nothing but $t$ and $\epsilon$. The prior was
+# trained on 32-px crops, though: at 128 px its self-attention attends over a 32×32 grid instead of
+# the 8×8 it learnt on, and chapter 02 measured on 64-px crops. What section 4 reads off this image
+# is therefore a hint, not a measurement at the trainer's setting; chapter 04 tests `t_range` in
+# training, where `DiffLoss` shows the prior its native 32-px window.
 
 # %%
 side = max(128, prior.sample_size)  # a validation-style crop: training region, its own haze draw
@@ -208,9 +213,10 @@ print("the frozen prior received no gradient:", all(p.grad is None for p in prio
 # $\gamma\cdot$constant to the pixel loss changes the logged value but not one gradient, so that
 # variant trains with the pixel loss alone, exactly as a plain MSE/L1 baseline would.
 #
-# The maps also show *where* the gradient goes: onto edges and texture where $z$ and $x$
-# differ (most where the haze is thickest: this crop's depth proxy puts its top farthest away),
-# and it weakens quickly as $t$ grows (see the maximum over each map).
+# The maps also show *where* the gradient goes: at the smaller $t$ it is a fine speckle, stronger
+# in the upper part of the crop (its thickest haze) than at the bottom, and only at the largest $t$
+# shown does it gather on edges and texture,
+# where it is also weakest: it weakens quickly as $t$ grows (see the maximum over each map).
 #
 # **Move $t$ yourself.** The slider runs over more timesteps than the figure: each frame shows
 # $|z-x|$ beside $|\partial L/\partial z|$ at that $t$ (same seeded $\epsilon$), the map scaled to
@@ -324,8 +330,8 @@ print(f"λ·‖∂L_sem/∂z‖ / ‖∂L_DiffLoss/∂z‖ at most {(LAMBDA * se
 #
 # **Direction.** The two ends carry different signals. At small $t$ the gradient is large but
 # only weakly aligned with $x - z$: the noise prediction is most sensitive to fine detail, so the
-# gradient sits on edges and texture (the maps of section 3), while the haze is mostly a smooth
-# change of colour and contrast. At large $t$ the step points much more directly towards $x$
+# gradient is a fine speckle (the maps of section 3), while the haze is mostly a smooth change of
+# colour and contrast. At large $t$ the step points much more directly towards $x$
 # (the prior only sees coarse structure), but it is vanishingly small.
 #
 # **What that suggests for `t_range`.** With $t$ uniform over all $T$ steps, as in the authors'
@@ -584,26 +590,48 @@ print("\n".join(line for line in block.splitlines() if line.strip()))
 #   $L_\text{sem}$ in h-space, with one shared $\epsilon$ and $t$ for both images.
 # * Its gradient reaches the restored image through the frozen U-Net; the authors' `no_grad`
 #   variant gives the same number and a gradient of exactly zero.
-# * The gradient lives at small $t$ (large, edge-focused); large $t$ give a better-aimed but
+# * The gradient lives at small $t$ (large, a fine speckle); large $t$ give a better-aimed but
 #   vanishing gradient, and uniform $t$ over all 1000 steps spends half its draws there.
 # * In pixel space, with the target known, DiffLoss adds nothing that L1 does not already do better.
 # * Any prior works the same way: a v- or $x_0$-predicting U-Net's output becomes $\epsilon$, and a
 #   latent prior compares the two images' VAE latents, with the gradient flowing through its encoder.
 #
-# Use it in your own training loop:
+# Use it in your own training loop, as the trainer does: L1 on the network's raw output (a pixel
+# outside [0, 1] still gets L1's gradient), DiffLoss on the output brought into [0, 1] by the
+# straight-through clamp (`prior_input(z, "st-clamp")`: clamped values, an identity gradient), so
+# no pixel loses its gradient to the clamp. The block runs as shown (`tests/test_readme_snippet.py`
+# runs it; it is the README's):
 #
 # ```python
-# from diffloss.training import balance_gamma
+# import torch
+# from diffloss import DiffLoss, DiffusionPrior
+# from diffloss.loss import fidelity_loss
+# from diffloss.training import balance_gamma, prior_input
 #
-# diffloss = DiffLoss(DiffusionPrior.tiny(), lambda_sem=0.03, t_range=(0, 200))  # or your prior
-# gamma = balance_gamma(net, first_batches, lambda z, x: diffloss(z.clamp(0, 1), x)).gamma
-# out = restoration_loss(net(degraded).clamp(0, 1), clean, fidelity="l1", gamma=gamma, diffloss=diffloss)
-# out.total.backward()
+# prior = DiffusionPrior.tiny()   # or DiffusionPrior.ffdnet() (t_range within (0, 167)), .from_pretrained(...)
+# diffloss = DiffLoss(prior, lambda_sem=0.03, t_range=(0, 200))  # frozen; no trainable parameters
+# net = torch.nn.Conv2d(3, 3, 3, padding=1)           # your restoration network
+# opt = torch.optim.Adam(net.parameters(), lr=1e-4)
+# batches = [(torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)) for _ in range(8)]  # (hazy, clean) in [0, 1]
+#
+# def to_prior(z):                                    # [0, 1] for the prior, gradient straight through
+#     return prior_input(z, "st-clamp")
+#
+# gamma = balance_gamma(net, batches, lambda z, x: diffloss(to_prior(z), x)).gamma  # γ by the rule (ρ = 30)
+# for hazy, clean in batches:
+#     restored = net(hazy)                            # raw: L1 sees every pixel, in range or not
+#     l1 = fidelity_loss(restored, clean, "l1")
+#     dl = diffloss(to_prior(restored), clean)        # L_nat + λ·L_sem, on the image in [0, 1]
+#     total = l1 + gamma * dl.loss                    # seed Eq. 8, as the trainer computes it
+#     opt.zero_grad(); total.backward(); opt.step()
+# print(f"γ = {gamma:.3g}  L1 {l1:.4f}  L_nat {dl.nat:.4f}  L_sem {dl.sem:.4f}")
 # ```
 #
-# `balance_gamma` sets γ so that DiffLoss pulls on the network's weights ρ = 5 times as hard as
-# L1 does (the gradient-norm ratio of section 5; chapter 06 tests the rule on other tasks): a fixed γ
-# such as the paper's 1e-3 does not carry over to another prior, as the ratio printed above shows.
+# `balance_gamma` sets γ so that DiffLoss pulls on the network's *weights* ρ times as hard as L1
+# does (ρ = 30 by default, chosen on chapter 04's validation split; chapter 06 tests the rule on
+# other tasks). That is another yardstick than section 5's, which compared the two gradients on
+# the *pixels* of one image; either way, a fixed γ such as the paper's 1e-3 does not carry over to
+# another prior, as the ratio printed above shows.
 #
 # ## Exercises
 #

@@ -157,7 +157,11 @@ print(f"{profile.restorer}: {count_parameters(net):,} parameters")
 # Everything `train()` does around it — devices, batches as a function of the step,
 # evaluation, checkpoints, the history — serves this step. Written out with the package's
 # `DiffLoss` (which maps $z$ and $x$ to the prior's [-1, 1], draws one $t$ and one $\varepsilon$
-# per image for both, and compares $\varepsilon_\theta$ and the h-space):
+# per image for both, and compares $\varepsilon_\theta$ in $L_\text{nat}$ and the h-space in
+# $L_\text{sem}$, chapter 03). L1 sees the network's raw output; the prior sees it through
+# `prior_input(z, "st-clamp")`, the *straight-through clamp*: the value clamped to [0, 1], the
+# gradient passed on as if no clamp were there ($z + (\mathrm{clamp}(z) - z)$ with the bracket
+# detached), so a pixel outside [0, 1] still gets DiffLoss's gradient:
 
 # %%
 prior = load_profile_judge(profile if assets.judge == profile.judge else "small").to(device).eval()
@@ -250,9 +254,11 @@ if knobs_file.exists():
     while prov_k is not None:  # an --extend run records the run it extended
         wall, last_prov = wall + prov_k["wall_time_s"], prov_k
         prov_k = prov_k.get("extends")
-    print(f"{knobs_file.relative_to(repo_root())}: {knobs['provenance']['command']} "
-          f"({knobs['provenance']['machine']}, {wall / 60:.0f} min with the run"
-          f"{'s it extended' if knobs['provenance'].get('extends') else ''})")
+    kp = knobs["provenance"]
+    print(f"{knobs_file.relative_to(repo_root())}: {kp['command']} "
+          f"({kp['machine']}, {wall / 60:.0f} min with the run"
+          f"{'s it extended' if kp.get('extends') else ''}; commit {str(kp.get('commit', '?'))[:7]}"
+          f"{', uncommitted changes in the tree' if kp.get('dirty_diffloss_at_start') else ''})")
     print(f"{'γ':>6} {'λ':>6} {'t range':>10} | {'val PSNR':>8} {'val SSIM':>8}")
     for r in knobs["grid"]:
         t_range = "all" if r["t_range"] is None else f"{r['t_range'][0]}–{r['t_range'][1]}"
@@ -388,8 +394,9 @@ plt.show()
 #   value counts both (a blurrier output raises it too); haze and tints, which change an
 #   image slowly, barely enter it;
 # * **prior loss**: what the frozen judge itself says, its DDPM denoising loss
-#   $\frac14\sum_{t}\lVert\varepsilon_\theta(x_t,t)-\varepsilon\rVert^2$ over four timesteps it knows (printed
-#   below; one fixed $\varepsilon$ per window) on the
+#   $\frac14\sum_{t}\frac1d\lVert\varepsilon_\theta(x_t,t)-\varepsilon\rVert^2$ ($d$ the values of one
+#   prior-sized window, averaged over the image's windows) over four timesteps it knows (printed
+#   below; one fixed $\varepsilon$ per window and timestep, shared by both images) on the
 #   restoration minus the same on the ground truth, same $t$ and $\varepsilon$
 #   (`prior_denoising_loss`); 0 means "as natural as the ground truth".
 #
@@ -493,9 +500,9 @@ with torch.no_grad():
                         for h, _, _ in items[:4]] for label in losses}
         i, t = comparison_rows(split, items[:4], outs)
         images, titles = images + i, titles + t
-fig = image_grid(images, titles, ncols=len(losses) + 2, size=2.4)
-fig.suptitle(f"seed {seed0}, final checkpoints, {profile.train_iters} steps; DiffLoss judged by "
-             f"{prior.source} (and the tiny prior)" if len(dl_arms) > 1 else f"seed {seed0}, final checkpoints")
+fig = image_grid(images, titles, ncols=len(losses) + 2, size=2.4,
+                 title=f"seed {seed0}, final checkpoints, {base.iterations} steps; DiffLoss judged by "
+                       f"{prior.source}" + (" (and the tiny prior)" if len(dl_arms) > 1 else ""))
 save_figure(fig, "04_samples")
 plt.show()
 
@@ -512,10 +519,10 @@ viewer
 steps_shown = sorted({0, base.eval_every, base.iterations // 2 // base.eval_every * base.eval_every,
                       base.iterations})
 fig = image_grid([snapshots[label][k] for label in losses for k in steps_shown],
-                 [f"{label}, step {k}" if k else "hazy input (step 0)" for label in losses
-                  for k in steps_shown], ncols=len(steps_shown), size=2.0)
-fig.suptitle(f"{snap_split}: {snap_item[2]}, seed {seed0}; DiffLoss judged by {prior.source}"
-             + (" / the tiny prior" if len(dl_arms) > 1 else ""))
+                 [f"{label},\nstep {k}" if k else "hazy input (step 0)" for label in losses
+                  for k in steps_shown], ncols=len(steps_shown), size=2.0,
+                 title=f"{snap_split}: {snap_item[2]}, seed {seed0}; DiffLoss judged by {prior.source}"
+                       + (" / the tiny prior" if len(dl_arms) > 1 else ""))
 save_figure(fig, "04_training_steps")
 plt.show()
 
@@ -568,8 +575,12 @@ if (medium_dir / "provenance.json").exists():
                                                       " the dashed line its input)" if split == "ood" else ""))
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"{prov['steps']} steps × {len(prov['seeds'])} seeds, loaded from results/ "
-                 "(band: min–max over seeds)")
+    fig.suptitle(f"{prov['steps']} steps × {len(prov['seeds'])} seeds "
+                 f"({', '.join(map(str, prov['seeds']))}), loaded from results/ "
+                 "(band: min–max over seeds); its DiffLoss: "
+                 f"{'the earlier ' if not prov.get('prior_train_region') else ''}tiny prior, "
+                 f"γ = {m_cfg.gamma:g} fixed, λ = {m_cfg.lambda_sem:g}, t ≤ {m_cfg.t_range[1]}; "
+                 "dotted: this chapter's runs, its own knobs")
     fig.tight_layout()
     save_figure(fig, "04_medium_run")
     plt.show()
@@ -628,6 +639,9 @@ print(f"1. The L1 baseline {'restores' if gain >= 2 else 'does not clearly resto
 
 # Verdicts by the rule of diffloss.experiments: the minimum effect is 0.1 dB of PSNR, 0.005 of
 # SSIM, and 5 % of the L1 runs' own value for the error measures.
+print("(With three seeds a verdict's words can change on another CPU: its kernels change the runs' "
+      "last bits, and training amplifies them; a difference within about one sd of the seeds, printed "
+      "beside each verdict, can turn from 'in every seed' into 'no consistent difference'.)")
 
 arm_keys = {"L1 + DiffLoss": ("paired_difference", f"DiffLoss judged by {prior.source}"),
             "L1 + DiffLoss (tiny prior)": ("paired_difference_tiny", "DiffLoss judged by the tiny prior")}
@@ -666,7 +680,9 @@ if (medium_dir / "provenance.json").exists():
         ssim_final = {label: [medium[label, s].final[f"{entry}_ssim"] for s in prov["seeds"]]
                       for label in medium_arms}
         dl = "L1 + DiffLoss (tiny prior)"
-        print(f"4. The longer run ({prov['steps']} steps, loaded; the tiny prior, γ fixed), {split}"
+        print(f"4. The longer run ({prov['steps']} steps, loaded; the "
+              f"{'earlier ' if not prov.get('prior_train_region') else ''}tiny prior, γ fixed, "
+              f"λ = {m_cfg.lambda_sem:g}), {split}"
               + (f" ({n_ood} scenes)" if entry == "ood" else "") + ": with DiffLoss, PSNR "
               f"{verdict(paired_differences(final['L1'], final[dl]), ' dB', True, MIN_EFFECT['psnr'])}"
               f"; SSIM {verdict(paired_differences(ssim_final['L1'], ssim_final[dl]), '', True, MIN_EFFECT['ssim'])}.")
@@ -748,8 +764,16 @@ if knobs_file.exists():
           f"each); this chapter's {len(vals)} seeds at the chosen λ and t spread by {spread:.2f} dB (sd), "
           f"but they set γ by the rule ({', '.join(f'{g:.3g}' for g in gammas)}), not the sweep's "
           f"γ = {ranked[0]['gamma']:g}: their spread mixes seed and γ. (Seed 0 scores "
-          f"{vals[0]:.2f} dB against the sweep's {ranked[0]['val_psnr']:.2f} dB, a difference of γ, not "
-          "of re-running: a run with the same config gives the same bits.) "
+          f"{vals[0]:.2f} dB against the sweep's {ranked[0]['val_psnr']:.2f} dB; " + (
+              f"the sweep was made under the {results_profile} profile, this run under {profile.name}.) "
+              if profile.name != results_profile else
+              "the sweep's L1 run and this chapter's seed-0 L1 run agree bit for bit on validation: the "
+              "data, batches and L1 path are unchanged, so the difference is most likely the γ's.) "
+              if knobs["l1"]["val_psnr"] == histories["L1", profile.seeds[0]].final["val_psnr"] else
+              "the sweep's L1 run and this chapter's seed-0 L1 run "
+              f"differ ({knobs['l1']['val_psnr']:.2f} against "
+              f"{histories['L1', profile.seeds[0]].final['val_psnr']:.2f} dB): the sweep was made by other "
+              "code or on other kernels, and is not re-run here.) ")
           + ("The gap is within the seeds' spread: the top settings are tied, and the choice "
              "among them is not resolved by this sweep." if gap < spread
              else "The gap exceeds the seeds' spread."))

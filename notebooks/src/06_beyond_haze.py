@@ -41,6 +41,7 @@ import torch
 
 from diffloss import current_profile
 from diffloss.data import synthetic_dataset
+from diffloss.diagnostics import paired_differences
 from diffloss.experiments import (
     MIN_EFFECT,
     aligned_curves,
@@ -183,6 +184,14 @@ for t, base in measured.items():
           + ", ".join(f"{pulls[t, s].pull(profile.gamma):5.2f}" for s in profile.seeds)
           + f" (seeds {', '.join(map(str, profile.seeds))}); the rule's γ at ρ* = {DEFAULT_RHO:g}: "
           + ", ".join(f"{pulls[t, s].gamma:.3g}" for s in profile.seeds))
+rho_file = repo_root() / "results" / f"rho_small_{profile.judge}.json"
+if rho_file.exists():  # where ρ* comes from: chapter 04's best γ, pulling on haze's MSBDN by seed
+    rho_rec = json.loads(rho_file.read_text())
+    print(f"ρ* = {DEFAULT_RHO:g} from {rho_file.relative_to(repo_root())}: chapter 04's best γ "
+          f"({rho_rec['chosen_knobs']['gamma']:g}) pulled "
+          + ", ".join(f"{v['pull_at_chosen_gamma']:.1f}" for v in rho_rec["seeds"])
+          + f" by seed (median over {len(rho_rec['seeds'][0]['ratios'])} batches each), mean "
+          f"{rho_rec['mean_pull']:.1f}")
 pull_by_net = {t: [pulls[t, s].pull(profile.gamma) for s in profile.seeds] for t in ("dehaze", "lowlight")}
 iat_vs_haze = statistics.median(pull_by_net["lowlight"]) / statistics.median(pull_by_net["dehaze"])
 print(f"at the same γ, the median pull over seeds is {statistics.median(pull_by_net['lowlight']):.2f} on IAT "
@@ -194,7 +203,7 @@ print(f"at the same γ, the median pull over seeds is {statistics.median(pull_by
       + f" ({AUTO_BATCHES} batches each)")
 
 # %% [markdown]
-# ## Before the runs: why IAT got stuck in training, with and without DiffLoss
+# ## Before the runs: why IAT got stuck in training (with DiffLoss or a perceptual term; one L1 seed weak)
 #
 # IAT has **two clamps**: its multiplication map $M = \mathrm{ReLU}(\cdot) \ge 0$, which passes
 # no gradient where it is 0 (a "dead" $M$: the output no longer multiplies the input there), and
@@ -219,6 +228,9 @@ print(f"at the same γ, the median pull over seeds is {statistics.median(pull_by
 # * **the judge** (the tiny prior instead of FFDNet, with its own λ and timesteps; the cell prints
 #   them), **the pull** (ρ = 3 instead of ρ* = 30), and **a perceptual term** (chapter 05's
 #   recipe; the cell names its network) at DiffLoss's pull instead of DiffLoss.
+#
+# Every DiffLoss row sets its γ by the rule (`gamma="auto"`) for its ρ, ρ* = 30 unless it says
+# otherwise; none uses the haze γ.
 #
 # A run counts as **stuck** when it diverged, the trainer flagged it as collapsed, or it ended
 # with IAT black, white, mostly clamped, flat or with $M$ mostly dead (the labels of "Looking
@@ -480,10 +492,15 @@ for row, t in zip(axes, TASK_NAMES):
                 hi = torch.where(values.isnan(), -torch.inf, values).max(0).values
                 ax.fill_between(steps_axis, lo, hi, color=color, alpha=0.15)
         ax.axhline(baselines[t][split]["psnr"], color="0.4", ls="--", lw=1, label="input")
+        if ax is axes[0][0] and len(profile.seeds) > 1:  # one grey swatch names every loss's band
+            ax.fill_between([], [], color="0.6", alpha=0.3, label="band: lowest–highest seed")
         ax.set(xlabel="training step", ylabel=f"PSNR, {TASKS[t].metric_space} (dB)",
                title=f"{t} ({bases[t].model}): {title}")
         ax.grid(alpha=0.3)
 axes[0][0].legend(fontsize=8)
+fig.suptitle(f"{steps} steps, {len(profile.seeds)} seeds (line: their mean); DiffLoss's "
+             f"{JUDGE_LABELS.get(profile.judge, profile.judge)}; haze γ = {profile.gamma:g}, the rule's γ "
+             f"by seed for ρ* = {DEFAULT_RHO:g}")
 fig.tight_layout()
 save_figure(fig, "06_psnr_curves")
 plt.show()
@@ -517,6 +534,11 @@ for ax_row, (t, name, outs) in zip(axes, rows):
         ax.set_title(f"{t}, {name}\n{titles[k]}{score}" if k == 0 else f"{titles[k]}{score}",
                      fontsize=8)
         ax.axis("off")
+rule_g = {t: ", ".join(f"{g:.3g}" for g in (histories[t]["DiffLoss, rule", seed0].config.auto_gamma or {}).values())
+          for t in TASK_NAMES}
+fig.suptitle(f"seed {seed0}, final checkpoints, {steps} steps; DiffLoss judged by "
+             f"{JUDGE_LABELS.get(profile.judge, profile.judge)}, haze γ = {profile.gamma:g}, rule γ "
+             + "; ".join(f"{t} {g}" for t, g in rule_g.items()), fontsize=9)
 fig.tight_layout()
 save_figure(fig, "06_samples")
 plt.show()
@@ -583,7 +605,11 @@ for t in TASK_NAMES:
         entry["splits"]["in_distribution" if split == "test" else "out_of_distribution"] = {
             "input": baselines[t][split],
             "final": paired_scores(histories[t], labels, profile.seeds, split, "final"),
-            "best": paired_scores(histories[t], labels, profile.seeds, split, "best")}
+            "best": paired_scores(histories[t], labels, profile.seeds, split, "best"),
+            # each image's final PSNR by loss and seed: how many scenes a verdict rests on
+            "per_image_psnr": {label: [{row["name"]: row["psnr"] for row in [
+                e for e in histories[t][label, s].evals if e["split"] == split][-1]["per_image"]}
+                for s in profile.seeds] for label in labels}}
     results["tasks"][t] = entry
 (figures_dir() / "06_results.json").write_text(json.dumps(results, indent=1) + "\n")
 
@@ -591,12 +617,18 @@ for t, entry in results["tasks"].items():
     for split, s in entry["splits"].items():
         final = s["final"]
         l1 = final["L1"]["psnr"]
-        print(f"{t}, {split.replace('_', '-')} ({entry['metric_space']}): input {s['input']['psnr']:.2f} dB, "
-              f"L1 {statistics.mean(l1):.2f} dB (seeds {', '.join(f'{v:.2f}' for v in l1)})")
+        per_image = s["per_image_psnr"]
+        scenes = list(per_image["L1"][0])
+        print(f"{t}, {split.replace('_', '-')} ({entry['metric_space']}; {len(scenes)} images): input "
+              f"{s['input']['psnr']:.2f} dB, L1 {statistics.mean(l1):.2f} dB (seeds {', '.join(f'{v:.2f}' for v in l1)})")
         for label in labels[1:]:
             d = final["paired_difference"][label]
+            by_scene = [statistics.mean(p[n] - q[n] for p, q in zip(per_image[label], per_image["L1"]))
+                        for n in scenes]
             print(f"    {label}: PSNR {verdict(d['psnr'], ' dB', True, MIN_EFFECT['psnr'])}, "
-                  f"SSIM {verdict(d['ssim'], '', True, MIN_EFFECT['ssim'])}")
+                  f"SSIM {verdict(d['ssim'], '', True, MIN_EFFECT['ssim'])}"
+                  + ("; per image against L1 (mean over seeds): "
+                     + ", ".join(f"{n} {v:+.2f}" for n, v in zip(scenes, by_scene)) if split != "in_distribution" else ""))
     n_div, n_col = len(entry["diverged"]), len(entry["collapsed"])
     print(f"    {t}: {n_div} run(s) diverged, {n_col} collapse(s) noticed, of {len(histories[t])} runs")
     d_in = entry["splits"]["in_distribution"]["final"]["paired_difference"]
@@ -662,7 +694,7 @@ for t in TASK_NAMES:
 #   each network at the start; the pulls differ by network *and* by seed. The rule carries over
 #   the average initial pull of the $\gamma$ the haze sweep chose, instead of the $\gamma$ itself;
 #   whether equalising the pull helps (or, where runs collapse, prevents it) is what the summary below says,
-#   task by task, from the numbers above.
+#   task by task: the rule's runs against the haze γ's, seed by seed.
 # * The sweep is one seed's. Where the best swept $\gamma$ is the lowest one tried and still below
 #   L1 on validation, a lower target is needed, but the sweep cannot show that any target is
 #   enough. Where the seeds' spread that the rule is judged against includes collapsed runs, it
@@ -695,6 +727,10 @@ for t, entry in results["tasks"].items():
         print(f"    the rule {lands[sw.get('lands')]}; the best swept γ is {sw['best_gamma']:g}"
               + (" (the lowest tried)" if lowest else "")
               + f", {best_val_psnr - sw['l1_val_psnr']:+.2f} dB against L1 on validation")
+    d_rule = paired_differences(entry["splits"]["in_distribution"]["final"]["DiffLoss, haze γ"]["psnr"],
+                                entry["splits"]["in_distribution"]["final"]["DiffLoss, rule"]["psnr"])
+    print(f"    the rule against the haze γ (does equalising the pull help?): PSNR in-distribution "
+          f"{verdict(d_rule, ' dB', True, MIN_EFFECT['psnr'])}")
     if col.get("DiffLoss, rule") == n and col.get("DiffLoss, haze γ") == n:
         print(f"    → equalising the pull did not prevent the collapse on {t}: every run of both DiffLoss "
               "settings collapsed")
