@@ -142,7 +142,8 @@ print("the perceptual term:", per_label.removeprefix("L1 + "))
 # term then gets the same share of the first updates, and DiffLoss's tuned share is the
 # yardstick. Two caveats: the ratio is measured for one draw of the random parts (an untrained
 # discriminator), and another draw pulls somewhat differently; and once
-# $D$ learns, $-\log D(z)$ and its gradient grow, so the adversarial pull changes during training.
+# $D$ learns, $-\log D(z)$ grows and its gradient can grow, so the adversarial pull can change
+# during training (it is measured at the start only).
 
 # %%
 seeds = list(profile.seeds)
@@ -683,11 +684,12 @@ print(f"Scale: {steps} steps of {profile.restorer}, {len(seeds)} paired seed(s),
 #
 # </details>
 #
-# **Exercise 5.2 — what the colour map cannot see.** Section 7 says a grey veil barely moves the
-# colour map. Take a bundled photo $J$ and make $I = J\,t + A(1-t)$ with a grey airlight
-# $A = 0.8$ and $t = 0.5$. Show that both maps of $I$ are exactly $t$ times those of $J$ (the
-# veil keeps every hue and every edge direction, and scales them), so each error is $(1-t)$
-# times the map's mean magnitude; then compare the two errors (`diffloss.maps`).
+# **Exercise 5.2 — what the colour map cannot see.** Section 7 says a grey veil scales the chroma
+# without shifting its hue. How far does it move the colour map, and the structure map? Take a
+# bundled photo $J$ and make $I = J\,t + A(1-t)$ with a grey airlight $A = 0.8$ and $t = 0.5$.
+# Show that both maps of $I$ are exactly $t$ times those of $J$ (the veil keeps every hue and
+# every edge direction, and scales them), so each error is $(1-t)$ times the map's mean
+# magnitude; then compare the two errors (`diffloss.maps`).
 #
 # <details><summary>Solution</summary>
 #
