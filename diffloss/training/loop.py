@@ -158,7 +158,8 @@ def _train(config: TrainConfig, accelerator: Any, lock: RunLock | None, progress
                         row["seconds"] = clock()
                     history.record(row_i, write=main_proc)
                     stopping.consult(row_i, history)
-                ckpt.finished(step)
+                if r.deferred:  # its values are read and checked only now
+                    ckpt.finished(step)
                 if main_proc and evaluating:
                     history.write_json()
                 bar.show(row)
